@@ -1,0 +1,1 @@
+//! The plan walker: runs a plan's steps against a [`Host`].

@@ -1,0 +1,1 @@
+//! The daemon: the runtime that keeps what `up` started.

@@ -1,0 +1,14 @@
+//! The planner: desired spec + observed reality -> a [`Plan`].
+//!
+//! Synchronous, deterministic and free of I/O: everything the planner needs to know about
+//! the machine arrives in [`Observed`], gathered beforehand by the imperative shell. The
+//! executor that carries a plan out makes no decisions, so every choice (paths, digests,
+//! argv) is made here and written into the steps.
+
+pub mod observed;
+pub mod plan;
+pub mod resource;
+
+pub use observed::{FileFact, LocalFile, Observed};
+pub use plan::{Action, Cause, Plan, Step, StepIndex, Summary};
+pub use resource::{Applied, Desired, Kind, Payload, ResourceId};

@@ -1,0 +1,45 @@
+//! A plain snapshot of reality, gathered by the shell before planning.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Applied, ResourceId};
+
+/// What is there: the project's applied resources and the facts about local files the spec
+/// names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
+    /// Applied resources of this project, as recorded by apply.
+    pub resources: BTreeMap<ResourceId, Applied>,
+    /// Facts about each local model file the spec names, keyed by its absolute path.
+    pub local_files: BTreeMap<PathBuf, LocalFile>,
+}
+
+/// A local model source as found on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LocalFile {
+    /// Present: the file, or every shard of a sharded model, in order.
+    Present {
+        /// One entry per shard; one entry for an unsharded file.
+        shards: Vec<FileFact>,
+    },
+    /// Not there, or not readable.
+    Missing {
+        /// Why, in one line (`No such file or directory`).
+        reason: String,
+    },
+}
+
+/// One local file: its absolute path, size and sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileFact {
+    /// Absolute path.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// `sha256:<hex>`.
+    pub digest: String,
+}

@@ -1,0 +1,261 @@
+//! The validated model of an `aistack.yaml`: what the rest of aistack reads.
+//!
+//! These types are produced only by [`crate::parse`] after every check in
+//! [`crate::validate`] passed, so their invariants hold: references resolve, template
+//! inheritance is acyclic, values are in range. The JSON Schema in `schemas/` is derived
+//! from them (schemars), so every doc comment here is also an editor's hover text.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::values::{
+    Agent, ByteSize, EngineKind, GpuLayers, HostRule, Isolation, KeepAlive, ModelMode,
+    PolicyDefault, PortMapping, Source, TemplateFrom,
+};
+
+/// An aistack file: the models, engines, sandboxes and network policies of one project.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields, title = "aistack.yaml")]
+pub struct Spec {
+    /// Version of the file format. Only `1` exists.
+    pub version: u32,
+    /// Project name. Defaults to the name of the directory holding the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The model gateway: one HTTP listener serving this project's models.
+    #[serde(default)]
+    pub gateway: Gateway,
+    /// Defaults for each inference engine, applied to every model it serves.
+    #[serde(default)]
+    pub engines: Engines,
+    /// Models, keyed by the name clients send as `model`.
+    #[serde(default)]
+    pub models: BTreeMap<String, Model>,
+    /// Sandbox templates: a root filesystem plus build steps.
+    #[serde(default)]
+    pub templates: BTreeMap<String, Template>,
+    /// Network policies enforced by the filtering proxy.
+    #[serde(default)]
+    pub network_policies: BTreeMap<String, NetworkPolicy>,
+    /// Agent sandboxes.
+    #[serde(default)]
+    pub sandboxes: BTreeMap<String, Sandbox>,
+}
+
+/// Settings of the gateway listener. Two projects naming the same `listen` address share
+/// one listener and must agree on these settings.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Gateway {
+    /// Address and port the gateway listens on (`HOST:PORT`).
+    #[schemars(with = "String", extend("default" = "127.0.0.1:12434"))]
+    pub listen: SocketAddr,
+    /// Origins allowed to call the gateway from a browser (CORS). Empty: none.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Name of an environment variable holding the bearer token clients must send. Unset:
+    /// no authentication, and the gateway only accepts loopback clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Admission cap for the memory of loaded models, e.g. `8GiB`. Default: 75% of RAM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_budget: Option<ByteSize>,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Gateway {
+            listen: SocketAddr::from(([127, 0, 0, 1], 12434)),
+            cors_origins: Vec::new(),
+            api_key_env: None,
+            memory_budget: None,
+        }
+    }
+}
+
+/// Per-engine defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Engines {
+    /// Defaults for llama.cpp (GGUF models).
+    #[serde(rename = "llama.cpp", default)]
+    pub llama_cpp: LlamaCppDefaults,
+    /// Defaults for vLLM (safetensors models; needs an NVIDIA GPU).
+    #[serde(default)]
+    pub vllm: VllmDefaults,
+    /// Defaults for Diffusers (DDUF image models).
+    #[serde(default)]
+    pub diffusers: DiffusersDefaults,
+}
+
+/// llama.cpp settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct LlamaCppDefaults {
+    /// CPU threads per model. Default: the cores free for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub threads: Option<u32>,
+    /// Sequences decoded together in one batch. Default: 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub parallel: Option<u32>,
+    /// Layers offloaded to the GPU: a count, or `auto`.
+    #[serde(default)]
+    pub gpu_layers: GpuLayers,
+}
+
+/// vLLM settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct VllmDefaults {
+    /// Fraction of GPU memory vLLM may use, in (0, 1]. Default: 0.9.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_utilization: Option<f64>,
+    /// Number of GPUs a model is split over. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tensor_parallel_size: Option<u32>,
+    /// Overrides merged into the model's Hugging Face config.
+    #[serde(default)]
+    pub hf_overrides: BTreeMap<String, serde_json::Value>,
+}
+
+/// Diffusers settings. None exist yet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct DiffusersDefaults {}
+
+/// A model served by the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Model {
+    /// Where the model comes from: an OCI reference (`ai/smollm2:135M-Q4_1`,
+    /// `127.0.0.1:5000/ai/smollm2@sha256:…`) or a local GGUF file starting with `./`,
+    /// `../` or `/`, relative to this file.
+    pub source: Source,
+    /// Engine serving the model. Default: from the artifact's format (GGUF: `llama.cpp`,
+    /// safetensors: `vllm`, DDUF: `diffusers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineKind>,
+    /// Context window in tokens. Default: the model's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub context_size: Option<u32>,
+    /// Requests served at once. Default: the engine's `parallel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub parallel: Option<u32>,
+    /// Idle time before the model is unloaded: a duration (`30s`, `5m`, `1h`), `0` to unload
+    /// after each request, or `-1` to keep it loaded. Default: `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<KeepAlive>,
+    /// Load the model at `aistack up` instead of at its first request.
+    #[serde(default)]
+    pub preload: bool,
+    /// What the model serves.
+    #[serde(default)]
+    pub mode: ModelMode,
+    /// Extra engine flags, from the engine's allowlist.
+    #[serde(default)]
+    pub runtime_flags: Vec<String>,
+}
+
+/// A sandbox template: a root filesystem and the steps that build it.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Template {
+    /// Base: another template of this file, a directory (`./rootfs`, `../x`, `/x`), or an
+    /// OCI image reference.
+    pub from: TemplateFrom,
+    /// Shell commands run, in order, inside a sandbox of this template to build it.
+    #[serde(default)]
+    pub run: Vec<String>,
+    /// Network policy for the build steps. Default: no network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<String>,
+    /// Environment variables set in sandboxes of this template.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Which destinations a sandbox may reach through the filtering proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    /// Decision for destinations no rule matches.
+    #[serde(default)]
+    pub default: PolicyDefault,
+    /// Destinations allowed: hosts, `*.` wildcards, IPs, CIDRs, each optionally `:PORT`.
+    #[serde(default)]
+    pub allow: Vec<HostRule>,
+    /// Destinations denied. Deny beats allow.
+    #[serde(default)]
+    pub deny: Vec<HostRule>,
+    /// Destinations tunnelled without TLS interception (and so without credentials).
+    #[serde(default)]
+    pub bypass: Vec<HostRule>,
+    /// Headers the proxy sets on requests to a host, read from the host's environment.
+    #[serde(default)]
+    pub credentials: Vec<Credential>,
+}
+
+/// A secret the proxy injects; the sandbox never sees its value.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Credential {
+    /// Host whose requests get the header.
+    pub host: String,
+    /// Header name, e.g. `authorization` or `x-api-key`.
+    pub header: String,
+    /// Environment variable (of the `aistack up` process) holding the value.
+    pub from_env: String,
+}
+
+/// An agent sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Sandbox {
+    /// Template the sandbox's root filesystem comes from.
+    pub template: String,
+    /// Agent started in the sandbox.
+    #[serde(default)]
+    pub agent: Agent,
+    /// Extra arguments for the agent.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Host directory shared read-write at the same absolute path. Default: `.`.
+    #[serde(default = "default_workspace")]
+    pub workspace: String,
+    /// Isolation backend: `microvm`, `namespace`, or `auto` (microvm where KVM runs guests
+    /// at speed, else namespace).
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// CPUs available to the sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub cpus: Option<u32>,
+    /// Memory limit, e.g. `2GiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    /// Network policy for the sandbox's traffic. Default: no network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<String>,
+    /// Models reachable from inside, at `http://models.aistack.internal/`; each sets
+    /// `<KEY>_URL` and `<KEY>_MODEL`.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Sandbox ports published on the host: `[HOST_IP:]HOST_PORT:SANDBOX_PORT`.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+    /// Environment variables for the agent.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_workspace() -> String {
+    ".".to_owned()
+}
