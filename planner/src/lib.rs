@@ -7,8 +7,10 @@
 
 pub mod observed;
 pub mod plan;
+pub mod reconcile;
 pub mod resource;
 
 pub use observed::{FileFact, LocalFile, Observed};
-pub use plan::{Action, Cause, Plan, Step, StepIndex, Summary};
-pub use resource::{Applied, Desired, Kind, Payload, ResourceId};
+pub use plan::{Action, Cause, FORMAT_VERSION, Plan, Step, StepIndex, Summary};
+pub use reconcile::{PlanError, local_path, normalise, reconcile, reconcile_down};
+pub use resource::{Applied, Desired, Kind, Payload, ResourceId, canonical_json, fields_hash};

@@ -17,6 +17,22 @@ pub struct Observed {
     pub local_files: BTreeMap<PathBuf, LocalFile>,
 }
 
+impl Observed {
+    /// A snapshot holding these applied resources and no local file facts.
+    pub fn from_applied(applied: impl IntoIterator<Item = Applied>) -> Self {
+        Observed {
+            resources: applied.into_iter().map(|a| (a.id.clone(), a)).collect(),
+            local_files: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the facts about the local file at `path` (absolute, lexically normalised).
+    pub fn with_local_file(mut self, path: impl Into<PathBuf>, file: LocalFile) -> Self {
+        self.local_files.insert(path.into(), file);
+        self
+    }
+}
+
 /// A local model source as found on disk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +52,10 @@ pub struct ResourceId {
 impl ResourceId {
     /// A resource id.
     pub fn new(kind: Kind, name: impl Into<String>) -> Self {
-        ResourceId { kind, name: name.into() }
+        ResourceId {
+            kind,
+            name: name.into(),
+        }
     }
 }
 
@@ -101,8 +103,22 @@ pub enum Payload {
         model: String,
         /// `llama.cpp`, `vllm` or `diffusers`.
         engine: String,
-        /// Context window, if set.
+        /// Context window, if set; `None` means the model's own.
         context_size: Option<u32>,
+        /// Requests served at once, resolved with the engine's default; `None` leaves it to
+        /// the engine (vLLM and Diffusers schedule by themselves).
+        #[serde(default)]
+        parallel: Option<u32>,
+        /// `chat`, `embedding` or `image`.
+        #[serde(default)]
+        mode: String,
+        /// Extra engine flags, as written.
+        #[serde(default)]
+        runtime_flags: Vec<String>,
+        /// The engine's settings from `engines:` (llama.cpp: `threads`, `gpu_layers`; vLLM:
+        /// `gpu_memory_utilization`, `tensor_parallel_size`, `hf_overrides`).
+        #[serde(default)]
+        options: BTreeMap<String, serde_json::Value>,
     },
     /// Start a proxy listener for a network policy.
     Proxy {
@@ -121,6 +137,81 @@ pub enum Payload {
     },
 }
 
+impl Desired {
+    /// A desired resource, its [`hash`](Desired::hash) computed from `fields`.
+    /// `replace_fields` and `depends_on` are sorted and deduplicated.
+    pub fn new(
+        id: ResourceId,
+        fields: BTreeMap<String, serde_json::Value>,
+        mut replace_fields: Vec<String>,
+        mut depends_on: Vec<ResourceId>,
+        payload: Payload,
+    ) -> Self {
+        replace_fields.sort();
+        replace_fields.dedup();
+        depends_on.sort();
+        depends_on.dedup();
+        let hash = fields_hash(&fields);
+        Desired {
+            id,
+            fields,
+            replace_fields,
+            hash,
+            depends_on,
+            payload,
+        }
+    }
+}
+
+/// sha256 (lower-case hex) over the canonical JSON of `fields`: object keys sorted at every
+/// level, no whitespace. Independent of serde_json's `preserve_order` feature.
+pub fn fields_hash(fields: &BTreeMap<String, serde_json::Value>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut text = String::new();
+    let object: serde_json::Map<String, serde_json::Value> =
+        fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    write_canonical(&serde_json::Value::Object(object), &mut text);
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Canonical JSON of `value`: object keys sorted at every level, no whitespace.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    let mut text = String::new();
+    write_canonical(value, &mut text);
+    text
+}
+
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(item, out);
+            }
+            out.push('}');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
 /// What apply recorded for a resource: the applied fields and what the host reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Applied {
@@ -136,5 +227,16 @@ pub struct Applied {
     pub outputs: BTreeMap<String, String>,
 }
 
-/// Absolute path, as a plain string in JSON.
-pub type AbsPath = PathBuf;
+impl Applied {
+    /// The record apply keeps after carrying out `desired`: its id, fields, hash and
+    /// dependencies, plus what the host reported.
+    pub fn from_desired(desired: &Desired, outputs: BTreeMap<String, String>) -> Self {
+        Applied {
+            id: desired.id.clone(),
+            fields: desired.fields.clone(),
+            hash: desired.hash.clone(),
+            depends_on: desired.depends_on.clone(),
+            outputs,
+        }
+    }
+}
