@@ -1,8 +1,8 @@
 //! The validated model of an `aistack.yaml`: what the rest of aistack reads.
 //!
-//! These types are produced only by [`crate::parse`] after every check in
-//! [`crate::validate`] passed, so their invariants hold: references resolve, template
-//! inheritance is acyclic, values are in range. The JSON Schema in `schemas/` is derived
+//! These types are produced only by [`crate::parse`] once every check passed, so their
+//! invariants hold: references resolve, template inheritance is acyclic, values are in
+//! range. The JSON Schema in `schemas/` is derived
 //! from them (schemars), so every doc comment here is also an editor's hover text.
 
 use std::collections::BTreeMap;
@@ -21,9 +21,11 @@ use crate::values::{
 #[schemars(deny_unknown_fields, title = "aistack.yaml")]
 pub struct Spec {
     /// Version of the file format. Only `1` exists.
+    #[schemars(range(min = 1, max = 1))]
     pub version: u32,
     /// Project name. Defaults to the name of the directory holding the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[a-z0-9][a-z0-9_.-]*$"), length(max = 63))]
     pub name: Option<String>,
     /// The model gateway: one HTTP listener serving this project's models.
     #[serde(default)]
@@ -33,25 +35,34 @@ pub struct Spec {
     pub engines: Engines,
     /// Models, keyed by the name clients send as `model`.
     #[serde(default)]
+    #[schemars(extend("propertyNames" = { "pattern": "^[a-z0-9][a-z0-9_.-]*$", "maxLength": 63 }))]
     pub models: BTreeMap<String, Model>,
     /// Sandbox templates: a root filesystem plus build steps.
     #[serde(default)]
+    #[schemars(extend("propertyNames" = { "pattern": "^[a-z0-9][a-z0-9_.-]*$", "maxLength": 63 }))]
     pub templates: BTreeMap<String, Template>,
     /// Network policies enforced by the filtering proxy.
     #[serde(default)]
+    #[schemars(extend("propertyNames" = { "pattern": "^[a-z0-9][a-z0-9_.-]*$", "maxLength": 63 }))]
     pub network_policies: BTreeMap<String, NetworkPolicy>,
     /// Agent sandboxes.
     #[serde(default)]
+    #[schemars(extend("propertyNames" = { "pattern": "^[a-z0-9][a-z0-9_.-]*$", "maxLength": 63 }))]
     pub sandboxes: BTreeMap<String, Sandbox>,
 }
 
 /// Settings of the gateway listener. Two projects naming the same `listen` address share
 /// one listener and must agree on these settings.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(default)]
 #[schemars(deny_unknown_fields)]
 pub struct Gateway {
-    /// Address and port the gateway listens on (`HOST:PORT`).
-    #[schemars(with = "String", extend("default" = "127.0.0.1:12434"))]
+    /// Address and port the gateway listens on (`HOST:PORT`, HOST an IP address or
+    /// `localhost`).
+    #[schemars(
+        with = "String",
+        extend("default" = "127.0.0.1:12434", "pattern" = r"^(localhost|[0-9.]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$")
+    )]
     pub listen: SocketAddr,
     /// Origins allowed to call the gateway from a browser (CORS). Empty: none.
     #[serde(default)]
@@ -59,6 +70,7 @@ pub struct Gateway {
     /// Name of an environment variable holding the bearer token clients must send. Unset:
     /// no authentication, and the gateway only accepts loopback clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub api_key_env: Option<String>,
     /// Admission cap for the memory of loaded models, e.g. `8GiB`. Default: 75% of RAM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +126,7 @@ pub struct LlamaCppDefaults {
 pub struct VllmDefaults {
     /// Fraction of GPU memory vLLM may use, in (0, 1]. Default: 0.9.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0, "maximum" = 1))]
     pub gpu_memory_utilization: Option<f64>,
     /// Number of GPUs a model is split over. Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,6 +174,7 @@ pub struct Model {
     pub mode: ModelMode,
     /// Extra engine flags, from the engine's allowlist.
     #[serde(default)]
+    #[schemars(extend("items" = { "type": "string", "pattern": "^-" }))]
     pub runtime_flags: Vec<String>,
 }
 
@@ -179,6 +193,7 @@ pub struct Template {
     pub network_policy: Option<String>,
     /// Environment variables set in sandboxes of this template.
     #[serde(default)]
+    #[schemars(schema_with = "env_schema")]
     pub env: BTreeMap<String, String>,
 }
 
@@ -212,6 +227,7 @@ pub struct Credential {
     /// Header name, e.g. `authorization` or `x-api-key`.
     pub header: String,
     /// Environment variable (of the `aistack up` process) holding the value.
+    #[schemars(pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub from_env: String,
 }
 
@@ -238,7 +254,7 @@ pub struct Sandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub cpus: Option<u32>,
-    /// Memory limit, e.g. `2GiB`.
+    /// Memory limit, e.g. `2GiB`; at least `64MiB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<ByteSize>,
     /// Network policy for the sandbox's traffic. Default: no network.
@@ -253,9 +269,21 @@ pub struct Sandbox {
     pub ports: Vec<PortMapping>,
     /// Environment variables for the agent.
     #[serde(default)]
+    #[schemars(schema_with = "env_schema")]
     pub env: BTreeMap<String, String>,
 }
 
 fn default_workspace() -> String {
     ".".to_owned()
+}
+
+/// Environment maps: variable names as keys; strings, numbers or booleans as values (as
+/// Compose accepts them), kept as written.
+fn env_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "propertyNames": { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" },
+        "additionalProperties": { "type": ["string", "number", "boolean"] },
+        "default": {}
+    })
 }
