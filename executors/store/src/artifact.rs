@@ -1,0 +1,353 @@
+//! Docker Model Runner's artifact format: the OCI manifest and model config of a GGUF model.
+//!
+//! The JSON is written as Go's `encoding/json` writes DMR's structs (field order, omitted
+//! empty fields, sorted map keys, `<`, `>` and `&` escaped), and the human-readable fields
+//! as DMR formats them, so a model imported here reads the same as one DMR built. See
+//! docker/model-runner `pkg/distribution/format/gguf.go`, `types/config.go`,
+//! `internal/partial/layer.go` and `internal/partial/partial.go`.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::gguf::Summary;
+
+/// Media type of an OCI image manifest.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of an OCI image index.
+pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+/// Media type of DMR's model config.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.docker.ai.model.config.v0.1+json";
+/// Media type of a GGUF layer.
+pub const GGUF_MEDIA_TYPE: &str = "application/vnd.docker.ai.gguf.v3";
+/// Layer annotation: the file's name.
+pub const ANNOTATION_FILEPATH: &str = "org.cncf.model.filepath";
+/// Layer annotation: the file's metadata, as JSON.
+pub const ANNOTATION_FILE_METADATA: &str = "org.cncf.model.file.metadata+json";
+/// Layer annotation: whether the media type was guessed.
+pub const ANNOTATION_MEDIATYPE_UNTESTED: &str = "org.cncf.model.file.mediatype.untested";
+/// Index annotation: the reference a manifest was tagged with.
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Index annotation: the local file a model was imported from.
+pub const ANNOTATION_SOURCE: &str = "io.aistack.source";
+
+/// A content descriptor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub size: u64,
+    pub digest: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// An OCI image manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    pub config: Descriptor,
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+}
+
+/// An OCI image index (`index.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    #[serde(default)]
+    pub manifests: Vec<Descriptor>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            schema_version: 2,
+            media_type: INDEX_MEDIA_TYPE.to_owned(),
+            manifests: Vec::new(),
+        }
+    }
+}
+
+/// DMR's config blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigFile {
+    pub config: ModelConfig,
+    #[serde(default)]
+    pub descriptor: Provenance,
+    #[serde(default)]
+    pub rootfs: RootFs,
+}
+
+/// What a model is, as DMR describes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub format: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub quantization: String,
+    /// The parameter count, e.g. `134.52M`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub parameters: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub architecture: String,
+    /// The weights' size, e.g. `93.80MiB`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub size: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gguf: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub safetensors: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub diffusers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_size: Option<u32>,
+}
+
+/// The provenance of a model.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// RFC 3339 time of creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+}
+
+/// The layer digests of a model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootFs {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub diff_ids: Vec<String>,
+}
+
+impl Default for RootFs {
+    fn default() -> Self {
+        RootFs {
+            kind: "rootfs".to_owned(),
+            diff_ids: Vec::new(),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The config of a GGUF model summarised by `summary`, as DMR's `GGUFFormat.ExtractConfig`
+    /// fills it.
+    pub fn from_gguf(summary: &Summary) -> ModelConfig {
+        ModelConfig {
+            format: "gguf".to_owned(),
+            quantization: summary.quantization.clone().unwrap_or_default(),
+            parameters: format_parameters(summary.parameters),
+            architecture: summary.architecture.clone().unwrap_or_default(),
+            size: format_bytes(summary.model_size),
+            gguf: summary.metadata.clone(),
+            context_size: summary
+                .context_length
+                .filter(|&c| c > 0)
+                .and_then(|c| i32::try_from(c).ok())
+                .map(|c| c as u32),
+            ..ModelConfig::default()
+        }
+    }
+}
+
+/// The metadata annotation DMR puts on a layer (`types.FileMetadata`).
+#[derive(Serialize)]
+pub struct FileMetadata<'a> {
+    pub name: &'a str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: String,
+    pub typeflag: u8,
+}
+
+/// `value` as compact JSON, the way Go's `json.Marshal` writes it.
+pub fn to_go_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, GoFormatter);
+    value.serialize(&mut serializer)?;
+    Ok(out)
+}
+
+/// Compact JSON with Go's HTML-safe string escapes.
+struct GoFormatter;
+
+impl serde_json::ser::Formatter for GoFormatter {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            let escape = match c {
+                '<' => "\\u003c",
+                '>' => "\\u003e",
+                '&' => "\\u0026",
+                '\u{2028}' => "\\u2028",
+                '\u{2029}' => "\\u2029",
+                _ => continue,
+            };
+            writer.write_all(&fragment.as_bytes()[start..i])?;
+            writer.write_all(escape.as_bytes())?;
+            start = i + c.len_utf8();
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
+/// A parameter count as DMR writes it: gguf-parser-go's `GGUFParametersScalar` (base 1000,
+/// two decimals, `.00` dropped) with the space before the unit removed: `134.52M`, `183`.
+pub fn format_parameters(n: u64) -> String {
+    const UNITS: [(f64, &str); 5] = [(1e15, "Q"), (1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")];
+    scaled(n, &UNITS, "", "0")
+}
+
+/// A byte count as DMR writes a model's size: gguf-parser-go's `GGUFBytesScalar` (the first
+/// of Pi, P, Ti, T, Gi, G, Mi, M, Ki, K the size reaches) without the space: `93.80MiB`.
+pub fn format_bytes(n: u64) -> String {
+    const KI: f64 = 1024.0;
+    const UNITS: [(f64, &str); 10] = [
+        (KI * KI * KI * KI * KI, "Pi"),
+        (1e15, "P"),
+        (KI * KI * KI * KI, "Ti"),
+        (1e12, "T"),
+        (KI * KI * KI, "Gi"),
+        (1e9, "G"),
+        (KI * KI, "Mi"),
+        (1e6, "M"),
+        (KI, "Ki"),
+        (1e3, "K"),
+    ];
+    scaled(n, &UNITS, "B", "0B")
+}
+
+fn scaled(n: u64, units: &[(f64, &str)], suffix: &str, zero: &str) -> String {
+    if n == 0 {
+        return zero.to_owned();
+    }
+    let value = n as f64;
+    let (base, unit) = units
+        .iter()
+        .find(|(base, _)| value >= *base)
+        .copied()
+        .unwrap_or((1.0, ""));
+    let number = format!("{:.2}", value / base);
+    let number = number.strip_suffix(".00").unwrap_or(&number);
+    format!("{number}{unit}{suffix}")
+}
+
+/// `time` in RFC 3339 UTC with nanoseconds, trailing zeros dropped, as Go's `time.Time`
+/// marshals to JSON: `2025-02-07T10:11:12.5Z`.
+pub fn rfc3339(time: SystemTime) -> String {
+    let (secs, nanos) = match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            let nanos = d.subsec_nanos();
+            if nanos == 0 {
+                (-(d.as_secs() as i64), 0)
+            } else {
+                (-(d.as_secs() as i64) - 1, 1_000_000_000 - nanos)
+            }
+        }
+    };
+    let days = secs.div_euclid(86_400);
+    let of_day = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let mut text = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    );
+    if nanos != 0 {
+        let fraction = format!("{nanos:09}");
+        text.push('.');
+        text.push_str(fraction.trim_end_matches('0'));
+    }
+    text.push('Z');
+    text
+}
+
+/// The proleptic Gregorian date of `days` since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn parameters_match_dmr() {
+        assert_eq!(format_parameters(134_515_008), "134.52M");
+        assert_eq!(format_parameters(183), "183");
+        assert_eq!(format_parameters(1_500_000_000), "1.50B");
+        assert_eq!(format_parameters(2_000_000), "2M");
+        assert_eq!(format_parameters(0), "0");
+    }
+
+    #[test]
+    fn sizes_match_dmr() {
+        assert_eq!(format_bytes(864), "864B");
+        assert_eq!(format_bytes(98_362_432 - 1_709_440), "92.18MiB");
+        assert_eq!(format_bytes(1_000_000), "1MB");
+        assert_eq!(format_bytes(1024), "1KiB");
+        assert_eq!(format_bytes(0), "0B");
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::new(1_738_923_072, 500_000_000);
+        assert_eq!(rfc3339(t), "2025-02-07T10:11:12.5Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::new(951_782_400, 1)),
+            "2000-02-29T00:00:00.000000001Z"
+        );
+    }
+
+    #[test]
+    fn json_escapes_like_go() {
+        let json = to_go_json(&BTreeMap::from([("t", "<a & b>\n\u{2028}")])).unwrap();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            r#"{"t":"\u003ca \u0026 b\u003e\n\u2028"}"#
+        );
+    }
+
+    #[test]
+    fn config_omits_empty_fields() {
+        let config = ConfigFile {
+            config: ModelConfig {
+                format: "gguf".into(),
+                ..ModelConfig::default()
+            },
+            descriptor: Provenance::default(),
+            rootfs: RootFs::default(),
+        };
+        assert_eq!(
+            String::from_utf8(to_go_json(&config).unwrap()).unwrap(),
+            r#"{"config":{"format":"gguf"},"descriptor":{},"rootfs":{"type":"rootfs","diff_ids":[]}}"#
+        );
+    }
+}
