@@ -1,1 +1,120 @@
-fn main() {}
+//! `aistack`: plan, up and down a local AI stack described by one `aistack.yaml`.
+
+mod commands;
+mod load;
+mod observe;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::load::SpecArgs;
+
+/// Local AI models, engines and agent sandboxes from one committed file.
+#[derive(Debug, Parser)]
+#[command(name = "aistack", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// The spec file; repeat to merge several, later files winning.
+    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Project name. Default: `name:` in the spec, else the spec's directory name.
+    #[arg(short = 'p', long = "project-name", global = true, value_name = "NAME")]
+    project: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the spec file and print every problem at once.
+    Validate,
+    /// Show what `up` would change.
+    Plan {
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Exit 0 when there are no changes, 2 when there are.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// Converge the machine to the spec.
+    Up {
+        /// Converge again whenever the spec or its `.env` changes.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Remove the project's resources.
+    Down {
+        /// Also delete its models from the shared store, unless another project uses them.
+        #[arg(long)]
+        models: bool,
+    },
+    /// Show the project's resources and their state.
+    #[command(alias = "ps")]
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show logs.
+    Logs {
+        /// Whose logs: `daemon` (the default).
+        name: Option<String>,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Print the JSON Schema of the spec file.
+    Schema,
+    /// Run the runtime in the foreground.
+    Daemon,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let spec = SpecArgs {
+        files: cli.global.files,
+        project: cli.global.project,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: Cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Validate => commands::validate(&spec),
+            Command::Plan {
+                json,
+                detailed_exitcode,
+            } => commands::plan(&spec, json, detailed_exitcode),
+            Command::Up { watch } => commands::up(&spec, watch).await,
+            Command::Down { models } => commands::down(&spec, models).await,
+            Command::Status { json } => commands::status(&spec, json).await,
+            Command::Logs { name, follow } => commands::logs(name.as_deref(), follow).await,
+            Command::Schema => commands::schema(),
+            Command::Daemon => commands::daemon().await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(failure) => {
+            failure.eprint();
+            ExitCode::FAILURE
+        }
+    }
+}

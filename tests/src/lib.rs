@@ -1,1 +1,226 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: the `aistack` binary, a throwaway `AISTACK_HOME`, the
+//! real test model, and process control.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The `aistack` binary of this workspace in the profile of the running test or bench
+/// (`AISTACK_BIN` overrides), built once per process so that a run never exercises a stale
+/// binary.
+pub fn aistack_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("AISTACK_BIN") {
+            return PathBuf::from(bin);
+        }
+        // Tests and benches run from target/<profile>/deps/; the binary sits in
+        // target/<profile>/.
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--quiet", "-p", "aistack", "--bin", "aistack"])
+            .current_dir(repo_root());
+        if release {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().expect("cargo runs").success(),
+            "building the aistack binary failed"
+        );
+        profile_dir.join("aistack")
+    })
+}
+
+/// The SmolLM2-135M-Instruct GGUF that `scripts/fetch-model` fetches.
+pub fn test_model() -> PathBuf {
+    match std::env::var_os("AISTACK_TEST_MODEL") {
+        Some(path) if Path::new(&path).is_file() => PathBuf::from(path),
+        _ => panic!(
+            "AISTACK_TEST_MODEL must name the SmolLM2 GGUF: run `export AISTACK_TEST_MODEL=$(scripts/fetch-model)` \
+             (scripts/test does this)"
+        ),
+    }
+}
+
+/// A temporary `AISTACK_HOME` and project directory; stops the daemon it started on drop.
+pub struct TestEnv {
+    dir: tempfile::TempDir,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestEnv {
+    /// A fresh home and an empty project directory `project/`.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::create_dir_all(dir.path().join("project")).expect("project dir");
+        TestEnv { dir }
+    }
+
+    /// `AISTACK_HOME`.
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// The project directory, where commands run.
+    pub fn project(&self) -> PathBuf {
+        self.dir.path().join("project")
+    }
+
+    /// Writes `aistack.yaml` (or another file) into the project directory.
+    pub fn write(&self, name: &str, text: &str) -> &Self {
+        let path = self.project().join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).expect("parent dir");
+        }
+        fs::write(path, text).expect("write file");
+        self
+    }
+
+    /// Links the test model into the project as `models/<name>`.
+    pub fn link_model(&self, name: &str) -> PathBuf {
+        let path = self.project().join("models").join(name);
+        fs::create_dir_all(path.parent().expect("models/")).expect("models dir");
+        std::os::unix::fs::symlink(test_model(), &path).expect("symlink the model");
+        path
+    }
+
+    /// An `aistack` command in the project directory with this home, no colours.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(aistack_bin());
+        cmd.args(args)
+            .current_dir(self.project())
+            .env("AISTACK_HOME", self.home())
+            .env("NO_COLOR", "1")
+            .env_remove("AISTACK_LOG");
+        cmd
+    }
+
+    /// Runs `aistack ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("aistack runs")
+    }
+
+    /// Runs `aistack ARGS` and asserts it succeeded; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "`aistack {}` failed with {}\nstdout:\n{}\nstderr:\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `status --json` of the project.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).expect("status --json is JSON")
+    }
+
+    /// The pid of the daemon of this home, if one wrote its pid file.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        fs::read_to_string(self.home().join("run/aistack.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Every blob under the store's `blobs/sha256/`: (file name, sha256 of its content).
+    pub fn blobs(&self) -> Vec<(String, String)> {
+        let dir = self.home().join("models/blobs/sha256");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut blobs: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    sha256_file(&e.path()),
+                )
+            })
+            .collect();
+        blobs.sort();
+        blobs
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(pid) = self.daemon_pid() {
+            terminate(pid, rustix::process::Signal::TERM);
+            wait_gone(pid, Duration::from_secs(5));
+        }
+    }
+}
+
+/// sha256 hex of a file.
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut file = fs::File::open(path).expect("open blob");
+    std::io::copy(&mut file, &mut hasher).expect("read blob");
+    hex::encode(hasher.finalize())
+}
+
+/// Sends `signal` to `pid`, ignoring a process that is gone.
+pub fn terminate(pid: i32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// Waits until `pid` no longer exists (or is a zombie), at most `timeout`.
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state field follows the parenthesised command name.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next());
+        if matches!(state, None | Some("Z") | Some("X")) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// Polls `condition` every millisecond until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}

@@ -1,1 +1,129 @@
 //! The daemon: the runtime that keeps what `up` started.
+//!
+//! One per `AISTACK_HOME`, enforced by an exclusive lock on `run/daemon.lock`. It serves
+//! the control API ([`api`]) on `run/aistack.sock`, carries out plans with the walker and
+//! [`host::MachineHost`], and records what it applied ([`state`]). The CLI talks to it with
+//! [`client::Client`].
+
+pub mod api;
+pub mod client;
+pub mod home;
+pub mod host;
+pub mod server;
+pub mod state;
+pub mod status;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aistack_store::{Store, StoreError};
+use tokio::net::UnixListener;
+
+pub use home::Home;
+
+/// The daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another daemon holds the lock.
+    #[error("Another aistack daemon is already running for `{}`", home.display())]
+    AlreadyRunning {
+        /// The home it serves.
+        home: PathBuf,
+    },
+    /// A directory or file under the home could not be made.
+    #[error("Cannot prepare `{}`", path.display())]
+    Prepare {
+        /// What.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The model store could not be opened.
+    #[error("Cannot open the model store")]
+    Store(#[source] StoreError),
+    /// Serving stopped.
+    #[error("The control API stopped")]
+    Serve(#[source] io::Error),
+}
+
+impl DaemonError {
+    /// What to do about it.
+    pub fn help(&self) -> Option<String> {
+        match self {
+            DaemonError::AlreadyRunning { .. } => Some(
+                "Use the running daemon, or stop it first (`kill` the pid in `run/aistack.pid`)"
+                    .to_owned(),
+            ),
+            DaemonError::Store(e) => e.help(),
+            DaemonError::Prepare { .. } | DaemonError::Serve(_) => {
+                Some("Check the permissions and free space of `AISTACK_HOME`".to_owned())
+            }
+        }
+    }
+}
+
+/// Runs the daemon for `home` until SIGINT or SIGTERM.
+pub async fn run(home: Home) -> Result<(), DaemonError> {
+    let prepare = |path: PathBuf| move |source| DaemonError::Prepare { path, source };
+    let run_dir = home.run();
+    fs::create_dir_all(&run_dir).map_err(prepare(run_dir.clone()))?;
+    fs::create_dir_all(home.logs()).map_err(prepare(home.logs()))?;
+
+    let lock_path = run_dir.join("daemon.lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(prepare(lock_path.clone()))?;
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Err(DaemonError::AlreadyRunning {
+            home: home.root().to_owned(),
+        });
+    }
+
+    // Opening the store also clears what a killed import left in its ingest directory.
+    let store = Arc::new(Store::open(&home.models()).map_err(DaemonError::Store)?);
+
+    let socket = home.socket();
+    match fs::remove_file(&socket) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(prepare(socket.clone())(e)),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&socket).map_err(prepare(socket.clone()))?;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
+        .map_err(prepare(socket.clone()))?;
+    let pid_file = run_dir.join("aistack.pid");
+    state::write_atomically(&pid_file, format!("{}\n", std::process::id()).as_bytes())
+        .map_err(prepare(pid_file.clone()))?;
+    tracing::info!(home = %home.root().display(), pid = std::process::id(), "daemon listening");
+
+    let app = server::App::new(home.clone(), store);
+    let served = axum::serve(listener, app.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+
+    let _ = fs::remove_file(&socket);
+    let _ = fs::remove_file(&pid_file);
+    tracing::info!("daemon stopped");
+    drop(lock);
+    served.map_err(DaemonError::Serve)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

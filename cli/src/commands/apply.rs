@@ -1,0 +1,220 @@
+//! `up` and `down`: plan, then have the daemon carry the plan out.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use aistack_daemon::Home;
+use aistack_daemon::api::{ApplyLine, ApplyRequest};
+use aistack_planner::{Action, Plan, ResourceId};
+
+use super::daemon::ensure_daemon;
+use super::{actions, home, plan_for};
+use crate::load::SpecArgs;
+use crate::report::{Failure, Report};
+
+/// How often `up --watch` looks at the spec files.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// `aistack up`.
+pub async fn up(spec: &SpecArgs, watch: bool) -> Result<ExitCode, Failure> {
+    let home = home()?;
+    let first = converge(&home, spec).await;
+    if !watch {
+        return first;
+    }
+    report_failure(first);
+    let files = spec.watched_files();
+    let mut seen = stamps(&files);
+    println!("Watching {} for changes; Ctrl-C stops", describe(&files));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
+            _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+        }
+        let now = stamps(&files);
+        if now != seen {
+            seen = now;
+            println!("\nThe spec changed; converging again");
+            report_failure(converge(&home, spec).await);
+        }
+    }
+}
+
+/// `aistack down`.
+pub async fn down(spec: &SpecArgs, models: bool) -> Result<ExitCode, Failure> {
+    let home = home()?;
+    let base_dir = spec.base_dir()?;
+    // The spec names the project; without a readable spec, `-p` or the directory does.
+    let spec_name = spec
+        .load()
+        .ok()
+        .and_then(|loaded| loaded.document.spec.name);
+    let project = spec.project_name(spec_name.as_deref(), &base_dir)?;
+    let observed = aistack_daemon::state::ProjectState::load(&home, &project)?.observed();
+    let plan = aistack_planner::reconcile_down(&project, &observed);
+    print!("{}", plan.render_text());
+    if plan.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    apply(&home, plan, models).await
+}
+
+async fn converge(home: &Home, spec: &SpecArgs) -> Result<ExitCode, Failure> {
+    let loaded = spec.load()?;
+    let plan = plan_for(home, &loaded)?;
+    print!("{}", plan.render_text());
+    if plan.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    apply(home, plan, false).await
+}
+
+fn report_failure(result: Result<ExitCode, Failure>) {
+    if let Err(failure) = result {
+        failure.eprint();
+    }
+}
+
+/// Sends the plan to the daemon and prints its progress until it finishes. Ctrl-C asks the
+/// daemon to start no new step; steps already running finish.
+async fn apply(home: &Home, plan: Plan, remove_models: bool) -> Result<ExitCode, Failure> {
+    let client = ensure_daemon(home).await?;
+    let project = plan.project.clone();
+    let actions = actions(&plan);
+    let summary = plan.summary();
+    println!();
+    let mut lines = client
+        .apply(&ApplyRequest {
+            plan,
+            remove_models,
+        })
+        .await?;
+    let mut started: BTreeMap<ResourceId, Instant> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut cancelling = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let ok = loop {
+        let line = tokio::select! {
+            line = lines.recv() => line,
+            _ = &mut ctrl_c, if !cancelling => {
+                cancelling = true;
+                println!("Cancelling: running steps finish, no new step starts");
+                let _ = client.cancel(&project).await;
+                continue;
+            }
+        };
+        let Some(line) = line else {
+            failures.push(Report::new(
+                "The daemon stopped answering before the apply finished",
+                Some(
+                    "See `aistack logs`, then run `aistack up` again: it finishes what is left"
+                        .to_owned(),
+                ),
+            ));
+            break false;
+        };
+        let verb = |id: &ResourceId| actions.get(id).copied().unwrap_or(Action::Create);
+        match line {
+            ApplyLine::Started { id } => {
+                started.insert(id.clone(), Instant::now());
+                println!("{id}: {}...", progressive(verb(&id)));
+            }
+            ApplyLine::Progress {
+                id,
+                message: Some(message),
+                ..
+            } => println!("{id}: {message}"),
+            ApplyLine::Progress { .. } => {}
+            ApplyLine::Done { id } => {
+                let took = started
+                    .get(&id)
+                    .map(|t| t.elapsed().as_secs_f64())
+                    .unwrap_or_default();
+                println!("{id}: {} after {took:.1}s", past(verb(&id)));
+            }
+            ApplyLine::Failed { problem } => {
+                println!("{}: Failed", problem.id);
+                failures.push(Report::new(
+                    format!("`{}`: {}", problem.id, problem.message),
+                    problem.help,
+                ));
+            }
+            ApplyLine::Skipped { id, because } => {
+                println!("{id}: Skipped because `{because}` failed")
+            }
+            ApplyLine::Cancelled { id } => println!("{id}: Cancelled"),
+            ApplyLine::Refused { refusals } => {
+                for r in refusals {
+                    failures.push(Report::new(
+                        format!("Cannot apply `{}`: {}", r.id, r.message),
+                        r.help,
+                    ));
+                }
+                failures.push(Report::new(
+                    "Nothing was applied",
+                    Some(
+                        "Change the spec as the messages above say, then run `aistack up` again"
+                            .to_owned(),
+                    ),
+                ));
+            }
+            ApplyLine::Finished { ok } => break ok,
+        }
+    };
+    if ok {
+        println!(
+            "\nApply complete: {} added, {} changed, {} removed.",
+            summary.add, summary.change, summary.remove
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if failures.is_empty() {
+        failures.push(Report::new(
+            "The apply did not finish",
+            Some("Run `aistack up` again to finish it".to_owned()),
+        ));
+    }
+    Err(Failure(failures))
+}
+
+fn progressive(action: Action) -> &'static str {
+    match action {
+        Action::Create => "Creating",
+        Action::Change => "Changing",
+        Action::Remove => "Removing",
+        Action::Replace => "Replacing",
+    }
+}
+
+fn past(action: Action) -> &'static str {
+    match action {
+        Action::Create => "Created",
+        Action::Change => "Changed",
+        Action::Remove => "Removed",
+        Action::Replace => "Replaced",
+    }
+}
+
+fn stamps(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+fn describe(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .map(|f| format!("`{}`", f.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

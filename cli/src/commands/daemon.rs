@@ -1,0 +1,154 @@
+//! `aistack daemon`, starting it for `up`, and `aistack logs`.
+
+use std::fs::{self, OpenOptions};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use aistack_daemon::Home;
+use aistack_daemon::client::Client;
+
+use super::home;
+use crate::report::{Failure, Report};
+
+/// How long `up` waits for a daemon it started to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+const POLL: Duration = Duration::from_millis(25);
+
+/// `aistack daemon`: the runtime, in the foreground, logging to stderr.
+pub async fn daemon() -> Result<ExitCode, Failure> {
+    let home = home()?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AISTACK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    aistack_daemon::run(home).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A client of the daemon of `home`, starting the daemon detached when none answers.
+pub async fn ensure_daemon(home: &Home) -> Result<Client, Failure> {
+    let client = Client::new(&home.socket());
+    if client.health().await.is_ok() {
+        return Ok(client);
+    }
+    let log_path = home.daemon_log();
+    let cannot = |what: &str, e: std::io::Error| {
+        Failure::from(Report::new(
+            format!("Cannot start the aistack daemon: {what}: {e}"),
+            Some("Check the permissions and free space of `AISTACK_HOME`".to_owned()),
+        ))
+    };
+    fs::create_dir_all(home.logs()).map_err(|e| cannot("creating the log directory", e))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| cannot("opening its log", e))?;
+    let log_err = log.try_clone().map_err(|e| cannot("opening its log", e))?;
+    let exe = std::env::current_exe().map_err(|e| cannot("finding this program", e))?;
+    // Its own process group: Ctrl-C in this terminal must not reach the daemon.
+    let mut child = Command::new(exe)
+        .arg("daemon")
+        .env("AISTACK_HOME", home.root())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| cannot("spawning it", e))?;
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if client.health().await.is_ok() {
+            return Ok(client);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            // Another `up` may have started one at the same moment; its daemon then answers.
+            if client.health().await.is_ok() {
+                return Ok(client);
+            }
+            return Err(Report::new(
+                format!(
+                    "The aistack daemon exited as it started ({status}): {}",
+                    last_line(&log_path)
+                ),
+                Some(format!("See `{}`", log_path.display())),
+            )
+            .into());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Err(Report::new(
+        format!(
+            "The aistack daemon did not answer within {}s",
+            START_TIMEOUT.as_secs()
+        ),
+        Some(format!("See `{}`", log_path.display())),
+    )
+    .into())
+}
+
+fn last_line(path: &std::path::Path) -> String {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "it wrote nothing".to_owned())
+}
+
+/// `aistack logs [NAME] [-f]`.
+pub async fn logs(name: Option<&str>, follow: bool) -> Result<ExitCode, Failure> {
+    let home = home()?;
+    if let Some(name) = name.filter(|n| *n != "daemon") {
+        return Err(Report::new(
+            format!("No logs for `{name}`"),
+            Some("Only the daemon writes logs in this version: `aistack logs daemon`".to_owned()),
+        )
+        .into());
+    }
+    let path = home.daemon_log();
+    let mut file = match fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !follow => {
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => {
+            return Err(Report::new(
+                format!("Cannot read `{}`: {e}", path.display()),
+                Some("The daemon writes it once `aistack up` has started it".to_owned()),
+            )
+            .into());
+        }
+    };
+    let mut out = std::io::stdout();
+    let mut buf = Vec::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        buf.clear();
+        let _ = file.read_to_end(&mut buf);
+        let _ = out.write_all(&buf);
+        let _ = out.flush();
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        // A rotated or truncated log starts over.
+        if let (Ok(pos), Ok(meta)) = (file.stream_position(), fs::metadata(&path))
+            && meta.len() < pos
+        {
+            let _ = file.seek(SeekFrom::Start(0));
+        }
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Observing reality before planning: what was applied, and the local files the spec names.
+
+use std::path::Path;
+
+use aistack_daemon::Home;
+use aistack_daemon::state::ProjectState;
+use aistack_planner::{FileFact, LocalFile, Observed};
+use aistack_spec::Spec;
+use aistack_spec::values::Source;
+use aistack_store::{DigestCache, local_shards};
+
+use crate::report::{Failure, chain};
+
+/// The applied resources of `project` and the facts about every local model file of `spec`.
+/// Digests come from a cache keyed by path, size, mtime and inode, so an unchanged file
+/// costs one `stat`.
+pub fn observe(
+    home: &Home,
+    project: &str,
+    spec: &Spec,
+    base_dir: &Path,
+) -> Result<Observed, Failure> {
+    let mut observed = ProjectState::load(home, project)?.observed();
+    let cache_file = home.cache().join("digests.json");
+    let mut cache = DigestCache::load(&cache_file);
+    for model in spec.models.values() {
+        let Source::Local(written) = &model.source else {
+            continue;
+        };
+        let path = aistack_planner::local_path(base_dir, written);
+        if observed.local_files.contains_key(&path) {
+            continue;
+        }
+        let fact = local_file(&mut cache, &path);
+        observed.local_files.insert(path, fact);
+    }
+    // The cache only saves work; failing to write it must not fail the command.
+    if std::fs::create_dir_all(home.cache()).is_ok() {
+        let _ = cache.save(&cache_file);
+    }
+    Ok(observed)
+}
+
+fn local_file(cache: &mut DigestCache, path: &Path) -> LocalFile {
+    if let Err(e) = std::fs::metadata(path) {
+        let reason = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            _ => e.to_string(),
+        };
+        return LocalFile::Missing { reason };
+    }
+    let shards = match local_shards(path) {
+        Ok(shards) => shards,
+        Err(e) => return LocalFile::Missing { reason: chain(&e) },
+    };
+    let mut facts = Vec::with_capacity(shards.len());
+    for shard in shards {
+        match cache.fact(&shard) {
+            Ok((size, digest)) => facts.push(FileFact {
+                path: shard,
+                size,
+                digest,
+            }),
+            Err(e) => {
+                return LocalFile::Missing {
+                    reason: format!("`{}`: {e}", shard.display()),
+                };
+            }
+        }
+    }
+    LocalFile::Present { shards: facts }
+}

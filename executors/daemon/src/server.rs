@@ -1,0 +1,274 @@
+//! The control API: axum on the daemon's unix socket.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aistack_apply::{Event, WalkOptions};
+use aistack_planner::Plan;
+use aistack_store::Store;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApplyLine, ApplyRequest, Health, Problem};
+use crate::home::Home;
+use crate::host::MachineHost;
+use crate::state::ProjectState;
+use crate::status::project_status;
+
+/// Steps run at once within one apply.
+const MAX_PARALLEL: usize = 4;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct App {
+    home: Home,
+    store: Arc<Store>,
+    projects: Arc<Mutex<HashMap<String, Arc<ProjectSlot>>>>,
+}
+
+/// Serialises applies of one project and lets a client cancel the running one.
+#[derive(Default)]
+struct ProjectSlot {
+    applying: tokio::sync::Mutex<()>,
+    cancel: Mutex<Option<CancellationToken>>,
+}
+
+impl App {
+    /// The API over `home` and its store.
+    pub fn new(home: Home, store: Arc<Store>) -> Self {
+        App {
+            home,
+            store,
+            projects: Arc::default(),
+        }
+    }
+
+    fn slot(&self, project: &str) -> Arc<ProjectSlot> {
+        let mut projects = self.projects.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(projects.entry(project.to_owned()).or_default())
+    }
+
+    /// The routes.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/v1/health", get(health))
+            .route("/v1/projects/{name}", get(status))
+            .route("/v1/projects/{name}/apply", post(apply))
+            .route("/v1/projects/{name}/cancel", post(cancel))
+            .with_state(self)
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn health() -> Json<Health> {
+    Json(Health {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+    })
+}
+
+async fn status(State(app): State<App>, Path(name): Path<String>) -> Response {
+    match project_status(&app.home, &app.store, &name) {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn cancel(State(app): State<App>, Path(name): Path<String>) -> StatusCode {
+    let slot = app.slot(&name);
+    if let Some(token) = slot
+        .cancel
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        token.cancel();
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn apply(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Json(request): Json<ApplyRequest>,
+) -> Response {
+    if request.plan.project != name {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "The plan is for project `{}`, not `{name}`",
+                request.plan.project
+            ),
+        );
+    }
+    let (tx, rx) = mpsc::unbounded_channel::<ApplyLine>();
+    // The apply runs to its end even if the client goes away: a half-applied project is
+    // repaired by the next `up`, but there is no reason to leave it half-applied.
+    tokio::spawn(run_apply(app, request, tx));
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(bytes), rx))
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn run_apply(app: App, request: ApplyRequest, out: mpsc::UnboundedSender<ApplyLine>) {
+    let plan = request.plan;
+    let slot = app.slot(&plan.project);
+    let _applying = slot.applying.lock().await;
+    let token = CancellationToken::new();
+    *slot.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
+
+    let ok = apply_plan(&app, &plan, request.remove_models, token, &out).await;
+    let _ = out.send(ApplyLine::Finished { ok });
+    *slot.cancel.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+async fn apply_plan(
+    app: &App,
+    plan: &Plan,
+    remove_models: bool,
+    cancel: CancellationToken,
+    out: &mpsc::UnboundedSender<ApplyLine>,
+) -> bool {
+    let mut state = match ProjectState::load(&app.home, &plan.project) {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(project = %plan.project, "{e}");
+            return false;
+        }
+    };
+    let host = MachineHost::new(
+        app.home.clone(),
+        Arc::clone(&app.store),
+        &plan.project,
+        remove_models,
+    );
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let record = async {
+        let mut ok = true;
+        while let Some(event) = events.recv().await {
+            let id = |i: aistack_planner::StepIndex| plan.graph[i].id.clone();
+            let line = match event {
+                Event::Started(i) => ApplyLine::Started { id: id(i) },
+                Event::Progress(i, progress) => ApplyLine::Progress {
+                    id: id(i),
+                    message: progress.message.clone(),
+                    bytes: progress.bytes,
+                },
+                Event::Applied(i, applied) => {
+                    state.record(applied);
+                    ok &= persist(app, &state, out, &id(i));
+                    ApplyLine::Done { id: id(i) }
+                }
+                Event::Removed(i, removed) => {
+                    state.forget(&removed);
+                    ok &= persist(app, &state, out, &id(i));
+                    if plan.graph[i].action == aistack_planner::Action::Replace {
+                        continue;
+                    }
+                    ApplyLine::Done { id: id(i) }
+                }
+                Event::Failed(i, e) => {
+                    ok = false;
+                    ApplyLine::Failed {
+                        problem: Problem {
+                            id: id(i),
+                            message: e.message,
+                            help: e.help,
+                        },
+                    }
+                }
+                Event::Skipped(i, because) => {
+                    ok = false;
+                    ApplyLine::Skipped { id: id(i), because }
+                }
+                Event::Cancelled(i) => {
+                    ok = false;
+                    ApplyLine::Cancelled { id: id(i) }
+                }
+            };
+            log_line(&plan.project, &line);
+            let _ = out.send(line);
+        }
+        ok
+    };
+    let (walked, recorded) = tokio::join!(
+        async move {
+            let options = WalkOptions {
+                max_parallel: MAX_PARALLEL,
+            };
+            // The events channel closes when this sender goes, ending the recording loop.
+            aistack_apply::walk(plan, &host, options, &events_tx, cancel).await
+        },
+        record
+    );
+    match walked {
+        Ok(_report) => recorded,
+        Err(refused) => {
+            let refusals = refused
+                .0
+                .into_iter()
+                .map(|u| Problem {
+                    id: u.id,
+                    message: u.message,
+                    help: u.help,
+                })
+                .collect();
+            let _ = out.send(ApplyLine::Refused { refusals });
+            false
+        }
+    }
+}
+
+fn persist(
+    app: &App,
+    state: &ProjectState,
+    out: &mpsc::UnboundedSender<ApplyLine>,
+    id: &aistack_planner::ResourceId,
+) -> bool {
+    match state.save(&app.home) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(project = %state.project, "{e}");
+            let _ = out.send(ApplyLine::Failed {
+                problem: Problem {
+                    id: id.clone(),
+                    message: e.to_string(),
+                    help: e.help(),
+                },
+            });
+            false
+        }
+    }
+}
+
+/// The daemon's log keeps what each apply did, also when no client is listening any more.
+fn log_line(project: &str, line: &ApplyLine) {
+    match line {
+        ApplyLine::Started { id } => tracing::info!(project, "{id}: started"),
+        ApplyLine::Done { id } => tracing::info!(project, "{id}: done"),
+        ApplyLine::Failed { problem } => {
+            tracing::warn!(project, "{}: failed: {}", problem.id, problem.message)
+        }
+        ApplyLine::Skipped { id, because } => {
+            tracing::warn!(project, "{id}: skipped because {because} failed")
+        }
+        ApplyLine::Cancelled { id } => tracing::warn!(project, "{id}: cancelled"),
+        ApplyLine::Progress { .. } | ApplyLine::Refused { .. } | ApplyLine::Finished { .. } => {}
+    }
+}

@@ -1,0 +1,94 @@
+//! What `aistack status` shows for a project.
+
+use aistack_planner::Kind;
+use aistack_store::Store;
+
+use crate::api::{ProjectStatus, ResourceStatus};
+use crate::home::Home;
+use crate::host::{MANIFEST, SIZE};
+use crate::state::{ProjectState, StateError};
+
+/// The applied resources of `project`, each checked against the machine.
+pub fn project_status(
+    home: &Home,
+    store: &Store,
+    project: &str,
+) -> Result<ProjectStatus, StateError> {
+    let state = ProjectState::load(home, project)?;
+    let resources = state
+        .resources
+        .iter()
+        .map(|r| {
+            let (state, detail) = match r.id.kind {
+                Kind::Model => match r.outputs.get(MANIFEST) {
+                    Some(manifest) if store.contains(manifest) => {
+                        let size = r
+                            .outputs
+                            .get(SIZE)
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0);
+                        (
+                            "ready",
+                            Some(format!("{} ({})", short_digest(manifest), human_size(size))),
+                        )
+                    }
+                    _ => (
+                        "missing",
+                        Some("not in the model store; run `aistack up`".to_owned()),
+                    ),
+                },
+                _ => ("applied", None),
+            };
+            ResourceStatus {
+                kind: r.id.kind.as_str().to_owned(),
+                name: r.id.name.clone(),
+                state: state.to_owned(),
+                endpoint: None,
+                detail,
+            }
+        })
+        .collect();
+    Ok(ProjectStatus {
+        project: project.to_owned(),
+        resources,
+    })
+}
+
+/// `sha256:0123456789ab`: enough of a digest to recognise it.
+pub fn short_digest(digest: &str) -> &str {
+    let end = digest.find(':').map_or(12, |colon| colon + 13);
+    digest.get(..end).unwrap_or(digest)
+}
+
+/// A byte count in the largest binary unit that keeps it at or above 1 (`93.8 MiB`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_digests_read_well() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(98_362_432), "93.8 MiB");
+        assert_eq!(
+            short_digest("sha256:0123456789abcdef"),
+            "sha256:0123456789ab"
+        );
+        assert_eq!(short_digest("short"), "short");
+    }
+}

@@ -1,0 +1,306 @@
+//! `plan`, `up`, `status`, `down` against the real model, the daemon and the store, and
+//! what a killed process leaves behind.
+
+use std::fs;
+use std::time::Duration;
+
+use aistack_tests::{TestEnv, terminate, wait_for, wait_gone};
+use rustix::process::Signal;
+
+const QUICKSTART: &str = "version: 1\nname: demo\nmodels:\n  chat:\n    source: ./models/smollm2.gguf\n    context_size: 4096\n";
+
+fn resources(status: &serde_json::Value) -> Vec<(String, String, String)> {
+    status["resources"]
+        .as_array()
+        .expect("resources is a list")
+        .iter()
+        .map(|r| {
+            let field = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (field("kind"), field("name"), field("state"))
+        })
+        .collect()
+}
+
+fn model_state(env: &TestEnv) -> Vec<(String, String, String)> {
+    resources(&env.status())
+}
+
+/// Every blob in the store is named by the sha256 of its content: nothing partial.
+fn assert_store_consistent(env: &TestEnv) {
+    for (name, digest) in env.blobs() {
+        assert_eq!(
+            name, digest,
+            "blob {name} does not match its content: a partial blob was left"
+        );
+    }
+}
+
+#[test]
+fn up_imports_the_model_then_plan_is_empty_and_down_removes_the_project() {
+    let env = TestEnv::new();
+    env.write("aistack.yaml", QUICKSTART);
+    env.link_model("smollm2.gguf");
+
+    let plan = env.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(2), "changes pending → exit 2");
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(text.contains("+ model chat"), "{text}");
+    assert!(
+        text.ends_with("Plan: 1 to add, 0 to change, 0 to remove.\n"),
+        "{text}"
+    );
+    assert_eq!(
+        model_state(&env),
+        vec![("model".into(), "chat".into(), "pending".into())]
+    );
+
+    let up = env.ok(&["up"]);
+    assert!(up.contains("model chat: Created"), "{up}");
+    assert!(
+        up.contains("Apply complete: 1 added, 0 changed, 0 removed."),
+        "{up}"
+    );
+    assert_eq!(
+        model_state(&env),
+        vec![("model".into(), "chat".into(), "ready".into())]
+    );
+
+    // The artifact is a Docker Model Runner artifact in an OCI image layout.
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(env.home().join("models/index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let blob = |digest: &str| {
+        env.home()
+            .join("models/blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(&manifest_digest)).unwrap()).unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.docker.ai.model.config.v0.1+json"
+    );
+    assert_eq!(
+        manifest["layers"][0]["mediaType"],
+        "application/vnd.docker.ai.gguf.v3"
+    );
+    assert_eq!(
+        manifest["layers"][0]["digest"],
+        "sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    );
+    let config: serde_json::Value = serde_json::from_slice(
+        &fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["config"]["format"], "gguf");
+    assert_eq!(config["config"]["architecture"], "llama");
+    assert_eq!(config["config"]["quantization"], "Q4_1");
+    assert_store_consistent(&env);
+
+    let again = env.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&again.stdout), "No changes.\n");
+
+    // A serving setting changes in place; the artifact is not imported again.
+    env.write("aistack.yaml", &QUICKSTART.replace("4096", "2048"));
+    let changed = env.ok(&["plan"]);
+    assert!(changed.contains("~ model chat"), "{changed}");
+    assert!(changed.contains("context_size"), "{changed}");
+    env.ok(&["up"]);
+    assert_eq!(
+        env.run(&["plan", "--detailed-exitcode"]).status.code(),
+        Some(0)
+    );
+
+    let down = env.ok(&["down"]);
+    assert!(down.contains("- model chat"), "{down}");
+    assert!(
+        !env.home().join("projects/demo").exists(),
+        "down removes the project's record"
+    );
+    assert!(env.home().join("models/index.json").exists());
+    assert_eq!(
+        model_state(&env),
+        vec![("model".into(), "chat".into(), "pending".into())]
+    );
+    // Models stay in the shared store unless asked: the next `up` finds the blob there.
+    assert!(!env.blobs().is_empty());
+
+    env.ok(&["up"]);
+    let down_models = env.ok(&["down", "--models"]);
+    assert!(down_models.contains("- model chat"), "{down_models}");
+    assert!(
+        env.blobs().is_empty(),
+        "down --models deletes the artifact: {:?}",
+        env.blobs()
+    );
+}
+
+#[test]
+fn up_refuses_kinds_without_executors_before_touching_anything() {
+    let env = TestEnv::new();
+    env.write(
+        "aistack.yaml",
+        "version: 1\nname: demo\nmodels:\n  chat:\n    source: ./models/smollm2.gguf\n    preload: true\n",
+    );
+    env.link_model("smollm2.gguf");
+    let plan = env.ok(&["plan"]);
+    assert!(
+        plan.contains("+ engine chat"),
+        "a preloaded model plans its engine: {plan}"
+    );
+    let out = env.run(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Engines are not supported yet"), "{stderr}");
+    assert!(stderr.contains("Nothing was applied"), "{stderr}");
+    assert!(env.blobs().is_empty(), "the model was not imported");
+    assert!(!env.home().join("projects/demo").exists());
+}
+
+#[test]
+fn a_missing_local_file_is_reported_at_its_span_by_plan() {
+    let env = TestEnv::new();
+    env.write("aistack.yaml", QUICKSTART);
+    let out = env.run(&["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr)
+        .replace(&env.project().display().to_string(), "[PROJECT]");
+    insta::assert_snapshot!("plan_missing_local_file", stderr);
+    // validate checks the file alone.
+    env.ok(&["validate"]);
+}
+
+#[test]
+fn a_file_that_is_not_gguf_fails_cleanly_and_leaves_the_store_empty() {
+    let env = TestEnv::new();
+    env.write("aistack.yaml", QUICKSTART);
+    env.write("models/smollm2.gguf", "this is not a model\n");
+    let out = env.run(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("GGUF"), "{stderr}");
+    assert!(stderr.contains("help:"), "{stderr}");
+    assert!(env.blobs().is_empty());
+    assert!(
+        fs::read_dir(env.home().join("models/ingest"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+
+    // A truncated real model: the header parses, the copy is short of the promised tensors.
+    let real = fs::read(aistack_tests::test_model()).unwrap();
+    env.write("models/smollm2.gguf", "");
+    fs::write(
+        env.project().join("models/smollm2.gguf"),
+        &real[..real.len() / 3],
+    )
+    .unwrap();
+    let out = env.run(&["up"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        env.blobs().is_empty(),
+        "a truncated model leaves nothing in the store"
+    );
+}
+
+fn ingest_has_a_file(env: &TestEnv) -> bool {
+    fs::read_dir(env.home().join("models/ingest"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+/// The model's copy is under way: the store also writes small files (its index) through
+/// `ingest/`, so only a temporary file past 1 MiB shows the import itself.
+fn import_in_progress(env: &TestEnv) -> bool {
+    fs::read_dir(env.home().join("models/ingest")).is_ok_and(|dir| {
+        dir.filter_map(Result::ok)
+            .any(|e| e.metadata().is_ok_and(|m| m.len() > 1 << 20))
+    })
+}
+
+#[test]
+fn kill_9_of_the_daemon_during_an_import_leaves_nothing_partial_and_the_next_up_converges() {
+    let env = TestEnv::new();
+    env.write("aistack.yaml", QUICKSTART);
+    env.link_model("smollm2.gguf");
+    let mut up = env
+        .cmd(&["up"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || import_in_progress(&env)),
+        "the import never started"
+    );
+    let pid = env.daemon_pid().expect("the daemon wrote its pid");
+    terminate(pid, Signal::KILL);
+    assert!(wait_gone(pid, Duration::from_secs(5)));
+    let status = up.wait().unwrap();
+    assert!(!status.success(), "up reports that the daemon went away");
+
+    assert_store_consistent(&env);
+    assert!(
+        env.blobs().is_empty(),
+        "no blob was committed: {:?}",
+        env.blobs()
+    );
+    assert!(
+        !env.home().join("projects/demo/state.json").exists(),
+        "nothing was recorded as applied"
+    );
+
+    env.ok(&["up"]);
+    assert!(
+        !ingest_has_a_file(&env),
+        "the restarted daemon cleared the leftover temporary file"
+    );
+    assert_store_consistent(&env);
+    assert_eq!(
+        env.run(&["plan", "--detailed-exitcode"]).status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn kill_9_of_up_during_an_import_leaves_the_daemon_to_finish_and_the_next_up_converges() {
+    let env = TestEnv::new();
+    env.write("aistack.yaml", QUICKSTART);
+    env.link_model("smollm2.gguf");
+    let mut up = env
+        .cmd(&["up"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || import_in_progress(&env)),
+        "the import never started"
+    );
+    terminate(up.id() as i32, Signal::KILL);
+    let _ = up.wait();
+
+    // The daemon finishes the import on its own and records it.
+    assert!(
+        wait_for(Duration::from_secs(30), || env
+            .home()
+            .join("projects/demo/state.json")
+            .exists()),
+        "the daemon did not finish the import"
+    );
+    assert_store_consistent(&env);
+    let out = env.ok(&["up"]);
+    assert_eq!(out, "No changes.\n");
+}
