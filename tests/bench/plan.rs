@@ -89,6 +89,8 @@ fn main() {
     env.write("aistack.yaml", &spec());
     env.link_model("smollm2.gguf");
 
+    // Build (or find) the release binary before anything is timed.
+    aistack_tests::aistack_bin();
     let cold = time(&env, &["plan"]);
     let mut plan = Vec::with_capacity(RUNS);
     let mut validate = Vec::with_capacity(RUNS);

@@ -230,21 +230,27 @@ fn import_in_progress(env: &TestEnv) -> bool {
     })
 }
 
-#[test]
-fn kill_9_of_the_daemon_during_an_import_leaves_nothing_partial_and_the_next_up_converges() {
-    let env = TestEnv::new();
+/// Starts `aistack up` of the quickstart model and returns once the model's copy runs.
+fn up_until_the_import_runs(env: &TestEnv) -> std::process::Child {
     env.write("aistack.yaml", QUICKSTART);
     env.link_model("smollm2.gguf");
-    let mut up = env
+    let up = env
         .cmd(&["up"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     assert!(
-        wait_for(Duration::from_secs(30), || import_in_progress(&env)),
+        wait_for(Duration::from_secs(30), || import_in_progress(env)),
         "the import never started"
     );
+    up
+}
+
+#[test]
+fn kill_9_of_the_daemon_during_an_import_leaves_nothing_partial_and_the_next_up_converges() {
+    let env = TestEnv::new();
+    let mut up = up_until_the_import_runs(&env);
     let pid = env.daemon_pid().expect("the daemon wrote its pid");
     terminate(pid, Signal::KILL);
     assert!(wait_gone(pid, Duration::from_secs(5)));
@@ -277,18 +283,7 @@ fn kill_9_of_the_daemon_during_an_import_leaves_nothing_partial_and_the_next_up_
 #[test]
 fn kill_9_of_up_during_an_import_leaves_the_daemon_to_finish_and_the_next_up_converges() {
     let env = TestEnv::new();
-    env.write("aistack.yaml", QUICKSTART);
-    env.link_model("smollm2.gguf");
-    let mut up = env
-        .cmd(&["up"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_for(Duration::from_secs(30), || import_in_progress(&env)),
-        "the import never started"
-    );
+    let mut up = up_until_the_import_runs(&env);
     terminate(up.id() as i32, Signal::KILL);
     let _ = up.wait();
 
@@ -303,4 +298,90 @@ fn kill_9_of_up_during_an_import_leaves_the_daemon_to_finish_and_the_next_up_con
     assert_store_consistent(&env);
     let out = env.ok(&["up"]);
     assert_eq!(out, "No changes.\n");
+}
+
+#[test]
+fn ctrl_c_during_up_cancels_and_the_next_up_converges() {
+    let env = TestEnv::new();
+    let up = up_until_the_import_runs(&env);
+    let pid = up.id() as i32;
+    terminate(pid, Signal::INT);
+    let out = up.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a cancelled apply is not a success"
+    );
+    assert!(
+        env.daemon_pid()
+            .is_some_and(|pid| !wait_gone(pid, Duration::from_millis(50))),
+        "the daemon survives Ctrl-C in the terminal"
+    );
+    env.ok(&["up"]);
+    assert_store_consistent(&env);
+    assert_eq!(
+        env.run(&["plan", "--detailed-exitcode"]).status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn up_watch_converges_again_when_the_spec_changes() {
+    let env = TestEnv::new();
+    env.write("aistack.yaml", QUICKSTART);
+    env.link_model("smollm2.gguf");
+    let mut watch = env
+        .cmd(&["up", "--watch"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = env.home().join("projects/demo/state.json");
+    assert!(
+        wait_for(Duration::from_secs(30), || state.exists()),
+        "the first convergence"
+    );
+    let before = fs::read_to_string(&state).unwrap();
+    // mtime granularity: make sure the rewrite is seen as a change.
+    std::thread::sleep(Duration::from_millis(20));
+    env.write("aistack.yaml", &QUICKSTART.replace("4096", "1024"));
+    assert!(
+        wait_for(Duration::from_secs(30), || fs::read_to_string(&state)
+            .is_ok_and(|s| s != before)),
+        "up --watch did not apply the changed spec"
+    );
+    assert!(fs::read_to_string(&state).unwrap().contains("1024"));
+    terminate(watch.id() as i32, Signal::INT);
+    let status = watch.wait().unwrap();
+    assert!(status.success(), "Ctrl-C ends the watch cleanly: {status}");
+    assert_eq!(
+        env.run(&["plan", "--detailed-exitcode"]).status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn dotenv_beside_the_spec_fills_variables_and_the_environment_wins() {
+    let env = TestEnv::new();
+    env.write(
+        "aistack.yaml",
+        "version: 1\nname: demo\nmodels:\n  chat:\n    source: ./models/${MODEL_FILE}\n    context_size: ${CTX:-512}\n",
+    );
+    env.write(".env", "# the model\nMODEL_FILE=smollm2.gguf\nCTX=2048\n");
+    env.link_model("smollm2.gguf");
+    let plan = env.run(&["plan", "--json"]);
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(json["steps"][0]["desired"]["fields"]["context_size"], 2048);
+    let overridden = env
+        .cmd(&["plan", "--json"])
+        .env("CTX", "4096")
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&overridden.stdout).unwrap();
+    assert_eq!(json["steps"][0]["desired"]["fields"]["context_size"], 4096);
 }

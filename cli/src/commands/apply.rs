@@ -174,9 +174,14 @@ async fn apply(home: &Home, plan: Plan, remove_models: bool) -> Result<ExitCode,
         return Ok(ExitCode::SUCCESS);
     }
     if failures.is_empty() {
+        let message = if cancelling {
+            "The apply was cancelled"
+        } else {
+            "The apply did not finish"
+        };
         failures.push(Report::new(
-            "The apply did not finish",
-            Some("Run `aistack up` again to finish it".to_owned()),
+            message,
+            Some("Run `aistack up` again to finish it; what was applied is kept".to_owned()),
         ));
     }
     Err(Failure(failures))

@@ -466,11 +466,17 @@ async fn run<H: Host>(
         match work {
             Work::Create(desired) => {
                 let outputs = host.create(desired, &progress).await?;
-                emit(Event::Applied(index, applied(desired, outputs)));
+                emit(Event::Applied(
+                    index,
+                    Applied::from_desired(desired, outputs),
+                ));
             }
             Work::Change(current, desired) => {
                 let outputs = host.change(current, desired, &progress).await?;
-                emit(Event::Applied(index, applied(desired, outputs)));
+                emit(Event::Applied(
+                    index,
+                    Applied::from_desired(desired, outputs),
+                ));
             }
             Work::Remove(current) => {
                 host.remove(current, &progress).await?;
@@ -480,22 +486,14 @@ async fn run<H: Host>(
                 host.remove(current, &progress).await?;
                 emit(Event::Removed(index, current.id.clone()));
                 let outputs = host.create(desired, &progress).await?;
-                emit(Event::Applied(index, applied(desired, outputs)));
+                emit(Event::Applied(
+                    index,
+                    Applied::from_desired(desired, outputs),
+                ));
             }
         }
         Ok(())
     }
     .await;
     (index, result)
-}
-
-/// The record of a resource made as `desired`, with what the host reported.
-fn applied(desired: &Desired, outputs: Outputs) -> Applied {
-    Applied {
-        id: desired.id.clone(),
-        fields: desired.fields.clone(),
-        hash: desired.hash.clone(),
-        depends_on: desired.depends_on.clone(),
-        outputs,
-    }
 }
