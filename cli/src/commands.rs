@@ -13,10 +13,12 @@ use crate::report::{Failure, Report};
 
 mod apply;
 mod daemon;
+mod model;
 mod status;
 
-pub use apply::{down, up};
+pub use apply::{UpOptions, down, up};
 pub use daemon::{daemon, logs};
+pub use model::{ModelCommand, model};
 pub use status::status;
 
 /// `aistack validate`.
@@ -40,10 +42,15 @@ pub fn validate(spec: &SpecArgs) -> Result<ExitCode, Failure> {
 }
 
 /// `aistack plan`.
-pub fn plan(spec: &SpecArgs, json: bool, detailed_exitcode: bool) -> Result<ExitCode, Failure> {
+pub async fn plan(
+    spec: &SpecArgs,
+    json: bool,
+    detailed_exitcode: bool,
+    pull: bool,
+) -> Result<ExitCode, Failure> {
     let home = home()?;
     let loaded = spec.load()?;
-    let plan = plan_for(&home, &loaded)?;
+    let plan = plan_for(&home, &loaded, pull).await?;
     if json {
         println!("{}", plan.render_json());
     } else {
@@ -76,14 +83,17 @@ pub fn home() -> Result<Home, Failure> {
     })
 }
 
-/// Observes and plans the loaded spec; planner errors point at their spans.
-pub fn plan_for(home: &Home, loaded: &Loaded) -> Result<Plan, Failure> {
+/// Observes and plans the loaded spec (`pull`: re-resolving registry tags); planner errors
+/// point at their spans.
+pub async fn plan_for(home: &Home, loaded: &Loaded, pull: bool) -> Result<Plan, Failure> {
     let observed = observe(
         home,
         &loaded.project,
         &loaded.document.spec,
         &loaded.base_dir,
-    )?;
+        pull,
+    )
+    .await?;
     aistack_planner::reconcile(
         &loaded.project,
         &loaded.document.spec,

@@ -3,6 +3,7 @@
 mod commands;
 mod load;
 mod observe;
+mod progress;
 mod report;
 
 use std::path::PathBuf;
@@ -44,12 +45,21 @@ enum Command {
         /// Exit 0 when there are no changes, 2 when there are.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Ask the registries where model tags point now; a moved tag is a change.
+        #[arg(long)]
+        pull: bool,
     },
     /// Converge the machine to the spec.
     Up {
         /// Converge again whenever the spec or its `.env` changes.
         #[arg(long)]
         watch: bool,
+        /// Ask the registries where model tags point now and pull those that moved.
+        #[arg(long)]
+        pull: bool,
+        /// Show no progress.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Remove the project's resources.
     Down {
@@ -74,6 +84,9 @@ enum Command {
     },
     /// Print the JSON Schema of the spec file.
     Schema,
+    /// Manage models in the shared store (Docker Model Runner compatible).
+    #[command(subcommand)]
+    Model(commands::ModelCommand),
     /// Run the runtime in the foreground.
     Daemon,
 }
@@ -101,8 +114,12 @@ fn main() -> ExitCode {
             Command::Plan {
                 json,
                 detailed_exitcode,
-            } => commands::plan(&spec, json, detailed_exitcode),
-            Command::Up { watch } => commands::up(&spec, watch).await,
+                pull,
+            } => commands::plan(&spec, json, detailed_exitcode, pull).await,
+            Command::Up { watch, pull, quiet } => {
+                commands::up(&spec, commands::UpOptions { watch, pull, quiet }).await
+            }
+            Command::Model(command) => commands::model(command).await,
             Command::Down { models } => commands::down(&spec, models).await,
             Command::Status { json } => commands::status(&spec, json).await,
             Command::Logs { name, follow } => commands::logs(name.as_deref(), follow).await,

@@ -4,21 +4,23 @@ use std::path::Path;
 
 use aistack_daemon::Home;
 use aistack_daemon::state::ProjectState;
-use aistack_planner::{FileFact, LocalFile, Observed};
+use aistack_planner::{FileFact, LocalFile, Observed, RegistryFact};
 use aistack_spec::Spec;
 use aistack_spec::values::Source;
-use aistack_store::{DigestCache, local_shards};
+use aistack_store::{DigestCache, Store, local_shards};
 
 use crate::report::{Failure, chain};
 
-/// The applied resources of `project` and the facts about every local model file of `spec`.
-/// Digests come from a cache keyed by path, size, mtime and inode, so an unchanged file
-/// costs one `stat`.
-pub fn observe(
+/// The applied resources of `project`, the facts about every local model file of `spec`,
+/// and what its registry references point at in the local store — or, with `pull`, in the
+/// registry. Digests of local files come from a cache keyed by path, size, mtime and inode,
+/// so an unchanged file costs one `stat`.
+pub async fn observe(
     home: &Home,
     project: &str,
     spec: &Spec,
     base_dir: &Path,
+    pull: bool,
 ) -> Result<Observed, Failure> {
     let mut observed = ProjectState::load(home, project)?.observed();
     let cache_file = home.cache().join("digests.json");
@@ -37,6 +39,41 @@ pub fn observe(
     // The cache only saves work; failing to write it must not fail the command.
     if std::fs::create_dir_all(home.cache()).is_ok() {
         let _ = cache.save(&cache_file);
+    }
+    let references: Vec<_> = spec
+        .models
+        .values()
+        .filter_map(|m| match &m.source {
+            Source::Oci(reference) => Some(reference.clone()),
+            Source::Local(_) => None,
+        })
+        .collect();
+    if references.is_empty() {
+        return Ok(observed);
+    }
+    if pull {
+        for reference in references {
+            let digest = aistack_store::registry::resolve(&reference)
+                .await
+                .map_err(|e| Failure::from(crate::report::Report::new(e.to_string(), e.help())))?;
+            observed
+                .registry
+                .insert(reference.to_string(), RegistryFact { digest, size: None });
+        }
+    } else if home.models().join("index.json").exists() {
+        let store = Store::open(&home.models())?;
+        for reference in references {
+            let name = reference.to_string();
+            if let Some(digest) = store.resolve(&name) {
+                let size = store
+                    .manifest(&digest)
+                    .ok()
+                    .map(|m| m.layers.iter().map(|l| l.size).sum());
+                observed
+                    .registry
+                    .insert(name, RegistryFact { digest, size });
+            }
+        }
     }
     Ok(observed)
 }

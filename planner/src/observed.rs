@@ -15,6 +15,21 @@ pub struct Observed {
     pub resources: BTreeMap<ResourceId, Applied>,
     /// Facts about each local model file the spec names, keyed by its absolute path.
     pub local_files: BTreeMap<PathBuf, LocalFile>,
+    /// What each registry reference the spec names points at, keyed by the normalised
+    /// reference: from the local store, or from the registry when the user asked to
+    /// re-resolve tags (`up --pull`). Absent when neither knows it.
+    #[serde(default)]
+    pub registry: BTreeMap<String, RegistryFact>,
+}
+
+/// A registry reference, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryFact {
+    /// The manifest digest the reference points at.
+    pub digest: String,
+    /// The artifact's size in bytes, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 impl Observed {
@@ -23,6 +38,7 @@ impl Observed {
         Observed {
             resources: applied.into_iter().map(|a| (a.id.clone(), a)).collect(),
             local_files: BTreeMap::new(),
+            registry: BTreeMap::new(),
         }
     }
 

@@ -338,10 +338,16 @@ fn detail(step: &Step) -> String {
         Kind::Model => {
             let shards = count("digests");
             let source = text("source");
-            if matches!(desired.payload, crate::Payload::LocalModel { .. }) && shards > 1 {
-                format!("{source} ({shards} shards)")
-            } else {
-                source
+            match desired.payload {
+                crate::Payload::LocalModel { .. } if shards > 1 => {
+                    format!("{source} ({shards} shards)")
+                }
+                crate::Payload::RegistryModel {
+                    size: Some(size), ..
+                } => {
+                    format!("{source} ({})", human_size(size))
+                }
+                _ => source,
             }
         }
         Kind::Engine => {
@@ -524,5 +530,21 @@ impl<'de> Deserialize<'de> for Plan {
             graph.add_edge(d, n, ());
         }
         Ok(Plan::from_graph(input.project, graph))
+    }
+}
+
+/// A byte count in the largest binary unit that keeps it at or above 1 (`93.8 MiB`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }

@@ -37,7 +37,10 @@ use petgraph::graph::DiGraph;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::{Action, Cause, Desired, Kind, LocalFile, Observed, Payload, Plan, ResourceId, Step};
+use crate::{
+    Action, Cause, Desired, Kind, LocalFile, MANIFEST_OUTPUT, Observed, Payload, Plan, ResourceId,
+    Step,
+};
 
 /// A problem found while planning, pointing at the spec value that caused it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -256,8 +259,43 @@ impl Reconciler<'_> {
             self.wanted.insert(id.clone());
             if let Some(desired) = self.desired_model(key, model) {
                 self.decide(desired);
+                self.moved_tag(&id);
             }
         }
+    }
+
+    /// A registry model whose reference now resolves to another artifact than the one
+    /// applied changes in place (a new pull), though its fields are the same. The registry
+    /// is only asked when the user wants tags re-resolved, so offline plans stay stable.
+    fn moved_tag(&mut self, id: &ResourceId) {
+        if self.steps.contains_key(id) {
+            return;
+        }
+        let (Some(desired), Some(current)) =
+            (self.desired.get(id), self.observed.resources.get(id))
+        else {
+            return;
+        };
+        let Payload::RegistryModel {
+            digest: Some(digest),
+            ..
+        } = &desired.payload
+        else {
+            return;
+        };
+        if current.outputs.get(MANIFEST_OUTPUT) == Some(digest) {
+            return;
+        }
+        let step = Step {
+            id: id.clone(),
+            action: Action::Change,
+            cause: Cause::Changed {
+                fields: vec!["digest".to_owned()],
+            },
+            desired: Some(desired.clone()),
+            current: Some(current.clone()),
+        };
+        self.steps.insert(id.clone(), step);
     }
 
     fn desired_model(&mut self, key: &str, model: &Model) -> Option<Desired> {
@@ -307,10 +345,17 @@ impl Reconciler<'_> {
             Source::Oci(reference) => {
                 let reference = reference.to_string();
                 let engine = model.engine.unwrap_or(EngineKind::LlamaCpp);
+                let fact = self.observed.registry.get(&reference);
+                let digest = fact.map(|f| f.digest.clone());
+                let size = fact.and_then(|f| f.size);
                 (
                     engine,
                     Value::Array(vec![Value::String(reference.clone())]),
-                    Payload::RegistryModel { reference },
+                    Payload::RegistryModel {
+                        reference,
+                        digest,
+                        size,
+                    },
                 )
             }
         };

@@ -96,6 +96,13 @@ pub enum Payload {
     RegistryModel {
         /// The normalised OCI reference.
         reference: String,
+        /// The manifest digest the reference resolved to while planning, if it was resolved;
+        /// the pull must yield exactly this artifact.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
+        /// The artifact's size in bytes, once known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
     /// Start an engine for a preloaded model.
     Engine {
@@ -211,6 +218,9 @@ fn write_canonical(value: &serde_json::Value, out: &mut String) {
         scalar => out.push_str(&scalar.to_string()),
     }
 }
+
+/// Output of a model resource: the manifest digest of its artifact in the store.
+pub const MANIFEST_OUTPUT: &str = "manifest";
 
 /// What apply recorded for a resource: the applied fields and what the host reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -525,3 +525,76 @@ fn summary_counts_a_replacement_as_add_and_remove() {
     // ± model chat, ± engine chat, ± sandbox coder; ~ proxy agents; - model embed.
     assert_eq!((summary.add, summary.change, summary.remove), (3, 1, 4));
 }
+
+/// A spec with one registry model, and what applying it recorded (the pulled manifest).
+fn registry_model_applied(manifest: &str) -> (Spec, Observed) {
+    let mut spec = full_spec();
+    spec.sandboxes.clear();
+    spec.templates.clear();
+    spec.network_policies.clear();
+    spec.models.retain(|k, _| k == "chat");
+    let chat = spec.models.get_mut("chat").expect("chat");
+    chat.source = Source::Oci(oci("127.0.0.1:5000", "ai/smollm2", "135M-Q4_1"));
+    chat.preload = false;
+    let observed = Observed::default();
+    let plan = plan(&spec, &observed);
+    let mut applied = apply(&plan, &observed);
+    for record in applied.resources.values_mut() {
+        record.outputs.insert(
+            aistack_planner::MANIFEST_OUTPUT.to_owned(),
+            manifest.to_owned(),
+        );
+    }
+    (spec, applied)
+}
+
+#[test]
+fn a_registry_tag_is_re_resolved_only_when_asked_and_a_moved_tag_changes_in_place() {
+    use aistack_planner::RegistryFact;
+    let reference = "127.0.0.1:5000/ai/smollm2:135M-Q4_1".to_owned();
+    let (spec, applied) = registry_model_applied("sha256:aaaa");
+    // Offline: the store knows nothing newer, nothing to do.
+    assert_eq!(plan(&spec, &applied).render_text(), "No changes.\n");
+    let mut same = applied.clone();
+    same.registry.insert(
+        reference.clone(),
+        RegistryFact {
+            digest: "sha256:aaaa".into(),
+            size: Some(98_362_432),
+        },
+    );
+    assert_eq!(plan(&spec, &same).render_text(), "No changes.\n");
+    let mut moved = applied.clone();
+    moved.registry.insert(
+        reference,
+        RegistryFact {
+            digest: "sha256:bbbb".into(),
+            size: None,
+        },
+    );
+    let text = plan(&spec, &moved).render_text();
+    insta::assert_snapshot!(text, @r"
+      ~ model chat  changed: digest  127.0.0.1:5000/ai/smollm2:135M-Q4_1
+
+    Plan: 0 to add, 1 to change, 0 to remove.
+    ");
+}
+
+#[test]
+fn a_pull_step_shows_the_size_once_known() {
+    use aistack_planner::RegistryFact;
+    let (spec, _) = registry_model_applied("sha256:aaaa");
+    let mut observed = Observed::default();
+    observed.registry.insert(
+        "127.0.0.1:5000/ai/smollm2:135M-Q4_1".into(),
+        RegistryFact {
+            digest: "sha256:aaaa".into(),
+            size: Some(98_362_432),
+        },
+    );
+    let text = plan(&spec, &observed).render_text();
+    assert!(
+        text.contains("+ model chat  missing  127.0.0.1:5000/ai/smollm2:135M-Q4_1 (93.8 MiB)"),
+        "{text}"
+    );
+}

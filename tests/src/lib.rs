@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: the `aistack` binary, a throwaway `AISTACK_HOME`, the
 //! real test model, and process control.
 
+pub mod registry;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -12,15 +12,29 @@ use aistack_planner::{Action, Plan, ResourceId};
 use super::daemon::ensure_daemon;
 use super::{actions, home, plan_for};
 use crate::load::SpecArgs;
+use crate::progress::Progress;
 use crate::report::{Failure, Report};
+use aistack_daemon::status::short_digest;
 
 /// How often `up --watch` looks at the spec files.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How `up` runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpOptions {
+    /// Converge again whenever the spec changes.
+    pub watch: bool,
+    /// Re-resolve registry tags; a moved tag is a change.
+    pub pull: bool,
+    /// No progress bars or lines.
+    pub quiet: bool,
+}
+
 /// `aistack up`.
-pub async fn up(spec: &SpecArgs, watch: bool) -> Result<ExitCode, Failure> {
+pub async fn up(spec: &SpecArgs, options: UpOptions) -> Result<ExitCode, Failure> {
     let home = home()?;
-    let first = converge(&home, spec).await;
+    let first = converge(&home, spec, options).await;
+    let watch = options.watch;
     if !watch {
         return first;
     }
@@ -39,7 +53,7 @@ pub async fn up(spec: &SpecArgs, watch: bool) -> Result<ExitCode, Failure> {
         if now != seen {
             seen = now;
             println!("\nThe spec changed; converging again");
-            report_failure(converge(&home, spec).await);
+            report_failure(converge(&home, spec, options).await);
         }
     }
 }
@@ -60,17 +74,17 @@ pub async fn down(spec: &SpecArgs, models: bool) -> Result<ExitCode, Failure> {
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    apply(&home, plan, models).await
+    apply(&home, plan, models, false).await
 }
 
-async fn converge(home: &Home, spec: &SpecArgs) -> Result<ExitCode, Failure> {
+async fn converge(home: &Home, spec: &SpecArgs, options: UpOptions) -> Result<ExitCode, Failure> {
     let loaded = spec.load()?;
-    let plan = plan_for(home, &loaded)?;
+    let plan = plan_for(home, &loaded, options.pull).await?;
     print!("{}", plan.render_text());
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    apply(home, plan, false).await
+    apply(home, plan, false, options.quiet).await
 }
 
 fn report_failure(result: Result<ExitCode, Failure>) {
@@ -81,7 +95,13 @@ fn report_failure(result: Result<ExitCode, Failure>) {
 
 /// Sends the plan to the daemon and prints its progress until it finishes. Ctrl-C asks the
 /// daemon to start no new step; steps already running finish.
-async fn apply(home: &Home, plan: Plan, remove_models: bool) -> Result<ExitCode, Failure> {
+async fn apply(
+    home: &Home,
+    plan: Plan,
+    remove_models: bool,
+    quiet: bool,
+) -> Result<ExitCode, Failure> {
+    let mut progress = Progress::new(quiet);
     let client = ensure_daemon(home).await?;
     let project = plan.project.clone();
     let actions = actions(&plan);
@@ -122,20 +142,32 @@ async fn apply(home: &Home, plan: Plan, remove_models: bool) -> Result<ExitCode,
         match line {
             ApplyLine::Started { id } => {
                 started.insert(id.clone(), Instant::now());
-                println!("{id}: {}...", progressive(verb(&id)));
+                progress.println(&format!("{id}: {}...", progressive(verb(&id))));
             }
             ApplyLine::Progress {
                 id,
                 message: Some(message),
                 ..
-            } => println!("{id}: {message}"),
+            } => progress.println(&format!("{id}: {message}")),
+            ApplyLine::Progress {
+                id,
+                bytes: Some((done, total)),
+                part,
+                ..
+            } => {
+                let label = match part {
+                    Some(part) => format!("{id} {}", short_digest(&part)),
+                    None => id.to_string(),
+                };
+                progress.bytes(&label, done, total);
+            }
             ApplyLine::Progress { .. } => {}
             ApplyLine::Done { id } => {
                 let took = started
                     .get(&id)
                     .map(|t| t.elapsed().as_secs_f64())
                     .unwrap_or_default();
-                println!("{id}: {} after {took:.1}s", past(verb(&id)));
+                progress.println(&format!("{id}: {} after {took:.1}s", past(verb(&id))));
             }
             ApplyLine::Failed { problem } => {
                 println!("{}: Failed", problem.id);

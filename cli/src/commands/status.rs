@@ -38,7 +38,7 @@ pub async fn status(spec: &SpecArgs, json: bool) -> Result<ExitCode, Failure> {
         Err(e) => return Err(e.into()),
     };
     if let Some(loaded) = &loaded {
-        let plan = plan_for(&home, loaded)?;
+        let plan = plan_for(&home, loaded, false).await?;
         for step in plan
             .graph
             .node_weights()

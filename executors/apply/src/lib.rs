@@ -168,7 +168,8 @@ impl Default for WalkOptions {
     }
 }
 
-/// What a host reports while a step runs: each report carries one of the two.
+/// What a host reports while a step runs: a message, or bytes (of one part of the step,
+/// such as one layer of a pull, when `part` names it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgressEvent {
     /// What the step is doing now (`importing`), one line, lower case.
@@ -177,6 +178,9 @@ pub struct ProgressEvent {
     /// Bytes done and bytes in all (an import, a pull).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<(u64, u64)>,
+    /// Which part of the step the bytes are of (a layer digest), when it has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
 }
 
 /// A cheap, cloneable handle through which a host reports a step's progress; each report
@@ -199,15 +203,24 @@ impl Progress {
     pub fn message(&self, message: impl Into<String>) {
         self.send(ProgressEvent {
             message: Some(message.into()),
-            bytes: None,
+            ..ProgressEvent::default()
         });
     }
 
     /// Reports bytes done out of `total`.
     pub fn bytes(&self, done: u64, total: u64) {
         self.send(ProgressEvent {
+            bytes: Some((done, total)),
+            ..ProgressEvent::default()
+        });
+    }
+
+    /// Reports bytes done out of `total` for one `part` of the step (a layer of a pull).
+    pub fn part_bytes(&self, part: impl Into<String>, done: u64, total: u64) {
+        self.send(ProgressEvent {
             message: None,
             bytes: Some((done, total)),
+            part: Some(part.into()),
         });
     }
 

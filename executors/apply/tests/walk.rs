@@ -268,6 +268,8 @@ fn desired(name: &str, version: u32) -> Desired {
         depends_on: Vec::new(),
         payload: Payload::RegistryModel {
             reference: format!("example.com/{name}:{version}"),
+            digest: None,
+            size: None,
         },
     }
 }
@@ -521,7 +523,7 @@ async fn progress_reports_reach_the_caller_between_start_and_end() {
             a,
             ProgressEvent {
                 message: Some("create model a".into()),
-                bytes: None,
+                ..ProgressEvent::default()
             }
         )
     );
@@ -530,8 +532,8 @@ async fn progress_reports_reach_the_caller_between_start_and_end() {
         &Event::Progress(
             a,
             ProgressEvent {
-                message: None,
                 bytes: Some((1, 1)),
+                ..ProgressEvent::default()
             }
         )
     );
@@ -1057,6 +1059,7 @@ mod convergence {
         Observed {
             resources: host.resources(),
             local_files,
+            ..Observed::default()
         }
     }
 

@@ -51,6 +51,9 @@ pub enum ApplyLine {
         /// Bytes done and total, if it counts bytes.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bytes: Option<(u64, u64)>,
+        /// The part the bytes are of (a layer digest), when the step has several.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        part: Option<String>,
     },
     /// A step finished.
     Done {

@@ -8,13 +8,15 @@ use std::sync::Arc;
 
 use aistack_apply::{Host, HostError, Outputs, Progress, Unsupported};
 use aistack_planner::{Applied, Desired, Kind, Payload, Step};
+use aistack_spec::values::OciRef;
+use aistack_store::registry::{self, PullOptions, PullProgress};
 use aistack_store::{LocalFile, Store};
 
 use crate::home::Home;
 use crate::state::ProjectState;
 
 /// Output key of a model resource: the manifest digest in the store.
-pub const MANIFEST: &str = "manifest";
+pub const MANIFEST: &str = aistack_planner::MANIFEST_OUTPUT;
 /// Output key of a model resource: the artifact's total layer size in bytes.
 pub const SIZE: &str = "size";
 
@@ -67,6 +69,85 @@ fn host_error(e: aistack_store::StoreError) -> HostError {
     }
 }
 
+impl MachineHost {
+    async fn import(
+        &self,
+        desired: &Desired,
+        files: &[aistack_planner::FileFact],
+        progress: &Progress,
+    ) -> Result<Outputs, HostError> {
+        let files: Vec<LocalFile> = files
+            .iter()
+            .map(|f| LocalFile {
+                path: f.path.clone(),
+                size: f.size,
+                digest: f.digest.clone(),
+            })
+            .collect();
+        let store = Arc::clone(&self.store);
+        let progress = progress.clone();
+        progress.message("importing");
+        let imported = tokio::task::spawn_blocking(move || {
+            store.import_local(&files, &mut |done, total| progress.bytes(done, total))
+        })
+        .await
+        .map_err(|e| HostError {
+            message: format!("The import of `{}` stopped: {e}", desired.id),
+            help: None,
+        })?
+        .map_err(host_error)?;
+        Ok(model_outputs(imported.manifest_digest, imported.size))
+    }
+
+    /// Pulls `reference`; when planning resolved it to `digest`, the pull must yield it, and
+    /// an artifact already in the store is not fetched again.
+    async fn pull(
+        &self,
+        reference: &str,
+        digest: Option<&str>,
+        progress: &Progress,
+    ) -> Result<Outputs, HostError> {
+        if let Some(digest) = digest
+            && self.store.contains(digest)
+        {
+            let size = self
+                .store
+                .manifest(digest)
+                .map(|m| m.layers.iter().map(|l| l.size).sum())
+                .unwrap_or(0);
+            return Ok(model_outputs(digest.to_owned(), size));
+        }
+        let oci = OciRef::parse_model(reference).map_err(|e| HostError {
+            message: format!("Invalid reference `{reference}`: {}", e.reason),
+            help: Some(e.help),
+        })?;
+        progress.message("pulling");
+        let mut report = |p: PullProgress| progress.part_bytes(p.layer, p.done, p.total);
+        let pulled = registry::pull(&self.store, &oci, &PullOptions::default(), &mut report)
+            .await
+            .map_err(|e| HostError {
+                help: e.help(),
+                message: e.to_string(),
+            })?;
+        if let Some(digest) = digest
+            && pulled.manifest_digest != digest
+        {
+            return Err(HostError {
+                message: format!("`{reference}` moved to another artifact while it was pulled"),
+                help: Some("Run `aistack up --pull` again".to_owned()),
+            });
+        }
+        Ok(model_outputs(pulled.manifest_digest, pulled.size))
+    }
+}
+
+fn model_outputs(manifest: String, size: u64) -> Outputs {
+    Outputs::from([
+        (MANIFEST.to_owned(), manifest),
+        (SIZE.to_owned(), size.to_string()),
+    ])
+}
+
 impl Host for MachineHost {
     fn check(&self, step: &Step) -> Result<(), Unsupported> {
         // A removal only undoes what an earlier apply did, so it is always possible.
@@ -74,15 +155,7 @@ impl Host for MachineHost {
             return Ok(());
         };
         match &desired.payload {
-            Payload::LocalModel { .. } => Ok(()),
-            Payload::RegistryModel { reference } => Err(Unsupported {
-                id: step.id.clone(),
-                message: format!("Pulling `{reference}` from a registry is not supported yet"),
-                help: Some(format!(
-                    "Point `models.{}.source` at a local GGUF file (`./model.gguf`) for now",
-                    step.id.name
-                )),
-            }),
+            Payload::LocalModel { .. } | Payload::RegistryModel { .. } => Ok(()),
             Payload::Engine { .. } => Err(not_yet(
                 step,
                 "Engines",
@@ -108,36 +181,16 @@ impl Host for MachineHost {
     }
 
     async fn create(&self, desired: &Desired, progress: &Progress) -> Result<Outputs, HostError> {
-        let Payload::LocalModel { files } = &desired.payload else {
-            return Err(HostError {
+        match &desired.payload {
+            Payload::LocalModel { files } => self.import(desired, files, progress).await,
+            Payload::RegistryModel {
+                reference, digest, ..
+            } => self.pull(reference, digest.as_deref(), progress).await,
+            _ => Err(HostError {
                 message: format!("Cannot create `{}`", desired.id),
                 help: None,
-            });
-        };
-        let files: Vec<LocalFile> = files
-            .iter()
-            .map(|f| LocalFile {
-                path: f.path.clone(),
-                size: f.size,
-                digest: f.digest.clone(),
-            })
-            .collect();
-        let store = Arc::clone(&self.store);
-        let progress = progress.clone();
-        progress.message("importing");
-        let imported = tokio::task::spawn_blocking(move || {
-            store.import_local(&files, &mut |done, total| progress.bytes(done, total))
-        })
-        .await
-        .map_err(|e| HostError {
-            message: format!("The import of `{}` stopped: {e}", desired.id),
-            help: None,
-        })?
-        .map_err(host_error)?;
-        Ok(Outputs::from([
-            (MANIFEST.to_owned(), imported.manifest_digest),
-            (SIZE.to_owned(), imported.size.to_string()),
-        ]))
+            }),
+        }
     }
 
     async fn change(

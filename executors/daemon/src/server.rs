@@ -167,8 +167,9 @@ async fn apply_plan(
                 Event::Started(i) => ApplyLine::Started { id: id(i) },
                 Event::Progress(i, progress) => ApplyLine::Progress {
                     id: id(i),
-                    message: progress.message.clone(),
+                    message: progress.message,
                     bytes: progress.bytes,
+                    part: progress.part,
                 },
                 Event::Applied(i, applied) => {
                     state.record(applied);

@@ -4,7 +4,6 @@
 //! killed daemon leaves either the old or the new record, never a torn one, and the record
 //! never claims a resource that was not applied.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -137,17 +136,10 @@ impl ProjectState {
         self.resources.retain(|r| &r.id != id);
     }
 
-    /// The applied resources as the planner's observed snapshot (local file facts are
-    /// added by the caller).
+    /// The applied resources as the planner's observed snapshot (facts about files and
+    /// registries are added by the caller).
     pub fn observed(&self) -> Observed {
-        Observed {
-            resources: self
-                .resources
-                .iter()
-                .map(|r| (r.id.clone(), r.clone()))
-                .collect::<BTreeMap<_, _>>(),
-            local_files: BTreeMap::new(),
-        }
+        Observed::from_applied(self.resources.iter().cloned())
     }
 
     /// Writes the record atomically; an empty record removes the project's directory.
@@ -189,6 +181,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
     use aistack_planner::Kind;
+    use std::collections::BTreeMap;
 
     fn applied(name: &str) -> Applied {
         Applied {

@@ -1,6 +1,7 @@
 //! What `aistack status` shows for a project.
 
 use aistack_planner::Kind;
+use aistack_planner::plan::human_size;
 use aistack_store::Store;
 
 use crate::api::{ProjectStatus, ResourceStatus};
@@ -58,22 +59,6 @@ pub fn project_status(
 pub fn short_digest(digest: &str) -> &str {
     let end = digest.find(':').map_or(12, |colon| colon + 13);
     digest.get(..end).unwrap_or(digest)
-}
-
-/// A byte count in the largest binary unit that keeps it at or above 1 (`93.8 MiB`).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,38 @@ pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.docker.ai.model.config.v0.1+json";
 /// Media type of a GGUF layer.
 pub const GGUF_MEDIA_TYPE: &str = "application/vnd.docker.ai.gguf.v3";
+/// Media type of a license layer.
+pub const LICENSE_MEDIA_TYPE: &str = "application/vnd.docker.ai.license";
+/// Media type of a chat template layer.
+pub const CHAT_TEMPLATE_MEDIA_TYPE: &str = "application/vnd.docker.ai.chat.template.jinja";
+/// Media type of a multimodal projector layer.
+pub const MMPROJ_MEDIA_TYPE: &str = "application/vnd.docker.ai.mmproj";
+/// Media type of a safetensors layer.
+pub const SAFETENSORS_MEDIA_TYPE: &str = "application/vnd.docker.ai.safetensors";
+/// Media type of a DDUF (Diffusers) layer.
+pub const DDUF_MEDIA_TYPE: &str = "application/vnd.docker.ai.dduf";
+/// Media type of a Docker image manifest (schema 2), which a model may also be pushed as.
+pub const DOCKER_MANIFEST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Media type of a Docker manifest list.
+pub const DOCKER_MANIFEST_LIST_MEDIA_TYPE: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Whether `media_type` is a layer of a Docker Model Runner artifact: one of the types
+/// above, or another `application/vnd.docker.ai.` type that a newer DMR may add.
+pub fn is_model_layer(media_type: &str) -> bool {
+    [
+        GGUF_MEDIA_TYPE,
+        LICENSE_MEDIA_TYPE,
+        CHAT_TEMPLATE_MEDIA_TYPE,
+        MMPROJ_MEDIA_TYPE,
+        SAFETENSORS_MEDIA_TYPE,
+        DDUF_MEDIA_TYPE,
+    ]
+    .contains(&media_type)
+        || (media_type.starts_with("application/vnd.docker.ai.")
+            && !media_type.starts_with("application/vnd.docker.ai.model.config"))
+}
+
 /// Layer annotation: the file's name.
 pub const ANNOTATION_FILEPATH: &str = "org.cncf.model.filepath";
 /// Layer annotation: the file's metadata, as JSON.

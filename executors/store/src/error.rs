@@ -103,6 +103,19 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A reference name is not a valid OCI reference.
+    #[error("Invalid reference `{reference}`: {reason}")]
+    InvalidReference {
+        reference: String,
+        reason: String,
+        help: String,
+    },
+    /// No model in the store has this name or digest.
+    #[error("No model `{reference}` in the store")]
+    UnknownReference { reference: String },
+    /// A context size does not fit the model config's 32-bit field.
+    #[error("The context size {value} is too large")]
+    ContextSizeTooLarge { value: u64 },
     /// A manifest or config could not be encoded.
     #[error("Cannot encode the {what} of the model")]
     Encode {
@@ -155,6 +168,14 @@ impl StoreError {
             }
             StoreError::InvalidDigest { .. } => {
                 "A digest is `sha256:` followed by 64 lowercase hex digits".to_owned()
+            }
+            StoreError::InvalidReference { help, .. } => help.clone(),
+            StoreError::UnknownReference { .. } => {
+                "List the models with `aistack model ls`, or pull it with `aistack model pull`"
+                    .to_owned()
+            }
+            StoreError::ContextSizeTooLarge { .. } => {
+                format!("Give a context size of at most {}", u32::MAX)
             }
             StoreError::Encode { .. } => return None,
         })

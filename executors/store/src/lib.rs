@@ -10,6 +10,8 @@ pub mod artifact;
 pub mod digest_cache;
 mod error;
 pub mod gguf;
+mod refs;
+pub mod registry;
 pub mod store;
 
 pub use artifact::{ConfigFile, ModelConfig};

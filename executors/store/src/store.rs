@@ -6,6 +6,7 @@
 //!   index.json            one manifest descriptor per model
 //!   blobs/sha256/<hex>    layers, configs, manifests
 //!   ingest/               temporary files, renamed into blobs/ once verified
+//!   partial/<hex>         blobs being downloaded, kept across runs so a pull resumes
 //!   .lock                 exclusive flock while index.json is rewritten
 //!   .ingest.lock          shared flock while an import runs, exclusive while blobs are deleted
 //! ```
@@ -13,7 +14,9 @@
 //! Nothing partial ever sits under `blobs/` or in `index.json`: a blob is written to
 //! `ingest/`, fsynced, checked against its digest and only then renamed into place, and the
 //! index is replaced the same way. A killed process leaves only files in `ingest/`, which
-//! [`Store::open`] removes when no import is running.
+//! [`Store::open`] removes when no import is running. A download in progress lives in
+//! `partial/` instead, which `open` keeps: the next pull hashes what is there and asks the
+//! registry for the rest.
 //!
 //! Blob deletion waits for running imports (an import may be about to reference a blob it
 //! found already present), and an import waits for a deletion to finish.
@@ -36,7 +39,7 @@ use crate::error::StoreError;
 use crate::gguf::{self, Header};
 
 /// Buffer size for copying and hashing model files.
-const COPY_BUFFER: usize = 4 << 20;
+pub(crate) const COPY_BUFFER: usize = 4 << 20;
 
 /// A local model file as observed before planning.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +73,7 @@ pub struct Entry {
 }
 
 /// The content-addressed model store.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
 }
@@ -88,6 +91,7 @@ impl Store {
         };
         fs::create_dir_all(store.blobs_dir()).map_err(|e| create(dir, e))?;
         fs::create_dir_all(store.ingest_dir()).map_err(|e| create(dir, e))?;
+        fs::create_dir_all(store.partial_dir()).map_err(|e| create(dir, e))?;
         let layout = dir.join("oci-layout");
         if !layout.exists() {
             store
@@ -116,6 +120,12 @@ impl Store {
     /// Where the blob `digest` lives.
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf, StoreError> {
         Ok(self.blobs_dir().join(digest_hex(digest)?))
+    }
+
+    /// Where a download of the blob `digest` is kept until it is complete, so that an
+    /// interrupted pull resumes from there.
+    pub fn partial_path(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        Ok(self.partial_dir().join(digest_hex(digest)?))
     }
 
     /// Imports a model from local files (its shards, in order) as a DMR artifact; returns
@@ -290,6 +300,16 @@ impl Store {
             self.write_index(&index)?;
         }
 
+        self.collect_garbage(&index, manifest_digest)
+    }
+
+    /// Deletes the manifest `manifest_digest` and those of its blobs that no manifest of
+    /// `index` references; the caller holds both locks and has written `index`.
+    pub(crate) fn collect_garbage(
+        &self,
+        index: &Index,
+        manifest_digest: &str,
+    ) -> Result<(), StoreError> {
         let mut candidates = BTreeSet::from([manifest_digest.to_owned()]);
         match self.manifest(manifest_digest) {
             Ok(manifest) => {
@@ -338,7 +358,11 @@ impl Store {
         self.root.join("blobs").join("sha256")
     }
 
-    fn ingest_dir(&self) -> PathBuf {
+    pub(crate) fn partial_dir(&self) -> PathBuf {
+        self.root.join("partial")
+    }
+
+    pub(crate) fn ingest_dir(&self) -> PathBuf {
         self.root.join("ingest")
     }
 
@@ -359,12 +383,12 @@ impl Store {
         }
     }
 
-    fn read_blob(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn read_blob(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
         let path = self.blob_path(digest)?;
         fs::read(&path).map_err(|source| self.blob_read_error(digest, source))
     }
 
-    fn read_index(&self) -> Result<Index, StoreError> {
+    pub(crate) fn read_index(&self) -> Result<Index, StoreError> {
         let path = self.index_path();
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -375,7 +399,7 @@ impl Store {
     }
 
     /// Replaces `index.json`; the caller holds the index lock.
-    fn write_index(&self, index: &Index) -> Result<(), StoreError> {
+    pub(crate) fn write_index(&self, index: &Index) -> Result<(), StoreError> {
         let path = self.index_path();
         let bytes = artifact::to_go_json(index).map_err(|source| StoreError::Encode {
             what: "index",
@@ -386,7 +410,7 @@ impl Store {
     }
 
     /// Writes `bytes` to `target` through a fsynced temporary file in `ingest/`.
-    fn write_atomic(&self, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn write_atomic(&self, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let mut tmp = tempfile::NamedTempFile::new_in(self.ingest_dir())?;
         tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
@@ -395,7 +419,7 @@ impl Store {
     }
 
     /// Stores `bytes` as a blob; returns its digest.
-    fn put_bytes(&self, bytes: &[u8]) -> Result<String, StoreError> {
+    pub(crate) fn put_bytes(&self, bytes: &[u8]) -> Result<String, StoreError> {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
         let path = self.blob_path(&digest)?;
         if !path.exists() {
@@ -406,7 +430,7 @@ impl Store {
     }
 
     /// Copies `file` into `blobs/` unless its blob is there, hashing as it copies.
-    fn ingest_file(
+    pub(crate) fn ingest_file(
         &self,
         file: &LocalFile,
         done: &mut u64,
@@ -479,44 +503,13 @@ impl Store {
                 diff_ids: files.iter().map(|f| f.digest.clone()).collect(),
             },
         };
-        let mut layers = Vec::with_capacity(files.len());
-        for (file, stat) in files.iter().zip(stats) {
-            let name = file
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let metadata = FileMetadata {
-                name: &name,
-                mode: stat.permissions().mode() & 0o777,
-                uid: 0,
-                gid: 0,
-                size: file.size,
-                mtime: stat
-                    .modified()
-                    .map(artifact::rfc3339)
-                    .unwrap_or_else(|_| artifact::rfc3339(std::time::UNIX_EPOCH)),
-                typeflag: 0,
-            };
-            let metadata =
-                artifact::to_go_json(&metadata).map_err(|source| StoreError::Encode {
-                    what: "layer metadata",
-                    source,
-                })?;
-            layers.push(Descriptor {
-                media_type: GGUF_MEDIA_TYPE.to_owned(),
-                size: file.size,
-                digest: file.digest.clone(),
-                annotations: BTreeMap::from([
-                    (ANNOTATION_FILEPATH.to_owned(), name.clone()),
-                    (
-                        ANNOTATION_FILE_METADATA.to_owned(),
-                        String::from_utf8_lossy(&metadata).into_owned(),
-                    ),
-                    (ANNOTATION_MEDIATYPE_UNTESTED.to_owned(), "false".to_owned()),
-                ]),
-            });
-        }
+        let layers = files
+            .iter()
+            .zip(stats)
+            .map(|(file, stat)| {
+                layer_descriptor(&file.path, stat, &file.digest, file.size, GGUF_MEDIA_TYPE)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let manifest = Manifest {
             schema_version: 2,
             media_type: MANIFEST_MEDIA_TYPE.to_owned(),
@@ -546,7 +539,7 @@ impl Store {
     }
 
     /// Takes flock `operation` on `name`; released when the returned file is dropped.
-    fn lock(&self, name: &str, operation: FlockOperation) -> Result<File, StoreError> {
+    pub(crate) fn lock(&self, name: &str, operation: FlockOperation) -> Result<File, StoreError> {
         let (path, file) = self.lock_file(name)?;
         rustix::fs::flock(&file, operation).map_err(|e| StoreError::Lock {
             path,
@@ -581,8 +574,53 @@ impl Store {
     }
 }
 
+/// The descriptor of a layer made from the file at `path`, with the annotations DMR puts on
+/// every layer (`internal/partial/layer.go`): the file's name, its metadata, and whether
+/// the media type was guessed.
+pub(crate) fn layer_descriptor(
+    path: &Path,
+    stat: &fs::Metadata,
+    digest: &str,
+    size: u64,
+    media_type: &str,
+) -> Result<Descriptor, StoreError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let metadata = FileMetadata {
+        name: &name,
+        mode: stat.permissions().mode() & 0o777,
+        uid: 0,
+        gid: 0,
+        size,
+        mtime: stat
+            .modified()
+            .map(artifact::rfc3339)
+            .unwrap_or_else(|_| artifact::rfc3339(std::time::UNIX_EPOCH)),
+        typeflag: 0,
+    };
+    let metadata = artifact::to_go_json(&metadata).map_err(|source| StoreError::Encode {
+        what: "layer metadata",
+        source,
+    })?;
+    Ok(Descriptor {
+        media_type: media_type.to_owned(),
+        size,
+        digest: digest.to_owned(),
+        annotations: BTreeMap::from([
+            (ANNOTATION_FILEPATH.to_owned(), name),
+            (
+                ANNOTATION_FILE_METADATA.to_owned(),
+                String::from_utf8_lossy(&metadata).into_owned(),
+            ),
+            (ANNOTATION_MEDIATYPE_UNTESTED.to_owned(), "false".to_owned()),
+        ]),
+    })
+}
+
 /// The hex part of `digest`, which must be `sha256:` and 64 lowercase hex digits.
-fn digest_hex(digest: &str) -> Result<&str, StoreError> {
+pub(crate) fn digest_hex(digest: &str) -> Result<&str, StoreError> {
     digest
         .strip_prefix("sha256:")
         .filter(|hex| {
@@ -597,7 +635,7 @@ fn digest_hex(digest: &str) -> Result<&str, StoreError> {
 }
 
 /// Fsyncs the directory holding `path`, so a rename into it survives a crash.
-fn sync_dir(path: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
     match path.parent() {
         Some(dir) => File::open(dir)?.sync_all(),
         None => Ok(()),
