@@ -55,7 +55,7 @@ pub async fn observe(
         for reference in references {
             let digest = aistack_store::registry::resolve(&reference)
                 .await
-                .map_err(|e| Failure::from(crate::report::Report::new(e.to_string(), e.help())))?;
+                .map_err(|e| Failure::from(crate::report::Report::new(chain(&e), e.help())))?;
             observed
                 .registry
                 .insert(reference.to_string(), RegistryFact { digest, size: None });

@@ -55,6 +55,7 @@ impl Report {
         };
         let handler = GraphicalReportHandler::new_themed(theme)
             .with_width(100)
+            .with_wrap_lines(false)
             .with_context_lines(1);
         let mut out = String::new();
         if handler.render_report(&mut out, self).is_err() {
@@ -147,14 +148,4 @@ report_from!(
     aistack_store::StoreError
 );
 
-/// The message of `e` followed by its sources, each once: `Cannot read x: Permission denied`.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use aistack_apply::chain;

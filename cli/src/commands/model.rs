@@ -13,7 +13,7 @@ use clap::Subcommand;
 
 use super::home;
 use crate::progress::Progress;
-use crate::report::{Failure, Report};
+use crate::report::{Failure, Report, chain};
 
 /// The `model` subcommands.
 #[derive(Debug, Subcommand)]
@@ -99,7 +99,7 @@ pub async fn model(command: ModelCommand) -> Result<ExitCode, Failure> {
                 |p: PullProgress| progress.bytes(short_digest(&p.layer), p.done, p.total);
             let pulled = registry::pull(&store, &oci, &PullOptions::default(), &mut report)
                 .await
-                .map_err(|e| Report::new(e.to_string(), e.help()))?;
+                .map_err(|e| Report::new(chain(&e), e.help()))?;
             println!(
                 "Pulled `{oci}`: {} ({}, {} transferred)",
                 pulled.manifest_digest,
@@ -170,7 +170,7 @@ async fn push(store: &Store, reference: &str, quiet: bool) -> Result<(), Failure
     let mut report = |p: PullProgress| progress.bytes(short_digest(&p.layer), p.done, p.total);
     let pushed = registry::push(store, &name, &oci, &mut report)
         .await
-        .map_err(|e| Report::new(e.to_string(), e.help()))?;
+        .map_err(|e| Report::new(chain(&e), e.help()))?;
     println!("Pushed `{oci}`: {}", pushed.manifest_digest);
     Ok(())
 }

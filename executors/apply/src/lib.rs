@@ -510,3 +510,16 @@ async fn run<H: Host>(
     .await;
     (index, result)
 }
+
+/// The message of `e` followed by its sources, each once (`Cannot write x: No space left on
+/// device`): errors cross the daemon's API as text, so the causes must travel with them.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use aistack_apply::{Host, HostError, Outputs, Progress, Unsupported};
+use aistack_apply::{Host, HostError, Outputs, Progress, Unsupported, chain};
 use aistack_planner::{Applied, Desired, Kind, Payload, Step};
 use aistack_spec::values::OciRef;
 use aistack_store::registry::{self, PullOptions, PullProgress};
@@ -65,7 +65,7 @@ fn not_yet(step: &Step, what: &str, help: &str) -> Unsupported {
 fn host_error(e: aistack_store::StoreError) -> HostError {
     HostError {
         help: e.help(),
-        message: e.to_string(),
+        message: chain(&e),
     }
 }
 
@@ -127,7 +127,7 @@ impl MachineHost {
             .await
             .map_err(|e| HostError {
                 help: e.help(),
-                message: e.to_string(),
+                message: chain(&e),
             })?;
         if let Some(digest) = digest
             && pulled.manifest_digest != digest
