@@ -64,6 +64,7 @@ pub fn test_model() -> PathBuf {
 /// A temporary `AISTACK_HOME` and project directory; stops the daemon it started on drop.
 pub struct TestEnv {
     dir: tempfile::TempDir,
+    vars: Vec<(String, std::ffi::OsString)>,
 }
 
 impl Default for TestEnv {
@@ -77,7 +78,10 @@ impl TestEnv {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         fs::create_dir_all(dir.path().join("project")).expect("project dir");
-        TestEnv { dir }
+        TestEnv {
+            dir,
+            vars: Vec::new(),
+        }
     }
 
     /// `AISTACK_HOME`.
@@ -108,6 +112,11 @@ impl TestEnv {
         path
     }
 
+    /// Sets an environment variable for every command of this environment.
+    pub fn set_var(&mut self, name: &str, value: impl Into<std::ffi::OsString>) {
+        self.vars.push((name.to_owned(), value.into()));
+    }
+
     /// An `aistack` command in the project directory with this home, no colours.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(aistack_bin());
@@ -115,7 +124,8 @@ impl TestEnv {
             .current_dir(self.project())
             .env("AISTACK_HOME", self.home())
             .env("NO_COLOR", "1")
-            .env_remove("AISTACK_LOG");
+            .env_remove("AISTACK_LOG")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

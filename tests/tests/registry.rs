@@ -41,7 +41,16 @@ const NO_BLOB_BYTES: u64 = 64 << 10;
 /// A [`TestEnv`] with its own Docker config directory.
 struct Home {
     env: TestEnv,
-    docker: tempfile::TempDir,
+    /// Kept for its lifetime: `DOCKER_CONFIG` points into it.
+    _docker: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Home {
+    type Target = TestEnv;
+
+    fn deref(&self) -> &TestEnv {
+        &self.env
+    }
 }
 
 impl Home {
@@ -61,38 +70,12 @@ impl Home {
     fn with_config(config: &str) -> Home {
         let docker = tempfile::tempdir().expect("docker config dir");
         fs::write(docker.path().join("config.json"), config).expect("write config.json");
+        let mut env = TestEnv::new();
+        env.set_var("DOCKER_CONFIG", docker.path());
         Home {
-            env: TestEnv::new(),
-            docker,
+            env,
+            _docker: docker,
         }
-    }
-
-    fn home(&self) -> PathBuf {
-        self.env.home()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = self.env.cmd(args);
-        cmd.env("DOCKER_CONFIG", self.docker.path());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("aistack runs")
-    }
-
-    /// Runs `aistack ARGS`, asserts success, returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "`aistack {}` failed with {}\nstdout:\n{}\nstderr:\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs `aistack ARGS`, asserts it failed as an error should (see [`assert_error`]),

@@ -12,9 +12,8 @@ use aistack_spec::values::OciRef;
 use rustix::fs::FlockOperation;
 
 use crate::artifact::{
-    self, ANNOTATION_REF_NAME, ANNOTATION_SOURCE, CHAT_TEMPLATE_MEDIA_TYPE, CONFIG_MEDIA_TYPE,
-    ConfigFile, Descriptor, GGUF_MEDIA_TYPE, Index, LICENSE_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
-    Manifest, ModelConfig, Provenance, RootFs,
+    self, ANNOTATION_REF_NAME, ANNOTATION_SOURCE, CHAT_TEMPLATE_MEDIA_TYPE, ConfigFile, Descriptor,
+    GGUF_MEDIA_TYPE, Index, LICENSE_MEDIA_TYPE, ModelConfig, Provenance, RootFs,
 };
 use crate::error::StoreError;
 use crate::gguf;
@@ -179,41 +178,13 @@ impl Store {
                 diff_ids: layers.iter().map(|l| l.digest.clone()).collect(),
             },
         };
-        let config_bytes =
-            artifact::to_go_json(&config_file).map_err(|source| StoreError::Encode {
-                what: "config",
-                source,
-            })?;
-        let config_digest = self.put_bytes(&config_bytes)?;
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: MANIFEST_MEDIA_TYPE.to_owned(),
-            config: Descriptor {
-                media_type: CONFIG_MEDIA_TYPE.to_owned(),
-                size: config_bytes.len() as u64,
-                digest: config_digest,
-                annotations: BTreeMap::new(),
-            },
-            layers,
-        };
-        let manifest_bytes =
-            artifact::to_go_json(&manifest).map_err(|source| StoreError::Encode {
-                what: "manifest",
-                source,
-            })?;
-        let manifest_digest = self.put_bytes(&manifest_bytes)?;
-        self.add_reference(
-            Descriptor {
-                media_type: MANIFEST_MEDIA_TYPE.to_owned(),
-                size: manifest_bytes.len() as u64,
-                digest: manifest_digest.clone(),
-                annotations: BTreeMap::new(),
-            },
-            &name,
-        )?;
+        let size = layers.iter().map(|l| l.size).sum();
+        let descriptor = self.put_artifact(&config_file, layers)?;
+        let manifest_digest = descriptor.digest.clone();
+        self.add_reference(descriptor, &name)?;
         Ok(Imported {
             manifest_digest,
-            size: manifest.layers.iter().map(|l| l.size).sum(),
+            size,
             config: config_file.config,
         })
     }
@@ -296,6 +267,7 @@ fn name_manifest(index: &mut Index, manifest: Descriptor, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::artifact::MANIFEST_MEDIA_TYPE;
 
     fn descriptor(digest: char) -> Descriptor {
         Descriptor {

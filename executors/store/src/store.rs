@@ -174,38 +174,16 @@ impl Store {
             self.ingest_file(file, &mut done, total, progress)?;
         }
 
-        let (config_file, manifest) = self.describe(files, &headers, &stats)?;
-        let config_bytes =
-            artifact::to_go_json(&config_file).map_err(|source| StoreError::Encode {
-                what: "config",
-                source,
-            })?;
-        let config_digest = self.put_bytes(&config_bytes)?;
-        let manifest = Manifest {
-            config: Descriptor {
-                media_type: CONFIG_MEDIA_TYPE.to_owned(),
-                size: config_bytes.len() as u64,
-                digest: config_digest,
-                annotations: BTreeMap::new(),
-            },
-            ..manifest
-        };
-        let manifest_bytes =
-            artifact::to_go_json(&manifest).map_err(|source| StoreError::Encode {
-                what: "manifest",
-                source,
-            })?;
-        let manifest_digest = self.put_bytes(&manifest_bytes)?;
-
+        let (config_file, layers) = self.describe(files, &headers, &stats)?;
+        let descriptor = self.put_artifact(&config_file, layers)?;
+        let manifest_digest = descriptor.digest.clone();
         let source = std::path::absolute(&first.path).unwrap_or_else(|_| first.path.clone());
         let entry = Descriptor {
-            media_type: MANIFEST_MEDIA_TYPE.to_owned(),
-            size: manifest_bytes.len() as u64,
-            digest: manifest_digest.clone(),
             annotations: BTreeMap::from([(
                 ANNOTATION_SOURCE.to_owned(),
                 source.to_string_lossy().into_owned(),
             )]),
+            ..descriptor
         };
         {
             let _index = self.lock(".lock", FlockOperation::LockExclusive)?;
@@ -489,7 +467,7 @@ impl Store {
         files: &[LocalFile],
         headers: &[Header],
         stats: &[fs::Metadata],
-    ) -> Result<(ConfigFile, Manifest), StoreError> {
+    ) -> Result<(ConfigFile, Vec<Descriptor>), StoreError> {
         let summary = gguf::summarize(headers);
         let created = stats
             .first()
@@ -510,18 +488,44 @@ impl Store {
                 layer_descriptor(&file.path, stat, &file.digest, file.size, GGUF_MEDIA_TYPE)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        Ok((config, layers))
+    }
+
+    /// Writes `config_file` and a manifest of `layers` pointing at it as blobs, and returns
+    /// the manifest's descriptor, ready for the index.
+    pub(crate) fn put_artifact(
+        &self,
+        config_file: &ConfigFile,
+        layers: Vec<Descriptor>,
+    ) -> Result<Descriptor, StoreError> {
+        let config_bytes =
+            artifact::to_go_json(config_file).map_err(|source| StoreError::Encode {
+                what: "config",
+                source,
+            })?;
+        let config_digest = self.put_bytes(&config_bytes)?;
         let manifest = Manifest {
             schema_version: 2,
             media_type: MANIFEST_MEDIA_TYPE.to_owned(),
             config: Descriptor {
                 media_type: CONFIG_MEDIA_TYPE.to_owned(),
-                size: 0,
-                digest: String::new(),
+                size: config_bytes.len() as u64,
+                digest: config_digest,
                 annotations: BTreeMap::new(),
             },
             layers,
         };
-        Ok((config, manifest))
+        let manifest_bytes =
+            artifact::to_go_json(&manifest).map_err(|source| StoreError::Encode {
+                what: "manifest",
+                source,
+            })?;
+        Ok(Descriptor {
+            media_type: MANIFEST_MEDIA_TYPE.to_owned(),
+            size: manifest_bytes.len() as u64,
+            digest: self.put_bytes(&manifest_bytes)?,
+            annotations: BTreeMap::new(),
+        })
     }
 
     fn lock_file(&self, name: &str) -> Result<(PathBuf, File), StoreError> {
