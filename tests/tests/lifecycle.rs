@@ -385,3 +385,21 @@ fn dotenv_beside_the_spec_fills_variables_and_the_environment_wins() {
     let json: serde_json::Value = serde_json::from_slice(&overridden.stdout).unwrap();
     assert_eq!(json["steps"][0]["desired"]["fields"]["context_size"], 4096);
 }
+
+#[test]
+fn a_corrupt_project_record_is_a_clear_error_that_says_how_to_recover() {
+    let env = TestEnv::new();
+    env.write("aistack.yaml", QUICKSTART);
+    env.link_model("smollm2.gguf");
+    fs::create_dir_all(env.home().join("projects/demo")).unwrap();
+    fs::write(env.home().join("projects/demo/state.json"), "{ torn").unwrap();
+    for command in [&["plan"][..], &["up"][..]] {
+        let out = env.run(command);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("is corrupt"), "{stderr}");
+        assert!(stderr.contains("help: Move"), "{stderr}");
+    }
+    fs::remove_file(env.home().join("projects/demo/state.json")).unwrap();
+    env.ok(&["up"]);
+}

@@ -110,6 +110,17 @@ async fn apply(
             ),
         );
     }
+    // A record that cannot be read must stop the apply before it starts, with its fix.
+    if let Err(e) = ProjectState::load(&app.home, &name) {
+        let help = e
+            .help()
+            .map(|h| format!(" (help: {h})"))
+            .unwrap_or_default();
+        return error(
+            StatusCode::CONFLICT,
+            format!("{}{help}", aistack_apply::chain(&e)),
+        );
+    }
     let (tx, rx) = mpsc::unbounded_channel::<ApplyLine>();
     // The apply runs to its end even if the client goes away: a half-applied project is
     // repaired by the next `up`, but there is no reason to leave it half-applied.
