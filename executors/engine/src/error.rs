@@ -1,0 +1,92 @@
+//! The engine's errors. Messages follow DESIGN §9: capitalised, one line, no trailing period,
+//! the fix in [`EngineError::help`], source errors chained rather than repeated inline.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong loading a model, rendering a chat or generating.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The model file is not there.
+    #[error("Model file `{}` does not exist", path.display())]
+    ModelNotFound {
+        /// The path that was given.
+        path: PathBuf,
+    },
+    /// llama.cpp could not be initialised.
+    #[error("Could not initialise llama.cpp")]
+    Backend(#[source] llama_cpp_2::LlamaCppError),
+    /// llama.cpp refused the model file.
+    #[error("Could not load the model `{}`", path.display())]
+    Load {
+        /// The model file.
+        path: PathBuf,
+        /// What llama.cpp said.
+        #[source]
+        source: llama_cpp_2::LlamaModelLoadError,
+    },
+    /// A context (KV cache and compute buffers) could not be created.
+    #[error("Could not create a llama.cpp context of {context_size} tokens")]
+    Context {
+        /// The requested context size.
+        context_size: u32,
+        /// What llama.cpp said.
+        #[source]
+        source: llama_cpp_2::LlamaContextLoadError,
+    },
+    /// The prompt tokenised to nothing.
+    #[error("The prompt is empty")]
+    EmptyPrompt,
+    /// The prompt does not fit in the context.
+    #[error("The prompt has {tokens} tokens; the context holds {context_size}")]
+    PromptTooLong {
+        /// Tokens in the prompt.
+        tokens: usize,
+        /// The context size.
+        context_size: u32,
+    },
+    /// llama.cpp failed to evaluate a batch.
+    #[error("llama.cpp could not evaluate the batch")]
+    Decode(#[source] llama_cpp_2::DecodeError),
+    /// A token could not be added to a batch (an internal sizing error).
+    #[error("Could not add a token to the llama.cpp batch")]
+    Batch(#[source] llama_cpp_2::llama_batch::BatchAddError),
+    /// The chat template failed to parse or render.
+    #[error("Could not render the model's chat template")]
+    Template(#[source] minijinja::Error),
+}
+
+impl EngineError {
+    /// The `help:` line: what the user should do next.
+    #[must_use]
+    pub fn help(&self) -> Option<String> {
+        Some(match self {
+            Self::ModelNotFound { .. } => {
+                "Check the path, or pull the model again with `aistack pull`".to_owned()
+            }
+            Self::Backend(_) => {
+                "Set `AISTACK_ENGINE_LOG=1` to see llama.cpp's own log, then report the problem"
+                    .to_owned()
+            }
+            Self::Load { .. } => "Check that the file is a complete GGUF model this llama.cpp \
+                                  supports; pull it again if the download was cut short"
+                .to_owned(),
+            Self::Context { .. } => {
+                "Lower `context_size`: the KV cache for this context may not fit in memory"
+                    .to_owned()
+            }
+            Self::EmptyPrompt => "Send a prompt or at least one message with content".to_owned(),
+            Self::PromptTooLong { tokens, .. } => {
+                format!("Raise `context_size` to more than {tokens}, or shorten the prompt")
+            }
+            Self::Decode(_) => "Raise `context_size` or lower `parallel`; set \
+                                `AISTACK_ENGINE_LOG=1` to see llama.cpp's own log"
+                .to_owned(),
+            Self::Batch(_) => return None,
+            Self::Template(_) => "The chat template rejected these messages or uses a feature \
+                                  minijinja lacks; check the roles and their order, or supply a \
+                                  `chat.template.jinja`"
+                .to_owned(),
+        })
+    }
+}

@@ -1,0 +1,238 @@
+//! The engine against the real SmolLM2-135M-Instruct GGUF at `AISTACK_TEST_MODEL`
+//! (`scripts/fetch-model` prints its path). One thread: the CI machine has two cores and
+//! llama.cpp's OpenMP threads spin-wait.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use aistack_engine::{
+    ChatMessage, EngineError, FinishReason, GenerateParams, Generation, LoadOptions, Model,
+    cpu_features, render_chat, unused_cpu_features,
+};
+
+const SYSTEM: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
+
+fn model_path() -> PathBuf {
+    match std::env::var_os("AISTACK_TEST_MODEL") {
+        Some(path) => PathBuf::from(path),
+        None => panic!(
+            "AISTACK_TEST_MODEL is not set: point it at SmolLM2-135M-Instruct's GGUF \
+             (`AISTACK_TEST_MODEL=$(scripts/fetch-model) cargo test -p aistack-engine`)"
+        ),
+    }
+}
+
+fn model() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let options = LoadOptions {
+            context_size: Some(2048),
+            threads: Some(1),
+        };
+        Model::load(&model_path(), &options).unwrap_or_else(|e| {
+            panic!(
+                "loading {}: {e} (help: {:?})",
+                model_path().display(),
+                e.help()
+            )
+        })
+    })
+}
+
+fn chat_prompt(question: &str) -> String {
+    let model = model();
+    let template = model
+        .chat_template()
+        .expect("SmolLM2's GGUF has a chat template");
+    render_chat(
+        &template,
+        &[ChatMessage::new("user", question)],
+        true,
+        &model.special_tokens(),
+    )
+    .unwrap()
+}
+
+fn greedy(max_tokens: u32) -> GenerateParams {
+    GenerateParams {
+        max_tokens: Some(max_tokens),
+        temperature: 0.0,
+        ..GenerateParams::default()
+    }
+}
+
+fn generate(prompt: &str, params: &GenerateParams) -> (Generation, String) {
+    let mut streamed = String::new();
+    let generation = model()
+        .generate(prompt, params, &mut |piece| {
+            streamed.push_str(piece);
+            true
+        })
+        .unwrap();
+    (generation, streamed)
+}
+
+#[test]
+fn chat_template_renders_the_default_system_prompt() {
+    assert_eq!(
+        chat_prompt("What is the capital of France?"),
+        format!(
+            "{SYSTEM}<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+        )
+    );
+    // A given system message replaces the default one.
+    let template = model().chat_template().unwrap();
+    let rendered = render_chat(
+        &template,
+        &[
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi"),
+        ],
+        false,
+        &model().special_tokens(),
+    )
+    .unwrap();
+    assert_eq!(
+        rendered,
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    );
+}
+
+/// Greedy output for "What is the capital of France?" with SmolLM2's default system prompt, as
+/// llama.cpp's own C API produces it from the same rendered prompt (a C++ program linked
+/// against the same static libraries: `llama_tokenize` with special tokens, greedy sampler,
+/// 64 tokens). This quantised 135M model does not name Paris for that wording.
+const FRANCE_GREEDY: &str = "L'Étoile, la Marseillaise, la femme au martyre, la femme au martyre. La femme au martyre, la femme au martyre, la femme au martyre. La femme au martyre, la femme au martyre, la femme";
+
+#[test]
+fn greedy_output_matches_llama_cpp_and_is_deterministic() {
+    let prompt = chat_prompt("What is the capital of France?");
+    let (first, streamed) = generate(&prompt, &greedy(64));
+    println!("cpu features: {}", cpu_features());
+    println!("unused cpu features: {:?}", unused_cpu_features());
+    println!(
+        "prompt: {} tokens at {:.1} tokens/s; decode: {} tokens at {:.1} tokens/s (1 thread)",
+        first.prompt_tokens,
+        first.timings.prompt_tokens_per_second,
+        first.completion_tokens,
+        first.timings.decode_tokens_per_second
+    );
+    assert_eq!(first.text, FRANCE_GREEDY);
+    assert_eq!(streamed, first.text);
+    assert_eq!(first.prompt_tokens, model().tokenize(&prompt).len());
+    assert_eq!(first.prompt_tokens, 37);
+    assert_eq!(first.completion_tokens, 64);
+    assert_eq!(first.finish_reason, FinishReason::Length);
+    assert!(first.timings.decode_tokens_per_second > 0.0);
+
+    let (second, _) = generate(&prompt, &greedy(64));
+    assert_eq!(second.text.as_bytes(), first.text.as_bytes());
+    assert_eq!(second.completion_tokens, first.completion_tokens);
+}
+
+#[test]
+fn greedy_answer_names_paris_and_stops_at_eos() {
+    let prompt = chat_prompt("Which city is the capital of France?");
+    let (answer, streamed) = generate(&prompt, &greedy(64));
+    assert_eq!(answer.text, "The capital of France is Paris.");
+    assert_eq!(streamed, answer.text);
+    assert_eq!(answer.finish_reason, FinishReason::Stop);
+    assert_eq!(answer.prompt_tokens, model().tokenize(&prompt).len());
+    // "The capital of France is Paris." and no end-of-generation token counted.
+    assert!(answer.completion_tokens > 0 && answer.completion_tokens < 64);
+}
+
+#[test]
+fn max_tokens_ends_with_length() {
+    let prompt = chat_prompt("Tell me a long story about a dragon.");
+    let (generation, streamed) = generate(&prompt, &greedy(5));
+    assert_eq!(generation.finish_reason, FinishReason::Length);
+    assert_eq!(generation.completion_tokens, 5);
+    assert_eq!(streamed, generation.text);
+    assert!(!generation.text.is_empty());
+}
+
+#[test]
+fn stop_string_is_honoured_and_not_emitted() {
+    let prompt = chat_prompt("Which city is the capital of France?");
+    let (free, _) = generate(&prompt, &greedy(64));
+    let at = free
+        .text
+        .find("Paris")
+        .expect("the unstopped answer names Paris");
+    let params = GenerateParams {
+        stop: vec!["Paris".to_owned()],
+        ..greedy(64)
+    };
+    let (stopped, streamed) = generate(&prompt, &params);
+    assert_eq!(stopped.finish_reason, FinishReason::Stop);
+    assert_eq!(stopped.text, free.text[..at]);
+    assert_eq!(streamed, stopped.text);
+    assert!(!streamed.contains("Paris"));
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let prompt = chat_prompt("Name a colour.");
+    let params = GenerateParams {
+        max_tokens: Some(12),
+        temperature: 0.9,
+        seed: Some(42),
+        ..GenerateParams::default()
+    };
+    let (a, _) = generate(&prompt, &params);
+    let (b, _) = generate(&prompt, &params);
+    assert_eq!(a.text, b.text);
+}
+
+#[test]
+fn callback_can_stop_generation() {
+    let prompt = chat_prompt("Tell me a long story about a dragon.");
+    let mut pieces = 0;
+    let generation = model()
+        .generate(&prompt, &greedy(50), &mut |_| {
+            pieces += 1;
+            pieces < 3
+        })
+        .unwrap();
+    assert_eq!(pieces, 3);
+    assert_eq!(generation.finish_reason, FinishReason::Stop);
+    assert!(generation.completion_tokens < 50);
+}
+
+#[test]
+fn too_long_prompt_is_an_error() {
+    let small = Model::load(
+        &model_path(),
+        &LoadOptions {
+            context_size: Some(32),
+            threads: Some(1),
+        },
+    )
+    .unwrap();
+    let prompt = "word ".repeat(100);
+    let tokens = small.tokenize(&prompt).len();
+    let err = small
+        .generate(&prompt, &greedy(5), &mut |_| true)
+        .unwrap_err();
+    assert!(matches!(err, EngineError::PromptTooLong { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("The prompt has {tokens} tokens; the context holds 32")
+    );
+    assert!(err.help().unwrap().contains("`context_size`"));
+}
+
+#[test]
+fn missing_model_is_a_clear_error() {
+    let err = Model::load(
+        std::path::Path::new("/nonexistent/model.gguf"),
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Model file `/nonexistent/model.gguf` does not exist"
+    );
+    assert!(err.help().is_some());
+}
