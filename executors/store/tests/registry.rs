@@ -573,7 +573,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 async fn bearer_registry(
     accept: &'static str,
 ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -583,13 +583,7 @@ async fn bearer_registry(
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && socket.read(&mut byte).await.unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head).into_owned();
-            let target = head.split(' ').nth(1).unwrap_or("").to_owned();
+            let (head, target) = read_head(&mut socket).await;
             let authorised = head
                 .lines()
                 .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {accept}")));
@@ -653,9 +647,23 @@ fn pulls_and_pushes_are_send(store: &Store, reference: &OciRef) {
     send(registry::resolve(reference));
 }
 
+/// Reads a request's head byte by byte (the stand-in servers answer one request per
+/// connection) and returns it with the request target.
+async fn read_head(socket: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && socket.read(&mut byte).await.unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let target = head.split(' ').nth(1).unwrap_or("").to_owned();
+    (head, target)
+}
+
 /// A registry without Range support serving the model `manifest` of `store` as `ai/m:1`.
 async fn rangeless_registry(store: Store, manifest: String) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
@@ -663,13 +671,7 @@ async fn rangeless_registry(store: Store, manifest: String) -> String {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && socket.read(&mut byte).await.unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head).into_owned();
-            let target = head.split(' ').nth(1).unwrap_or("").to_owned();
+            let (_, target) = read_head(&mut socket).await;
             let (content_type, digest) = if target == "/v2/ai/m/manifests/1" {
                 (
                     "application/vnd.oci.image.manifest.v1+json",
