@@ -110,7 +110,8 @@ async fn apply(
             ),
         );
     }
-    // A record that cannot be read must stop the apply before it starts, with its fix.
+    // A record that cannot be read must stop the apply before it starts, with its fix. The
+    // apply reads it again once it holds the project's lock: another apply may run first.
     if let Err(e) = ProjectState::load(&app.home, &name) {
         let help = e
             .help()
