@@ -45,12 +45,19 @@ pub enum EngineError {
         /// The context size.
         context_size: u32,
     },
-    /// llama.cpp failed to evaluate a batch.
-    #[error("llama.cpp could not evaluate the batch")]
-    Decode(#[source] llama_cpp_2::DecodeError),
-    /// A token could not be added to a batch (an internal sizing error).
-    #[error("Could not add a token to the llama.cpp batch")]
-    Batch(#[source] llama_cpp_2::llama_batch::BatchAddError),
+    /// llama.cpp failed to evaluate a batch (its message: the error is shared by every
+    /// generation in the batch).
+    #[error("llama.cpp could not evaluate the batch: {0}")]
+    Decode(String),
+    /// A grammar or JSON schema could not be turned into a sampler.
+    #[error("The output constraint is not valid: {0}")]
+    Grammar(String),
+    /// This engine does not serve embeddings, or serves only embeddings.
+    #[error("This model is served in `{mode}` mode")]
+    WrongMode {
+        /// The mode it is served in.
+        mode: &'static str,
+    },
     /// The chat template failed to parse or render.
     #[error("Could not render the model's chat template")]
     Template(#[source] minijinja::Error),
@@ -82,7 +89,14 @@ impl EngineError {
             Self::Decode(_) => "Raise `context_size` or lower `parallel`; set \
                                 `AISTACK_ENGINE_LOG=1` to see llama.cpp's own log"
                 .to_owned(),
-            Self::Batch(_) => return None,
+            Self::Grammar(_) => "Check the JSON schema in `response_format`, or the tool \
+                                 parameters: they must be valid JSON Schema"
+                .to_owned(),
+            Self::WrongMode { mode } => format!(
+                "Set `mode: {}` on the model in aistack.yaml to serve this API, or use a model \
+                 served in that mode",
+                if *mode == "chat" { "embedding" } else { "chat" }
+            ),
             Self::Template(_) => "The chat template rejected these messages or uses a feature \
                                   minijinja lacks; check the roles and their order, or supply a \
                                   `chat.template.jinja`"

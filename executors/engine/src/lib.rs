@@ -2,30 +2,33 @@
 //! its chat template with minijinja, and generate text with streaming, stop strings and usage
 //! counts. No HTTP here; the engine process and gateway build on this.
 
+mod batch;
+mod embed;
 mod error;
 mod features;
+mod grammar;
+pub mod serve;
+mod stream;
 mod template;
 
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+pub use batch::{Batcher, Job, Output, Sink};
+pub use embed::Embedder;
 pub use error::EngineError;
 pub use features::{cpu_features, unused_cpu_features};
+pub use grammar::{json_object_grammar, schema_grammar, tool_call_grammar};
 pub use template::{ChatMessage, SpecialTokens, render_chat};
 
 /// Context size used when neither the caller nor a smaller training context sets one.
 pub const DEFAULT_CONTEXT_SIZE: u32 = 4096;
-/// The most prompt tokens evaluated in one llama.cpp batch.
-const MAX_BATCH: u32 = 512;
 /// llama.cpp's `LLAMA_DEFAULT_SEED`: pick a random seed.
 const RANDOM_SEED: u32 = u32::MAX;
 
@@ -125,6 +128,8 @@ pub struct Timings {
     pub decode_ms: f64,
     /// Generated tokens per second.
     pub decode_tokens_per_second: f64,
+    /// Milliseconds from the request to its first token.
+    pub time_to_first_token_ms: f64,
 }
 
 /// The result of [`Model::generate`].
@@ -242,9 +247,28 @@ impl Model {
         self.model.vocab().tokenize(text.as_bytes(), true, true)
     }
 
-    /// Generates a continuation of `prompt`, calling `on_token` with each piece of text as it
-    /// becomes final (whole UTF-8 characters, never part of a stop string). `on_token`
-    /// returning `false` stops generation.
+    /// Checks that `tokens` can be generated from: not empty, and shorter than the context.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::EmptyPrompt`], [`EngineError::PromptTooLong`].
+    pub fn check_prompt(&self, tokens: &[LlamaToken]) -> Result<(), EngineError> {
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if tokens.len() >= self.context_size as usize {
+            return Err(EngineError::PromptTooLong {
+                tokens: tokens.len(),
+                context_size: self.context_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Generates a continuation of `prompt` on its own, calling `on_token` with each piece of
+    /// text as it becomes final (whole UTF-8 characters, never part of a stop string).
+    /// `on_token` returning `false` stops generation. The same batching code the engine process
+    /// runs, with one sequence.
     ///
     /// # Errors
     ///
@@ -254,112 +278,60 @@ impl Model {
         &self,
         prompt: &str,
         params: &GenerateParams,
-        on_token: &mut dyn FnMut(&str) -> bool,
+        on_token: &mut (dyn FnMut(&str) -> bool + Send),
     ) -> Result<Generation, EngineError> {
         let tokens = self.tokenize(prompt);
-        if tokens.is_empty() {
-            return Err(EngineError::EmptyPrompt);
-        }
-        let n_ctx = self.context_size as usize;
-        if tokens.len() >= n_ctx {
-            return Err(EngineError::PromptTooLong {
-                tokens: tokens.len(),
-                context_size: self.context_size,
-            });
-        }
-        let n_batch = self.context_size.min(MAX_BATCH);
-        let threads = i32::try_from(self.threads).unwrap_or(i32::MAX);
-        let ctx_params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(self.context_size))
-            .with_n_batch(n_batch)
-            .with_n_ubatch(n_batch)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads)
-            .with_no_perf(false);
-        let mut ctx = self
-            .model
-            .new_context(backend()?, ctx_params)
-            .map_err(|source| EngineError::Context {
-                context_size: self.context_size,
-                source,
-            })?;
-
-        // The prompt, in batches; logits only for its last token.
-        let mut batch = LlamaBatch::new(n_batch as usize, 1);
-        let last = tokens.len() - 1;
-        for (chunk_index, chunk) in tokens.chunks(n_batch as usize).enumerate() {
-            batch.clear();
-            for (i, &token) in chunk.iter().enumerate() {
-                let pos = chunk_index * n_batch as usize + i;
-                batch
-                    .add(token, to_pos(pos), &[0], pos == last)
-                    .map_err(EngineError::Batch)?;
+        self.check_prompt(&tokens)?;
+        let mut outcome = None;
+        let mut batcher = Batcher::new(self, 1)?;
+        let sink: Sink<'_> = Box::new(|output| match output {
+            Output::Text(text) => on_token(text),
+            Output::Done(generation) => {
+                outcome = Some(Ok(generation));
+                true
             }
-            ctx.decode(&mut batch).map_err(EngineError::Decode)?;
-        }
-
-        let mut sampler = self.sampler(params);
-        let vocab = self.model.vocab();
-        let mut output = StreamText::new(&params.stop);
-        let mut n_past = tokens.len();
-        let mut logits_index = batch.n_tokens() - 1;
-        let mut completion_tokens = 0usize;
-        let max_tokens = params.max_tokens.map_or(usize::MAX, |n| n as usize);
-        let mut piece = Vec::new();
-
-        let finish_reason = loop {
-            if completion_tokens >= max_tokens || n_past >= n_ctx {
-                break FinishReason::Length;
+            Output::Failed(error) => {
+                outcome = Some(Err(error));
+                true
             }
-            let token = sampler.sample(&ctx, logits_index);
-            if vocab.is_eog(token) {
-                break FinishReason::Stop;
-            }
-            completion_tokens += 1;
-            piece.clear();
-            vocab.token_to_piece_into(token, &mut piece, false, None);
-            if output.push(&piece, on_token) {
-                break FinishReason::Stop;
-            }
-            if completion_tokens >= max_tokens {
-                break FinishReason::Length;
-            }
-            batch.clear();
-            batch
-                .add(token, to_pos(n_past), &[0], true)
-                .map_err(EngineError::Batch)?;
-            ctx.decode(&mut batch).map_err(EngineError::Decode)?;
-            n_past += 1;
-            logits_index = 0;
+        });
+        let job = Job {
+            tokens,
+            params: params.clone(),
+            grammar: None,
+            sink,
+            received: std::time::Instant::now(),
         };
-        let text = output.finish(on_token);
-
-        let t = ctx.timings();
-        let per_second = |n: i32, ms: f64| {
-            if ms > 0.0 {
-                f64::from(n) * 1000.0 / ms
-            } else {
-                0.0
-            }
-        };
-        Ok(Generation {
-            text,
-            prompt_tokens: tokens.len(),
-            completion_tokens,
-            finish_reason,
-            timings: Timings {
-                prompt_ms: t.t_p_eval_ms(),
-                prompt_tokens_per_second: per_second(t.n_p_eval(), t.t_p_eval_ms()),
-                decode_ms: t.t_eval_ms(),
-                decode_tokens_per_second: per_second(t.n_eval(), t.t_eval_ms()),
-            },
-        })
+        if batcher.admit(job).is_err() {
+            unreachable!("a new batcher has a free sequence");
+        }
+        while !batcher.is_idle() {
+            batcher.step();
+        }
+        drop(batcher);
+        outcome.unwrap_or_else(|| unreachable!("a finished batcher reported its generation"))
     }
 
     /// Greedy when `temperature <= 0`, else llama-server's chain order: penalties, top-k,
     /// top-p, min-p, temperature, then a seeded draw.
-    fn sampler(&self, params: &GenerateParams) -> LlamaSampler {
+    ///
+    /// A grammar goes first, so every later stage only sees tokens the grammar allows.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Grammar`] when `grammar` does not parse.
+    pub fn sampler(
+        &self,
+        params: &GenerateParams,
+        grammar: Option<&str>,
+    ) -> Result<LlamaSampler, EngineError> {
         let mut chain = Vec::new();
+        if let Some(grammar) = grammar {
+            chain.push(
+                LlamaSampler::grammar(&self.model, grammar, "root")
+                    .map_err(|e| EngineError::Grammar(e.to_string()))?,
+            );
+        }
         if params.repeat_penalty != 1.0
             || params.frequency_penalty != 0.0
             || params.presence_penalty != 0.0
@@ -392,175 +364,39 @@ impl Model {
             chain.push(LlamaSampler::temp(params.temperature));
             chain.push(LlamaSampler::dist(params.seed.unwrap_or(RANDOM_SEED)));
         }
-        LlamaSampler::chain(chain, false)
-    }
-}
-
-fn to_pos(pos: usize) -> i32 {
-    i32::try_from(pos).unwrap_or(i32::MAX)
-}
-
-/// Turns token bytes into emitted text: holds back bytes of an unfinished UTF-8 character and
-/// any tail that could be the start of a stop string; cuts at the first stop string.
-struct StreamText<'a> {
-    stop: &'a [String],
-    pending: Vec<u8>,
-    text: String,
-    emitted: usize,
-    cancelled: bool,
-}
-
-impl<'a> StreamText<'a> {
-    fn new(stop: &'a [String]) -> Self {
-        Self {
-            stop,
-            pending: Vec::new(),
-            text: String::new(),
-            emitted: 0,
-            cancelled: false,
-        }
+        Ok(LlamaSampler::chain(chain, false))
     }
 
-    /// Adds a token's bytes; returns true when generation should end (stop string or the
-    /// callback said so).
-    fn push(&mut self, bytes: &[u8], on_token: &mut dyn FnMut(&str) -> bool) -> bool {
-        self.pending.extend_from_slice(bytes);
-        let complete = match std::str::from_utf8(&self.pending) {
-            Ok(s) => s.len(),
-            Err(e) if e.error_len().is_some() => {
-                // Invalid, not merely unfinished: keep going with replacement characters.
-                let lossy = String::from_utf8_lossy(&self.pending).into_owned();
-                self.pending.clear();
-                self.text.push_str(&lossy);
-                return self.after_append(on_token);
-            }
-            Err(e) => e.valid_up_to(),
-        };
-        let rest = self.pending.split_off(complete);
-        let done = std::mem::replace(&mut self.pending, rest);
-        self.text
-            .push_str(std::str::from_utf8(&done).unwrap_or_default());
-        self.after_append(on_token)
+    /// The llama.cpp model.
+    pub(crate) fn llama(&self) -> &LlamaModel {
+        &self.model
     }
 
-    fn after_append(&mut self, on_token: &mut dyn FnMut(&str) -> bool) -> bool {
-        let longest = self.stop.iter().map(String::len).max().unwrap_or(0);
-        // A stop string can only begin in the part not yet emitted.
-        let search_from = self.emitted;
-        let found = self
-            .stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| self.text[search_from..].find(s.as_str()))
-            .min();
-        if let Some(at) = found {
-            let end = search_from + at;
-            self.text.truncate(end);
-            self.emit(end, on_token);
-            return true;
-        }
-        // Hold back the longest tail that is a proper prefix of a stop string.
-        let mut safe = self.text.len();
-        for k in (1..longest.min(self.text.len() - self.emitted + 1)).rev() {
-            let start = self.text.len() - k;
-            if !self.text.is_char_boundary(start) {
-                continue;
-            }
-            let tail = &self.text[start..];
-            if self.stop.iter().any(|s| s.len() > k && s.starts_with(tail)) {
-                safe = start;
-                break;
-            }
-        }
-        self.emit(safe, on_token);
-        self.cancelled
+    /// Bytes the weights take.
+    #[must_use]
+    pub fn weights_bytes(&self) -> u64 {
+        self.model.size()
     }
 
-    fn emit(&mut self, end: usize, on_token: &mut dyn FnMut(&str) -> bool) {
-        if end > self.emitted {
-            if !on_token(&self.text[self.emitted..end]) {
-                self.cancelled = true;
-            }
-            self.emitted = end;
-        }
+    /// Bytes an f16 KV cache of `tokens` tokens takes.
+    #[must_use]
+    pub fn kv_cache_bytes(&self, tokens: u64) -> u64 {
+        let layers = u64::from(self.model.n_layer());
+        let heads = u64::from(self.model.n_head().max(1));
+        let kv_heads = u64::from(self.model.n_head_kv());
+        let head_size = u64::try_from(self.model.n_embd()).unwrap_or(0) / heads;
+        tokens * layers * kv_heads * head_size * 2 * 2
     }
 
-    /// Flushes what was held back (no stop string can complete any more) and returns the text.
-    fn finish(mut self, on_token: &mut dyn FnMut(&str) -> bool) -> String {
-        if !self.pending.is_empty() {
-            let lossy = String::from_utf8_lossy(&self.pending).into_owned();
-            self.text.push_str(&lossy);
-            self.pending.clear();
-        }
-        if self.cancelled {
-            // The caller stopped listening: the text is what it was given.
-            self.text.truncate(self.emitted);
-        } else {
-            let end = self.text.len();
-            self.emit(end, on_token);
-        }
-        self.text
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(pieces: &[&[u8]], stop: &[&str]) -> (Vec<String>, String, bool) {
-        let stop: Vec<String> = stop.iter().map(|s| (*s).to_owned()).collect();
-        let mut out = Vec::new();
-        let mut cb = |s: &str| {
-            out.push(s.to_owned());
-            true
-        };
-        let mut stream = StreamText::new(&stop);
-        let mut stopped = false;
-        for p in pieces {
-            if stream.push(p, &mut cb) {
-                stopped = true;
-                break;
-            }
-        }
-        let text = stream.finish(&mut cb);
-        (out, text, stopped)
+    /// Length of the model's embedding vectors.
+    #[must_use]
+    pub fn embedding_size(&self) -> u32 {
+        u32::try_from(self.model.n_embd()).unwrap_or(0)
     }
 
-    #[test]
-    fn split_utf8_is_never_emitted_broken() {
-        let euro = "€".as_bytes();
-        let (out, text, _) = run(&[b"a", &euro[..1], &euro[1..], b"b"], &[]);
-        assert_eq!(text, "a€b");
-        assert_eq!(out, ["a", "€", "b"]);
-    }
-
-    #[test]
-    fn stop_string_across_pieces_is_not_emitted() {
-        let (out, text, stopped) = run(&[b"Hello ", b"wor", b"ld", b" again"], &["world"]);
-        assert!(stopped);
-        assert_eq!(text, "Hello ");
-        assert_eq!(out.concat(), "Hello ");
-    }
-
-    #[test]
-    fn cancelled_text_is_what_was_emitted() {
-        let stop = vec!["world".to_owned()];
-        let mut out = String::new();
-        let mut cb = |s: &str| {
-            out.push_str(s);
-            false
-        };
-        let mut stream = StreamText::new(&stop);
-        assert!(stream.push(b"Hello wor", &mut cb));
-        assert_eq!(stream.finish(&mut cb), "Hello ");
-        assert_eq!(out, "Hello ");
-    }
-
-    #[test]
-    fn held_back_prefix_is_flushed_at_the_end() {
-        let (out, text, stopped) = run(&[b"Hello ", b"wor"], &["world"]);
-        assert!(!stopped);
-        assert_eq!(text, "Hello wor");
-        assert_eq!(out, ["Hello ", "wor"]);
+    /// The context the model was trained with.
+    #[must_use]
+    pub fn trained_context(&self) -> u32 {
+        self.model.n_ctx_train()
     }
 }

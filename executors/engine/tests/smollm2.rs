@@ -236,3 +236,107 @@ fn missing_model_is_a_clear_error() {
     );
     assert!(err.help().is_some());
 }
+
+/// Four sequences in one context, the last joining while the others are mid-stream: each
+/// greedy reply is the one it gets alone, streamed text equals the final text, and usage is
+/// its own.
+#[test]
+fn continuous_batching_gives_each_sequence_its_solo_output() {
+    use std::sync::mpsc;
+
+    use aistack_engine::{Batcher, Job, Output};
+
+    let questions = [
+        ("What is the capital of France?", 24),
+        ("Name a colour.", 9),
+        ("Write a haiku about the sea.", 31),
+        ("What is 2 + 2?", 17),
+    ];
+    let solo: Vec<Generation> = questions
+        .iter()
+        .map(|(q, n)| generate(&chat_prompt(q), &greedy(*n)).0)
+        .collect();
+
+    let mut batcher = Batcher::new(model(), 4).unwrap();
+    let (tx, rx) = mpsc::channel::<(usize, Result<Generation, String>, String)>();
+    let job = |index: usize| {
+        let tx = tx.clone();
+        let mut streamed = String::new();
+        let (question, max_tokens) = questions[index];
+        Job {
+            tokens: model().tokenize(&chat_prompt(question)),
+            params: greedy(max_tokens),
+            grammar: None,
+            received: std::time::Instant::now(),
+            sink: Box::new(move |output| {
+                match output {
+                    Output::Text(text) => streamed.push_str(text),
+                    Output::Done(g) => tx.send((index, Ok(g), streamed.clone())).unwrap(),
+                    Output::Failed(e) => {
+                        tx.send((index, Err(e.to_string()), String::new())).unwrap()
+                    }
+                }
+                true
+            }),
+        }
+    };
+    for index in 0..3 {
+        assert!(batcher.admit(job(index)).is_ok());
+    }
+    for _ in 0..5 {
+        batcher.step();
+    }
+    assert!(batcher.admit(job(3)).is_ok(), "a fourth sequence is free");
+    let mut steps = 0;
+    while !batcher.is_idle() {
+        batcher.step();
+        steps += 1;
+        assert!(steps < 200, "the batch finishes");
+    }
+    drop(tx);
+    let mut finished: Vec<_> = rx.iter().collect();
+    finished.sort_by_key(|(index, ..)| *index);
+    assert_eq!(finished.len(), 4);
+    for (index, generation, streamed) in finished {
+        let generation = generation.unwrap();
+        assert_eq!(generation.text, solo[index].text, "sequence {index}");
+        assert_eq!(streamed, generation.text);
+        assert_eq!(generation.prompt_tokens, solo[index].prompt_tokens);
+        assert_eq!(generation.completion_tokens, solo[index].completion_tokens);
+        assert_eq!(generation.finish_reason, solo[index].finish_reason);
+    }
+}
+
+/// A grammar from a JSON schema holds even this small model to the schema.
+#[test]
+fn json_schema_grammar_constrains_the_output() {
+    let grammar = aistack_engine::schema_grammar(&serde_json::json!({
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"]
+    }))
+    .unwrap();
+    let mut batcher = aistack_engine::Batcher::new(model(), 1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let job = aistack_engine::Job {
+        tokens: model().tokenize(&chat_prompt("Describe Paris as JSON.")),
+        params: greedy(64),
+        grammar: Some(grammar),
+        received: std::time::Instant::now(),
+        sink: Box::new(move |output| {
+            if let aistack_engine::Output::Done(g) = output {
+                tx.send(g).unwrap();
+            }
+            true
+        }),
+    };
+    assert!(batcher.admit(job).is_ok());
+    while !batcher.is_idle() {
+        batcher.step();
+    }
+    let generation = rx.recv().unwrap();
+    let value: serde_json::Value = serde_json::from_str(&generation.text)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", generation.text));
+    assert!(value["city"].is_string(), "{value}");
+    assert!(value["population"].is_i64(), "{value}");
+}
