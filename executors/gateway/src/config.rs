@@ -1,0 +1,262 @@
+//! What the daemon tells the gateway: listener settings, the models it serves and how to
+//! launch an engine process for one of them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aistack_engine_api::Mode;
+
+/// Settings of one listener (DESIGN §4 `gateway:`).
+#[derive(Clone)]
+pub struct Settings {
+    /// Where it listens; fixed for the life of a [`crate::Gateway`].
+    pub listen: SocketAddr,
+    /// Origins allowed by CORS; `*` allows any.
+    pub cors_origins: Vec<String>,
+    /// The bearer token clients must send; `None` admits loopback clients only.
+    pub api_key: Option<String>,
+    /// Bytes the loaded models may take together.
+    pub memory_budget: u64,
+    /// The largest request body, in bytes.
+    pub body_limit: usize,
+}
+
+impl fmt::Debug for Settings {
+    // The key is a secret: it must not reach logs through a `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("cors_origins", &self.cors_origins)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("memory_budget", &self.memory_budget)
+            .field("body_limit", &self.body_limit)
+            .finish()
+    }
+}
+
+/// How long a loaded model stays loaded without requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// Until it is unregistered or the gateway shuts down.
+    Never,
+    /// Unloaded after this long idle; zero unloads it after each request.
+    After(Duration),
+}
+
+/// A model the gateway serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// The name clients send.
+    pub name: String,
+    /// The project that declared it.
+    pub project: String,
+    /// Its OCI reference, also accepted as a model name.
+    pub reference: Option<String>,
+    /// The manifest digest, `sha256:...`.
+    pub digest: String,
+    /// Bytes of the artifact.
+    pub size: u64,
+    /// When the artifact was made, unix seconds.
+    pub created: i64,
+    /// The GGUF file (the first shard).
+    pub model_path: PathBuf,
+    /// A chat template overriding the model's own.
+    pub chat_template: Option<PathBuf>,
+    /// Chat or embedding.
+    pub mode: Mode,
+    /// Tokens of context per sequence; `None`: the engine's default.
+    pub context_size: Option<u32>,
+    /// Sequences decoded together, and requests in flight at the engine.
+    pub parallel: u32,
+    /// CPU threads; `None`: the cores other engines leave free.
+    pub threads: Option<u32>,
+    /// When to unload.
+    pub keep_alive: KeepAlive,
+    /// Bytes it takes loaded, for admission.
+    pub memory_estimate: u64,
+    /// From the artifact's config, for `/api/show` and `/api/tags`.
+    pub architecture: Option<String>,
+    /// From the artifact's config.
+    pub quantization: Option<String>,
+    /// From the artifact's config, e.g. `135M`.
+    pub parameters: Option<String>,
+}
+
+/// How to start an engine process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launcher {
+    /// The program, normally the `aistack` binary.
+    pub program: PathBuf,
+    /// Arguments before the engine's own, normally `["engine"]`.
+    pub args: Vec<String>,
+    /// Where engine sockets go.
+    pub run_dir: PathBuf,
+    /// Where engine logs go: `engine-<project>-<name>.log`.
+    pub log_dir: PathBuf,
+}
+
+/// The gateway failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The listen address is taken or not ours.
+    #[error("Cannot listen on `{addr}`")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another project serves a model of that name on this listener.
+    #[error(
+        "Model `{name}` of project `{project}` is already served on this gateway by project `{other}`"
+    )]
+    Conflict {
+        /// The model name.
+        name: String,
+        /// The project registering it.
+        project: String,
+        /// The project already serving it.
+        other: String,
+    },
+    /// No such model is registered.
+    #[error("Model `{name}` of project `{project}` is not registered")]
+    UnknownModel {
+        /// The project.
+        project: String,
+        /// The name.
+        name: String,
+    },
+    /// The engine program did not start.
+    #[error("Cannot start the engine for model `{model}` with `{}`", program.display())]
+    Spawn {
+        /// The model.
+        model: String,
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine exited while loading.
+    #[error("The engine for model `{model}` exited while loading ({status}): {log_tail}")]
+    EngineExited {
+        /// The model.
+        model: String,
+        /// Its exit status.
+        status: String,
+        /// The last lines of its log, joined.
+        log_tail: String,
+        /// The log file.
+        log: PathBuf,
+    },
+    /// The engine did not become ready in time.
+    #[error("The engine for model `{model}` did not become ready in {seconds} s")]
+    EngineTimeout {
+        /// The model.
+        model: String,
+        /// How long we waited.
+        seconds: u64,
+        /// The log file.
+        log: PathBuf,
+    },
+    /// The model does not fit in the memory budget, even after unloading idle models.
+    #[error("Model `{model}` needs {} but only {} of the {} memory budget is free", human_bytes(*needed), human_bytes(*free), human_bytes(*budget))]
+    Memory {
+        /// The model.
+        model: String,
+        /// Bytes it needs.
+        needed: u64,
+        /// Bytes free after evicting every idle model.
+        free: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// Preparing the engine's files failed.
+    #[error("Cannot prepare `{}` for the engine of model `{model}`", path.display())]
+    Io {
+        /// The model.
+        model: String,
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl GatewayError {
+    /// What to do about it.
+    pub fn help(&self) -> Option<String> {
+        Some(match self {
+            GatewayError::Bind { addr, .. } => format!(
+                "stop whatever listens on `{addr}` (Docker Model Runner or Ollama?) or set `gateway.listen` in aistack.yaml to a free address"
+            ),
+            GatewayError::Conflict { name, .. } => format!(
+                "rename model `{name}` in one of the projects, or give one of them its own `gateway.listen`"
+            ),
+            GatewayError::UnknownModel { .. } => {
+                "declare it under `models:` in aistack.yaml and run `aistack up`".to_owned()
+            }
+            GatewayError::Spawn { .. } => {
+                "check that the `aistack` binary is installed and executable".to_owned()
+            }
+            GatewayError::EngineExited { log, .. } | GatewayError::EngineTimeout { log, .. } => {
+                format!("see the engine's log at `{}`", log.display())
+            }
+            GatewayError::Memory { .. } => {
+                "raise `gateway.memory_budget` in aistack.yaml or unload other models".to_owned()
+            }
+            GatewayError::Io { .. } => return None,
+        })
+    }
+}
+
+/// Bytes as people read them: `512 B`, `1.2 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value >= 100.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{:.1} {}", (value * 10.0).round() / 10.0, UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_people_write_them() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1288490189), "1.2 GiB");
+        assert_eq!(human_bytes(8 << 30), "8.0 GiB");
+        assert_eq!(human_bytes(300 << 20), "300 MiB");
+    }
+
+    #[test]
+    fn debug_redacts_the_key() {
+        let settings = Settings {
+            listen: "127.0.0.1:12434".parse().unwrap(),
+            cors_origins: vec![],
+            api_key: Some("s3cret".into()),
+            memory_budget: 1,
+            body_limit: 1,
+        };
+        let text = format!("{settings:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("<redacted>"));
+    }
+}
