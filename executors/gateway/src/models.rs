@@ -17,8 +17,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::admission::{Resident, evictions};
 use crate::config::{GatewayError, KeepAlive, Launcher, ModelConfig};
 
-/// Requests that may wait for a sequence, per sequence of `parallel`.
-pub(crate) const QUEUE_PER_SEQUENCE: usize = 4;
+/// Requests that may wait for a sequence of one model; beyond, 503 as Ollama answers when
+/// its queue (`OLLAMA_MAX_QUEUE`) is full. Waiting costs only a task, so the bound is generous.
+pub(crate) const MAX_WAITING: usize = 128;
 /// How long an engine may take to load its model.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -262,7 +263,7 @@ impl Models {
         let parallel = entry.config.parallel.max(1) as usize;
         let queued = entry.waiting.fetch_add(1, Ordering::SeqCst);
         let at_engine = entry.in_flight.load(Ordering::SeqCst);
-        if queued + at_engine >= parallel * (1 + QUEUE_PER_SEQUENCE) {
+        if queued + at_engine >= parallel + MAX_WAITING {
             entry.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(Unavailable::Busy);
         }

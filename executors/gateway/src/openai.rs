@@ -646,3 +646,95 @@ pub(crate) async fn get_model(State(shared): State<Shared>, Path(name): Path<Str
         Err(e) => fail(&crate::common::unavailable(&name, e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_take_text_parts_and_tool_history() {
+        let request = json!({"messages": [
+            {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+        ]});
+        let messages = messages(&request).unwrap();
+        assert_eq!(messages[0].content, "Be brief.");
+        assert_eq!(messages[1].tool_calls[0].name, "get_weather");
+        assert_eq!(messages[1].tool_calls[0].arguments, r#"{"city":"Oslo"}"#);
+        assert_eq!(messages[2].tool_call_id.as_deref(), Some("call_1"));
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let errors: Vec<String> = [
+            json!({}),
+            json!({"messages": []}),
+            json!({"messages": [{"content": "hi"}]}),
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+        ]
+        .iter()
+        .map(|r| messages(r).unwrap_err().message)
+        .collect();
+        insta::assert_debug_snapshot!(errors);
+        let negative = token_limit(&json!({"max_tokens": -5}), "max_tokens").unwrap_err();
+        assert_eq!(negative.status, axum::http::StatusCode::BAD_REQUEST);
+        assert!(
+            negative.message.contains("positive integer"),
+            "{}",
+            negative.message
+        );
+    }
+
+    #[test]
+    fn tool_choice_maps_to_a_constraint() {
+        let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+        let (offered, format) =
+            tool_choice(&json!({"tools": tools, "tool_choice": "required"})).unwrap();
+        assert_eq!(offered.len(), 1);
+        assert_eq!(
+            format,
+            Some(Format::ToolCall {
+                names: vec!["get_weather".into()]
+            })
+        );
+        let (offered, format) =
+            tool_choice(&json!({"tools": tools, "tool_choice": "none"})).unwrap();
+        assert!(offered.is_empty() && format.is_none());
+        let (_, format) = tool_choice(&json!({"tools": tools})).unwrap();
+        assert!(format.is_none(), "auto lets the model choose");
+        assert!(tool_choice(&json!({"tool_choice": "required"})).is_err());
+    }
+
+    #[test]
+    fn response_formats() {
+        assert_eq!(
+            response_format(&json!({"response_format": {"type": "json_object"}})).unwrap(),
+            Some(Format::JsonObject)
+        );
+        let schema = json!({"type": "object", "required": ["a"]});
+        assert_eq!(
+            response_format(&json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}})).unwrap(),
+            Some(Format::JsonSchema { schema })
+        );
+        assert!(response_format(&json!({"response_format": {"type": "yaml"}})).is_err());
+    }
+
+    #[test]
+    fn errors_in_each_dialect() {
+        let e = ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "Model `x` is not served here",
+        );
+        insta::assert_json_snapshot!("not_found_openai", e.body(Api::OpenAi));
+        insta::assert_json_snapshot!("not_found_ollama", e.body(Api::Ollama));
+        insta::assert_json_snapshot!("not_found_anthropic", e.body(Api::Anthropic));
+        let busy = ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy");
+        assert_eq!(
+            busy.body(Api::Anthropic)["error"]["type"],
+            "overloaded_error"
+        );
+        assert_eq!(busy.body(Api::OpenAi)["error"]["type"], "server_error");
+    }
+}
