@@ -13,12 +13,16 @@ use crate::report::{Failure, Report};
 
 mod apply;
 mod daemon;
+mod engine;
 mod model;
+mod run;
 mod status;
 
 pub use apply::{UpOptions, down, up};
 pub use daemon::{daemon, logs};
+pub use engine::{EngineArgs, engine};
 pub use model::{ModelCommand, model};
+pub use run::run;
 pub use status::status;
 
 /// `aistack validate`.

@@ -76,11 +76,19 @@ enum Command {
     },
     /// Show logs.
     Logs {
-        /// Whose logs: `daemon` (the default).
+        /// Whose logs: `daemon` (the default), or a model of the project (its engine).
         name: Option<String>,
         /// Keep printing new lines.
         #[arg(short, long)]
         follow: bool,
+    },
+    /// Chat with one of the project's models: one reply to PROMPT, else interactively.
+    Run {
+        /// The model: its key under `models:`.
+        model: String,
+        /// What to ask; `-` reads it from stdin. Without it, an interactive chat when stdin
+        /// is a terminal (`/bye` ends), else stdin is the prompt.
+        prompt: Option<String>,
     },
     /// Print the JSON Schema of the spec file.
     Schema,
@@ -89,6 +97,9 @@ enum Command {
     Model(commands::ModelCommand),
     /// Run the runtime in the foreground.
     Daemon,
+    /// Serve one model on a unix socket (started by the daemon's gateway).
+    #[command(hide = true)]
+    Engine(commands::EngineArgs),
 }
 
 fn main() -> ExitCode {
@@ -122,9 +133,11 @@ fn main() -> ExitCode {
             Command::Model(command) => commands::model(command).await,
             Command::Down { models } => commands::down(&spec, models).await,
             Command::Status { json } => commands::status(&spec, json).await,
-            Command::Logs { name, follow } => commands::logs(name.as_deref(), follow).await,
+            Command::Logs { name, follow } => commands::logs(&spec, name.as_deref(), follow).await,
+            Command::Run { model, prompt } => commands::run(&spec, &model, prompt).await,
             Command::Schema => commands::schema(),
             Command::Daemon => commands::daemon().await,
+            Command::Engine(args) => commands::engine(args).await,
         }
     });
     match result {

@@ -1,4 +1,5 @@
-//! Observing reality before planning: what was applied, and the local files the spec names.
+//! Observing reality before planning: what was applied (by this project, and the gateways
+//! of the others), and the local files the spec names.
 
 use std::path::Path;
 
@@ -23,6 +24,19 @@ pub async fn observe(
     pull: bool,
 ) -> Result<Observed, Failure> {
     let mut observed = ProjectState::load(home, project)?.observed();
+    // Projects sharing a listener must agree on its settings; an unreadable record of
+    // another project is that project's problem, not this plan's.
+    for other in ProjectState::projects(home) {
+        if other == project {
+            continue;
+        }
+        let gateway = ProjectState::load(home, &other).ok().and_then(|state| {
+            (state.resources.into_iter()).find(|r| r.id.kind == aistack_planner::Kind::Gateway)
+        });
+        if let Some(gateway) = gateway {
+            observed.other_gateways.insert(other, gateway);
+        }
+    }
     let cache_file = home.cache().join("digests.json");
     let mut cache = DigestCache::load(&cache_file);
     for model in spec.models.values() {

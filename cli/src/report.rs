@@ -145,7 +145,8 @@ report_from!(
     aistack_daemon::state::StateError,
     aistack_daemon::client::ClientError,
     aistack_daemon::DaemonError,
-    aistack_store::StoreError
+    aistack_store::StoreError,
+    aistack_engine::serve::ServeError
 );
 
 pub use aistack_apply::chain;

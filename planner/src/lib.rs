@@ -12,7 +12,9 @@ pub mod resource;
 
 pub use observed::{FileFact, LocalFile, Observed, RegistryFact};
 pub use plan::{Action, Cause, FORMAT_VERSION, Plan, Step, StepIndex, Summary};
-pub use reconcile::{PlanError, local_path, normalise, reconcile, reconcile_down};
+pub use reconcile::{
+    GATEWAY, PlanError, gateway_disagreement, local_path, normalise, reconcile, reconcile_down,
+};
 pub use resource::{
     Applied, Desired, Kind, MANIFEST_OUTPUT, Payload, ResourceId, canonical_json, fields_hash,
 };

@@ -20,6 +20,11 @@ pub struct Observed {
     /// re-resolve tags (`up --pull`). Absent when neither knows it.
     #[serde(default)]
     pub registry: BTreeMap<String, RegistryFact>,
+    /// The applied gateway of every other project of this home, keyed by project: a
+    /// listener is shared by the projects that name its address, and they must agree on its
+    /// settings.
+    #[serde(default)]
+    pub other_gateways: BTreeMap<String, Applied>,
 }
 
 /// A registry reference, resolved.
@@ -39,6 +44,7 @@ impl Observed {
             resources: applied.into_iter().map(|a| (a.id.clone(), a)).collect(),
             local_files: BTreeMap::new(),
             registry: BTreeMap::new(),
+            other_gateways: BTreeMap::new(),
         }
     }
 

@@ -168,7 +168,7 @@ impl Plan {
 
     /// Step indices in one deterministic topological order: among the steps whose
     /// predecessors are all listed, creations, changes and replacements come first in kind
-    /// order (model, engine, proxy, template, sandbox) then by name, then removals in the
+    /// order (gateway, model, engine, proxy, template, sandbox) then by name, then removals in the
     /// reverse kind order (dependents first). Should the graph have a cycle, the steps on it
     /// come last, in the same tie-break order.
     pub fn order(&self) -> Vec<StepIndex> {
@@ -335,6 +335,21 @@ fn detail(step: &Step) -> String {
     };
     let count = |name: &str| f.get(name).and_then(Value::as_array).map_or(0, Vec::len);
     match desired.id.kind {
+        Kind::Gateway => {
+            let mut parts = vec![text("listen")];
+            if let Some(env) = f.get("api_key_env").and_then(Value::as_str) {
+                parts.push(format!("key from {env}"));
+            }
+            match count("cors_origins") {
+                0 => {}
+                1 => parts.push("1 CORS origin".to_owned()),
+                n => parts.push(format!("{n} CORS origins")),
+            }
+            if let Some(budget) = f.get("memory_budget").and_then(Value::as_u64) {
+                parts.push(format!("budget {}", human_size(budget)));
+            }
+            parts.join(", ")
+        }
         Kind::Model => {
             let shards = count("digests");
             let source = text("source");

@@ -1,7 +1,8 @@
 //! Desired versus observed: the one place where aistack decides what to do.
 //!
 //! As in Compose's `reconcile.go`, there is one `reconcile_<kind>` function per kind of
-//! resource, called in a fixed order (models, engines, proxies, templates, sandboxes) so
+//! resource, called in a fixed order (gateway, models, engines, proxies, templates,
+//! sandboxes) so
 //! that each kind sees the decisions already taken for what it depends on. Each turns the
 //! spec into [`Desired`] resources, with every default resolved and every path made
 //! absolute, and compares each with the applied record in [`Observed`]:
@@ -20,6 +21,9 @@
 //! are collected as [`PlanError`]s, all of them, each naming the spec path to point at.
 //!
 //! Choices made here (recorded in ARCHITECTURE.md by the lead):
+//! - a project has one `gateway` resource, and only when it has models; a new `listen`
+//!   replaces it (and so re-registers every model on the new listener), other settings
+//!   change in place; projects naming the same address must agree on the rest;
 //! - a proxy exists only for a network policy that some template or sandbox uses;
 //! - a registry model without `engine:` is served by llama.cpp (the artifact's format is
 //!   only known after the pull, and the Docker AI catalogue is GGUF); a local file is GGUF;
@@ -62,6 +66,23 @@ impl fmt::Display for PlanError {
 
 impl std::error::Error for PlanError {}
 
+/// The name of a project's one gateway resource (`gateway gateway` in plans).
+pub const GATEWAY: &str = "gateway";
+
+/// The gateway settings (every field but `listen`) on which two gateway records differ,
+/// sorted: the projects sharing a listener must agree on all of them.
+pub fn gateway_disagreement(
+    a: &BTreeMap<String, Value>,
+    b: &BTreeMap<String, Value>,
+) -> Vec<String> {
+    let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    names
+        .into_iter()
+        .filter(|n| *n != "listen" && a.get(*n) != b.get(*n))
+        .cloned()
+        .collect()
+}
+
 /// Fields whose value is derived from a dependency (a template's `parent` hash): when only
 /// they differ and that dependency is replaced, the cause is the dependency.
 const DERIVED_FIELDS: &[&str] = &["parent"];
@@ -87,6 +108,7 @@ pub fn reconcile(
         steps: BTreeMap::new(),
         errors: Vec::new(),
     };
+    r.reconcile_gateway();
     r.reconcile_models();
     r.reconcile_engines();
     r.reconcile_proxies();
@@ -253,6 +275,50 @@ impl Reconciler<'_> {
         self.desired.insert(desired.id.clone(), desired);
     }
 
+    fn reconcile_gateway(&mut self) {
+        if self.spec.models.is_empty() {
+            return;
+        }
+        let gateway = &self.spec.gateway;
+        let listen = gateway.listen.to_string();
+        let memory_budget = gateway.memory_budget.map(|b| b.0);
+        let fields = fields([
+            ("listen", to_value(&listen)),
+            ("cors_origins", to_value(&gateway.cors_origins)),
+            ("api_key_env", to_value(&gateway.api_key_env)),
+            ("memory_budget", to_value(memory_budget)),
+        ]);
+        for (project, other) in &self.observed.other_gateways {
+            if other.fields.get("listen") != fields.get("listen") {
+                continue;
+            }
+            let differing = gateway_disagreement(&fields, &other.fields);
+            if !differing.is_empty() {
+                self.error(
+                    "gateway".to_owned(),
+                    format!(
+                        "The gateway on `{listen}` is shared with project `{project}`, whose \
+                         settings differ: {}",
+                        differing.join(", ")
+                    ),
+                    Some(format!(
+                        "Use the same `gateway:` settings as project `{project}`, or another \
+                         `gateway.listen` address"
+                    )),
+                );
+            }
+        }
+        let payload = Payload::Gateway {
+            listen,
+            cors_origins: gateway.cors_origins.clone(),
+            api_key_env: gateway.api_key_env.clone(),
+            memory_budget,
+        };
+        let id = ResourceId::new(Kind::Gateway, GATEWAY);
+        let replace = vec!["listen".to_owned()];
+        self.decide(Desired::new(id, fields, replace, Vec::new(), payload));
+    }
+
     fn reconcile_models(&mut self) {
         for (key, model) in &self.spec.models {
             let id = ResourceId::new(Kind::Model, key);
@@ -387,7 +453,8 @@ impl Reconciler<'_> {
         ]);
         let id = ResourceId::new(Kind::Model, key);
         let replace = vec!["source".to_owned(), "digests".to_owned()];
-        Some(Desired::new(id, fields, replace, Vec::new(), payload))
+        let gateway = vec![ResourceId::new(Kind::Gateway, GATEWAY)];
+        Some(Desired::new(id, fields, replace, gateway, payload))
     }
 
     fn missing_file(&mut self, key: &str, written: &str, help: String) {

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// The project's model gateway: an HTTP listener, shared with the other projects that
+    /// name the same address.
+    Gateway,
     /// A model artifact in the store, registered with the project's gateway.
     Model,
     /// A running engine process for a preloaded model.
@@ -25,6 +28,7 @@ impl Kind {
     /// The lower-case name used in plan text, JSON and state.
     pub fn as_str(self) -> &'static str {
         match self {
+            Kind::Gateway => "gateway",
             Kind::Model => "model",
             Kind::Engine => "engine",
             Kind::Proxy => "proxy",
@@ -87,6 +91,21 @@ pub struct Desired {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Payload {
+    /// Start (or join) the gateway listener that serves the project's models.
+    Gateway {
+        /// `HOST:PORT`.
+        listen: String,
+        /// Origins allowed to call it from a browser.
+        cors_origins: Vec<String>,
+        /// The name of the environment variable holding the bearer token clients must send;
+        /// its value travels beside the plan (`ApplyRequest::secrets`), never in it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_env: Option<String>,
+        /// Admission cap in bytes for loaded models; `None` leaves the default (75% of the
+        /// machine's memory) to the daemon, which knows the machine it runs on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        memory_budget: Option<u64>,
+    },
     /// Import local GGUF files (one per shard, in order) into the store.
     LocalModel {
         /// The shards, in order, each with the digest observed before planning.

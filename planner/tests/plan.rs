@@ -500,7 +500,8 @@ fn json_that_is_not_a_plan_is_refused() {
     assert!(err.contains("format_version 2"), "{err}");
 
     let mut json = plan(&full_spec(), &fresh()).to_json();
-    json["steps"][2]["depends_on"][0]["name"] = "nope".into();
+    // Step 3 is `engine chat`, after the gateway and the two models.
+    json["steps"][3]["depends_on"][0]["name"] = "nope".into();
     let err = serde_json::from_value::<Plan>(json)
         .unwrap_err()
         .to_string();
@@ -512,7 +513,7 @@ fn json_that_is_not_a_plan_is_refused() {
     let err = serde_json::from_value::<Plan>(json)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("two steps for `model chat`"), "{err}");
+    assert!(err.contains("two steps for `gateway gateway`"), "{err}");
 }
 
 #[test]
@@ -594,7 +595,92 @@ fn a_pull_step_shows_the_size_once_known() {
     );
     let text = plan(&spec, &observed).render_text();
     assert!(
-        text.contains("+ model chat  missing  127.0.0.1:5000/ai/smollm2:135M-Q4_1 (93.8 MiB)"),
+        text.contains("+ model chat       missing  127.0.0.1:5000/ai/smollm2:135M-Q4_1 (93.8 MiB)"),
         "{text}"
     );
+}
+
+#[test]
+fn a_new_listen_address_replaces_the_gateway_and_re_registers_every_model() {
+    let mut spec = full_spec();
+    spec.gateway.listen = "127.0.0.1:12435".parse().unwrap();
+    let plan = check(&spec, &applied());
+    insta::assert_snapshot!(plan.render_text());
+    let gateway = plan
+        .find(&ResourceId::new(Kind::Gateway, "gateway"))
+        .unwrap();
+    let chat = plan.find(&ResourceId::new(Kind::Model, "chat")).unwrap();
+    assert_eq!(plan.step(gateway).action, Action::Replace);
+    assert_eq!(plan.step(chat).action, Action::Replace);
+    assert!(plan.dependents(gateway).contains(&chat));
+}
+
+#[test]
+fn other_gateway_settings_change_in_place_and_name_only_the_variable() {
+    let mut spec = full_spec();
+    spec.gateway.cors_origins = vec!["http://localhost:3000".into()];
+    spec.gateway.api_key_env = Some("AISTACK_API_KEY".into());
+    spec.gateway.memory_budget = Some(ByteSize(8 << 30));
+    let plan = check(&spec, &applied());
+    insta::assert_snapshot!(plan.render_text(), @r"
+      ~ gateway gateway  changed: api_key_env, cors_origins, memory_budget  127.0.0.1:12434, key from AISTACK_API_KEY, 1 CORS origin, budget 8.0 GiB
+
+    Plan: 0 to add, 1 to change, 0 to remove.
+    ");
+}
+
+#[test]
+fn a_project_without_models_has_no_gateway() {
+    let mut spec = full_spec();
+    spec.models.clear();
+    spec.sandboxes.get_mut("coder").unwrap().models.clear();
+    let plan = plan(&spec, &fresh());
+    assert!(
+        plan.find(&ResourceId::new(Kind::Gateway, "gateway"))
+            .is_none()
+    );
+}
+
+#[test]
+fn projects_sharing_a_listener_must_agree_on_its_settings() {
+    let theirs = |cors: Vec<String>| {
+        let mut spec = full_spec();
+        spec.gateway.cors_origins = cors;
+        let record = plan(&spec, &fresh())
+            .steps()
+            .into_iter()
+            .find(|s| s.id.kind == Kind::Gateway)
+            .and_then(|s| s.desired.clone())
+            .unwrap();
+        Applied::from_desired(&record, BTreeMap::new())
+    };
+    let mut observed = fresh();
+    observed
+        .other_gateways
+        .insert("other".into(), theirs(Vec::new()));
+    assert!(reconcile("demo", &full_spec(), Path::new(BASE), &observed).is_ok());
+
+    observed
+        .other_gateways
+        .insert("other".into(), theirs(vec!["http://localhost:3000".into()]));
+    let errors = reconcile("demo", &full_spec(), Path::new(BASE), &observed).unwrap_err();
+    assert_eq!(
+        errors,
+        vec![PlanError {
+            path: "gateway".into(),
+            message: "The gateway on `127.0.0.1:12434` is shared with project `other`, whose \
+                      settings differ: cors_origins"
+                .into(),
+            help: Some(
+                "Use the same `gateway:` settings as project `other`, or another \
+                 `gateway.listen` address"
+                    .into()
+            ),
+        }]
+    );
+
+    // Another address is another listener: nothing to agree on.
+    let mut spec = full_spec();
+    spec.gateway.listen = "127.0.0.1:12435".parse().unwrap();
+    assert!(reconcile("demo", &spec, Path::new(BASE), &observed).is_ok());
 }

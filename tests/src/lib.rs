@@ -61,10 +61,19 @@ pub fn test_model() -> PathBuf {
     }
 }
 
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 /// A temporary `AISTACK_HOME` and project directory; stops the daemon it started on drop.
 pub struct TestEnv {
     dir: tempfile::TempDir,
     vars: Vec<(String, std::ffi::OsString)>,
+    gateway_port: u16,
 }
 
 impl Default for TestEnv {
@@ -81,6 +90,7 @@ impl TestEnv {
         TestEnv {
             dir,
             vars: Vec::new(),
+            gateway_port: free_port(),
         }
     }
 
@@ -92,6 +102,25 @@ impl TestEnv {
     /// The project directory, where commands run.
     pub fn project(&self) -> PathBuf {
         self.dir.path().join("project")
+    }
+
+    /// The loopback port this environment's gateway listens on (tests run in parallel, so
+    /// none may take the default 12434).
+    pub fn gateway_port(&self) -> u16 {
+        self.gateway_port
+    }
+
+    /// `spec` with `gateway.listen` on [`TestEnv::gateway_port`] after its first line, unless
+    /// it has a `gateway:` section.
+    pub fn spec(&self, spec: &str) -> String {
+        if spec.contains("\ngateway:") {
+            return spec.to_owned();
+        }
+        let (first, rest) = spec.split_once('\n').unwrap_or((spec, ""));
+        format!(
+            "{first}\ngateway: {{ listen: 127.0.0.1:{} }}\n{rest}",
+            self.gateway_port
+        )
     }
 
     /// Writes `aistack.yaml` (or another file) into the project directory.

@@ -25,6 +25,18 @@ fn model_state(env: &TestEnv) -> Vec<(String, String, String)> {
     resources(&env.status())
 }
 
+/// Whether the project's record holds the model (the gateway is recorded before it).
+fn recorded_model(env: &TestEnv) -> bool {
+    fs::read(env.home().join("projects/demo/state.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|state| {
+            state["resources"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["id"]["kind"] == "model"))
+        })
+}
+
 /// Every blob in the store is named by the sha256 of its content: nothing partial.
 fn assert_store_consistent(env: &TestEnv) {
     for (name, digest) in env.blobs() {
@@ -38,7 +50,7 @@ fn assert_store_consistent(env: &TestEnv) {
 #[test]
 fn up_imports_the_model_then_plan_is_empty_and_down_removes_the_project() {
     let env = TestEnv::new();
-    env.write("aistack.yaml", QUICKSTART);
+    env.write("aistack.yaml", &env.spec(QUICKSTART));
     env.link_model("smollm2.gguf");
 
     let plan = env.run(&["plan", "--detailed-exitcode"]);
@@ -46,23 +58,36 @@ fn up_imports_the_model_then_plan_is_empty_and_down_removes_the_project() {
     let text = String::from_utf8_lossy(&plan.stdout);
     assert!(text.contains("+ model chat"), "{text}");
     assert!(
-        text.ends_with("Plan: 1 to add, 0 to change, 0 to remove.\n"),
+        text.ends_with("Plan: 2 to add, 0 to change, 0 to remove.\n"),
         "{text}"
     );
     assert_eq!(
         model_state(&env),
-        vec![("model".into(), "chat".into(), "pending".into())]
+        vec![
+            ("gateway".into(), "gateway".into(), "pending".into()),
+            ("model".into(), "chat".into(), "pending".into())
+        ]
     );
 
     let up = env.ok(&["up"]);
     assert!(up.contains("model chat: Created"), "{up}");
     assert!(
-        up.contains("Apply complete: 1 added, 0 changed, 0 removed."),
+        up.contains("Apply complete: 2 added, 0 changed, 0 removed."),
+        "{up}"
+    );
+    assert!(
+        up.ends_with(&format!(
+            "Gateway: http://127.0.0.1:{}\n",
+            env.gateway_port()
+        )),
         "{up}"
     );
     assert_eq!(
         model_state(&env),
-        vec![("model".into(), "chat".into(), "ready".into())]
+        vec![
+            ("gateway".into(), "gateway".into(), "running".into()),
+            ("model".into(), "chat".into(), "ready".into())
+        ]
     );
 
     // The artifact is a Docker Model Runner artifact in an OCI image layout.
@@ -107,7 +132,10 @@ fn up_imports_the_model_then_plan_is_empty_and_down_removes_the_project() {
     assert_eq!(String::from_utf8_lossy(&again.stdout), "No changes.\n");
 
     // A serving setting changes in place; the artifact is not imported again.
-    env.write("aistack.yaml", &QUICKSTART.replace("4096", "2048"));
+    env.write(
+        "aistack.yaml",
+        &env.spec(&QUICKSTART.replace("4096", "2048")),
+    );
     let changed = env.ok(&["plan"]);
     assert!(changed.contains("~ model chat"), "{changed}");
     assert!(changed.contains("context_size"), "{changed}");
@@ -126,7 +154,10 @@ fn up_imports_the_model_then_plan_is_empty_and_down_removes_the_project() {
     assert!(env.home().join("models/index.json").exists());
     assert_eq!(
         model_state(&env),
-        vec![("model".into(), "chat".into(), "pending".into())]
+        vec![
+            ("gateway".into(), "gateway".into(), "pending".into()),
+            ("model".into(), "chat".into(), "pending".into())
+        ]
     );
     // Models stay in the shared store unless asked: the next `up` finds the blob there.
     assert!(!env.blobs().is_empty());
@@ -146,18 +177,25 @@ fn up_refuses_kinds_without_executors_before_touching_anything() {
     let env = TestEnv::new();
     env.write(
         "aistack.yaml",
-        "version: 1\nname: demo\nmodels:\n  chat:\n    source: ./models/smollm2.gguf\n    preload: true\n",
+        &env.spec(
+            "version: 1\nname: demo\nmodels:\n  chat:\n    source: ./models/smollm2.gguf\n    preload: true\n\
+             templates:\n  dev:\n    from: 127.0.0.1:5000/sandbox/debian:bookworm\n\
+             sandboxes:\n  coder:\n    template: dev\n    agent: shell\n",
+        ),
     );
     env.link_model("smollm2.gguf");
     let plan = env.ok(&["plan"]);
     assert!(
-        plan.contains("+ engine chat"),
+        plan.contains("+ engine chat") && plan.contains("+ sandbox coder"),
         "a preloaded model plans its engine: {plan}"
     );
     let out = env.run(&["up"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("Engines are not supported yet"), "{stderr}");
+    assert!(
+        stderr.contains("Sandboxes are not supported yet"),
+        "{stderr}"
+    );
     assert!(stderr.contains("Nothing was applied"), "{stderr}");
     assert!(env.blobs().is_empty(), "the model was not imported");
     assert!(!env.home().join("projects/demo").exists());
@@ -166,7 +204,7 @@ fn up_refuses_kinds_without_executors_before_touching_anything() {
 #[test]
 fn a_missing_local_file_is_reported_at_its_span_by_plan() {
     let env = TestEnv::new();
-    env.write("aistack.yaml", QUICKSTART);
+    env.write("aistack.yaml", &env.spec(QUICKSTART));
     let out = env.run(&["plan"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr)
@@ -179,7 +217,7 @@ fn a_missing_local_file_is_reported_at_its_span_by_plan() {
 #[test]
 fn a_file_that_is_not_gguf_fails_cleanly_and_leaves_the_store_empty() {
     let env = TestEnv::new();
-    env.write("aistack.yaml", QUICKSTART);
+    env.write("aistack.yaml", &env.spec(QUICKSTART));
     env.write("models/smollm2.gguf", "this is not a model\n");
     let out = env.run(&["up"]);
     assert_eq!(out.status.code(), Some(1));
@@ -232,7 +270,7 @@ fn import_in_progress(env: &TestEnv) -> bool {
 
 /// Starts `aistack up` of the quickstart model and returns once the model's copy runs.
 fn up_until_the_import_runs(env: &TestEnv) -> std::process::Child {
-    env.write("aistack.yaml", QUICKSTART);
+    env.write("aistack.yaml", &env.spec(QUICKSTART));
     env.link_model("smollm2.gguf");
     let up = env
         .cmd(&["up"])
@@ -264,8 +302,8 @@ fn kill_9_of_the_daemon_during_an_import_leaves_nothing_partial_and_the_next_up_
         env.blobs()
     );
     assert!(
-        !env.home().join("projects/demo/state.json").exists(),
-        "nothing was recorded as applied"
+        !recorded_model(&env),
+        "the model was not recorded as applied"
     );
 
     env.ok(&["up"]);
@@ -292,12 +330,14 @@ fn kill_9_of_up_during_an_import_leaves_the_daemon_to_finish_and_the_next_up_con
         wait_for(Duration::from_secs(30), || env
             .home()
             .join("projects/demo/state.json")
-            .exists()),
+            .exists()
+            && env.run(&["plan", "--detailed-exitcode"]).status.code()
+                == Some(0)),
         "the daemon did not finish the import"
     );
     assert_store_consistent(&env);
     let out = env.ok(&["up"]);
-    assert_eq!(out, "No changes.\n");
+    assert!(out.starts_with("No changes.\n"), "{out}");
 }
 
 #[test]
@@ -328,7 +368,7 @@ fn ctrl_c_during_up_cancels_and_the_next_up_converges() {
 #[test]
 fn up_watch_converges_again_when_the_spec_changes() {
     let env = TestEnv::new();
-    env.write("aistack.yaml", QUICKSTART);
+    env.write("aistack.yaml", &env.spec(QUICKSTART));
     env.link_model("smollm2.gguf");
     let mut watch = env
         .cmd(&["up", "--watch"])
@@ -338,19 +378,26 @@ fn up_watch_converges_again_when_the_spec_changes() {
         .unwrap();
     let state = env.home().join("projects/demo/state.json");
     assert!(
-        wait_for(Duration::from_secs(30), || state.exists()),
+        wait_for(Duration::from_secs(30), || recorded_model(&env)),
         "the first convergence"
     );
     let before = fs::read_to_string(&state).unwrap();
     // mtime granularity: make sure the rewrite is seen as a change.
     std::thread::sleep(Duration::from_millis(20));
-    env.write("aistack.yaml", &QUICKSTART.replace("4096", "1024"));
+    env.write(
+        "aistack.yaml",
+        &env.spec(&QUICKSTART.replace("4096", "1024")),
+    );
     assert!(
         wait_for(Duration::from_secs(30), || fs::read_to_string(&state)
             .is_ok_and(|s| s != before)),
         "up --watch did not apply the changed spec"
     );
-    assert!(fs::read_to_string(&state).unwrap().contains("1024"));
+    assert!(
+        wait_for(Duration::from_secs(30), || fs::read_to_string(&state)
+            .is_ok_and(|s| s.contains("1024"))),
+        "up --watch did not record the new context size"
+    );
     terminate(watch.id() as i32, Signal::INT);
     let status = watch.wait().unwrap();
     assert!(status.success(), "Ctrl-C ends the watch cleanly: {status}");
@@ -365,7 +412,7 @@ fn dotenv_beside_the_spec_fills_variables_and_the_environment_wins() {
     let env = TestEnv::new();
     env.write(
         "aistack.yaml",
-        "version: 1\nname: demo\nmodels:\n  chat:\n    source: ./models/${MODEL_FILE}\n    context_size: ${CTX:-512}\n",
+        &env.spec("version: 1\nname: demo\nmodels:\n  chat:\n    source: ./models/${MODEL_FILE}\n    context_size: ${CTX:-512}\n"),
     );
     env.write(".env", "# the model\nMODEL_FILE=smollm2.gguf\nCTX=2048\n");
     env.link_model("smollm2.gguf");
@@ -376,20 +423,29 @@ fn dotenv_beside_the_spec_fills_variables_and_the_environment_wins() {
         String::from_utf8_lossy(&plan.stderr)
     );
     let json: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-    assert_eq!(json["steps"][0]["desired"]["fields"]["context_size"], 2048);
+    let model = |json: &serde_json::Value| {
+        json["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"]["kind"] == "model")
+            .unwrap()["desired"]["fields"]["context_size"]
+            .clone()
+    };
+    assert_eq!(model(&json), 2048);
     let overridden = env
         .cmd(&["plan", "--json"])
         .env("CTX", "4096")
         .output()
         .unwrap();
     let json: serde_json::Value = serde_json::from_slice(&overridden.stdout).unwrap();
-    assert_eq!(json["steps"][0]["desired"]["fields"]["context_size"], 4096);
+    assert_eq!(model(&json), 4096);
 }
 
 #[test]
 fn a_corrupt_project_record_is_a_clear_error_that_says_how_to_recover() {
     let env = TestEnv::new();
-    env.write("aistack.yaml", QUICKSTART);
+    env.write("aistack.yaml", &env.spec(QUICKSTART));
     env.link_model("smollm2.gguf");
     fs::create_dir_all(env.home().join("projects/demo")).unwrap();
     fs::write(env.home().join("projects/demo/state.json"), "{ torn").unwrap();

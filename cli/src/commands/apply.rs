@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use aistack_daemon::Home;
-use aistack_daemon::api::{ApplyLine, ApplyRequest};
+use aistack_daemon::api::{ApplyLine, ApplyRequest, Secrets};
+use aistack_daemon::client::Client;
 use aistack_planner::{Action, Plan, ResourceId};
+use aistack_spec::{Diagnostic, Location};
 
 use super::daemon::ensure_daemon;
 use super::{actions, home, plan_for};
-use crate::load::SpecArgs;
+use crate::load::{Loaded, SpecArgs};
 use crate::progress::Progress;
 use crate::report::{Failure, Report};
 use aistack_daemon::status::short_digest;
@@ -74,17 +76,90 @@ pub async fn down(spec: &SpecArgs, models: bool) -> Result<ExitCode, Failure> {
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    apply(&home, plan, models, false).await
+    apply(&home, plan, models, false, Secrets::default()).await
 }
 
 async fn converge(home: &Home, spec: &SpecArgs, options: UpOptions) -> Result<ExitCode, Failure> {
     let loaded = spec.load()?;
+    let secrets = secrets(&loaded)?;
     let plan = plan_for(home, &loaded, options.pull).await?;
     print!("{}", plan.render_text());
-    if plan.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+    let serves = !loaded.document.spec.models.is_empty();
+    if !plan.is_empty() {
+        apply(home, plan, false, options.quiet, secrets).await?;
+    } else if serves {
+        // Nothing to change, but the models must be served: this starts the daemon if the
+        // machine restarted (it re-serves what was applied) and hands over the key, which
+        // lives only in the daemon's memory.
+        hand_over(home, plan, secrets).await?;
     }
-    apply(home, plan, false, options.quiet).await
+    if serves {
+        let status = Client::new(&home.socket()).status(&loaded.project).await?;
+        let Some(url) = status.gateway else {
+            return Err(Report::new(
+                format!("The gateway of project `{}` is not running", loaded.project),
+                Some("`aistack logs` shows why; fix that and run `aistack up` again".to_owned()),
+            )
+            .into());
+        };
+        println!("Gateway: {url}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The values of the environment variables the spec names as secrets: the gateway's
+/// `api_key_env`, when it serves models. An unset variable is an error, never an open
+/// gateway.
+fn secrets(loaded: &Loaded) -> Result<Secrets, Failure> {
+    let spec = &loaded.document.spec;
+    let Some(name) = spec.gateway.api_key_env.as_ref() else {
+        return Ok(Secrets::default());
+    };
+    if spec.models.is_empty() {
+        return Ok(Secrets::default());
+    }
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => Ok(Secrets([(name.clone(), value)].into())),
+        _ => {
+            let message = format!("`{name}`, named by `gateway.api_key_env`, is not set");
+            let help = format!(
+                "Export `{name}` with the bearer token clients must send, or remove \
+                 `gateway.api_key_env` to serve loopback clients without one"
+            );
+            let report = match loaded.document.location("gateway.api_key_env") {
+                Some(location) => Report::from_diagnostic(
+                    &Diagnostic {
+                        code: "aistack::secret",
+                        message,
+                        location: Location::clone(location),
+                        label: "names it".to_owned(),
+                        help: Some(help),
+                    },
+                    &loaded.sources,
+                ),
+                None => Report::new(message, Some(help)),
+            };
+            Err(report.into())
+        }
+    }
+}
+
+/// Gives the daemon the secrets with an empty plan, silently, starting it if needed.
+async fn hand_over(home: &Home, plan: Plan, secrets: Secrets) -> Result<(), Failure> {
+    let client = ensure_daemon(home).await?;
+    let mut lines = client
+        .apply(&ApplyRequest {
+            plan,
+            remove_models: false,
+            secrets,
+        })
+        .await?;
+    while let Some(line) = lines.recv().await {
+        if let ApplyLine::Finished { .. } = line {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn report_failure(result: Result<ExitCode, Failure>) {
@@ -100,6 +175,7 @@ async fn apply(
     plan: Plan,
     remove_models: bool,
     quiet: bool,
+    secrets: Secrets,
 ) -> Result<ExitCode, Failure> {
     let mut progress = Progress::new(quiet);
     let client = ensure_daemon(home).await?;
@@ -111,6 +187,7 @@ async fn apply(
         .apply(&ApplyRequest {
             plan,
             remove_models,
+            secrets,
         })
         .await?;
     let mut started: BTreeMap<ResourceId, Instant> = BTreeMap::new();

@@ -10,6 +10,7 @@ use aistack_daemon::Home;
 use aistack_daemon::client::Client;
 
 use super::home;
+use crate::load::SpecArgs;
 use crate::report::{Failure, Report};
 
 /// How long `up` waits for a daemon it started to answer.
@@ -104,19 +105,38 @@ fn last_line(path: &std::path::Path) -> String {
         .unwrap_or_else(|| "it wrote nothing".to_owned())
 }
 
-/// `aistack logs [NAME] [-f]`.
-pub async fn logs(name: Option<&str>, follow: bool) -> Result<ExitCode, Failure> {
+/// `aistack logs [NAME] [-f]`: the daemon's log, or the engine log of model NAME of the
+/// project.
+pub async fn logs(spec: &SpecArgs, name: Option<&str>, follow: bool) -> Result<ExitCode, Failure> {
     let home = home()?;
-    if let Some(name) = name.filter(|n| *n != "daemon") {
-        return Err(Report::new(
-            format!("No logs for `{name}`"),
-            Some("Only the daemon writes logs in this version: `aistack logs daemon`".to_owned()),
-        )
-        .into());
-    }
-    let path = home.daemon_log();
+    let engine = name.filter(|n| *n != "daemon");
+    let path = match engine {
+        None => home.daemon_log(),
+        Some(model) => {
+            let base_dir = spec.base_dir()?;
+            let spec_name = spec
+                .load()
+                .ok()
+                .and_then(|loaded| loaded.document.spec.name);
+            let project = spec.project_name(spec_name.as_deref(), &base_dir)?;
+            // The gateway names engine logs so (see `aistack_gateway::Launcher`).
+            home.logs().join(format!("engine-{project}-{model}.log"))
+        }
+    };
     let mut file = match fs::File::open(&path) {
         Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && engine.is_some() => {
+            let model = engine.unwrap_or_default();
+            return Err(Report::new(
+                format!("No engine log for model `{model}`"),
+                Some(
+                    "An engine writes its log once its model loads: run `aistack run MODEL`, \
+                     or set `preload: true` and run `aistack up`"
+                        .to_owned(),
+                ),
+            )
+            .into());
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !follow => {
             return Ok(ExitCode::SUCCESS);
         }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use aistack_daemon::api::{ProjectStatus, ResourceStatus};
 use aistack_daemon::client::{Client, ClientError};
 use aistack_planner::Action;
+use aistack_planner::plan::human_size;
 use aistack_store::Store;
 
 use super::{home, plan_for};
@@ -73,37 +74,87 @@ fn print_table(status: &ProjectStatus, daemon: bool) {
         status.project,
         if daemon { "running" } else { "not running" }
     );
+    if let Some(url) = &status.gateway {
+        println!("Gateway: {url}");
+    }
     if status.resources.is_empty() {
         println!("No resources.");
         return;
     }
-    let rows: Vec<[&str; 4]> = status
+    let rows: Vec<Vec<String>> = status
         .resources
         .iter()
         .map(|r| {
             let detail = r.endpoint.as_deref().or(r.detail.as_deref()).unwrap_or("");
-            [r.kind.as_str(), r.name.as_str(), r.state.as_str(), detail]
+            vec![
+                r.kind.clone(),
+                r.name.clone(),
+                r.state.clone(),
+                detail.to_owned(),
+            ]
         })
         .collect();
-    let header = ["KIND", "NAME", "STATE", "DETAIL"];
-    let width = |i: usize| {
-        rows.iter()
-            .map(|r| r[i].len())
-            .chain([header[i].len()])
-            .max()
-            .unwrap_or(0)
-    };
-    let widths = [width(0), width(1), width(2)];
+    print_columns(&["KIND", "NAME", "STATE", "DETAIL"], rows);
+    if status.models.is_empty() {
+        return;
+    }
+    println!();
+    let dash = || "-".to_owned();
+    let rows = (status.models.iter())
+        .map(|m| {
+            let e = m.engine.as_ref();
+            vec![
+                m.name.clone(),
+                m.mode.clone(),
+                m.state.clone(),
+                e.map_or_else(dash, |e| e.pid.to_string()),
+                e.map_or_else(dash, |e| human_size(e.memory_bytes)),
+                e.map_or_else(dash, |e| e.threads.to_string()),
+                e.map_or_else(dash, |e| e.context_size.to_string()),
+                e.map_or_else(dash, |e| e.parallel.to_string()),
+            ]
+        })
+        .collect();
+    print_columns(
+        &[
+            "MODEL", "MODE", "STATE", "PID", "MEMORY", "THREADS", "CONTEXT", "PARALLEL",
+        ],
+        rows,
+    );
+    // Every engine is the same binary, so one loaded engine speaks for all.
+    if let Some(engine) = status.models.iter().find_map(|m| m.engine.as_ref()) {
+        println!("\nggml CPU features: {}", engine.cpu_features);
+        if !engine.unused_cpu_features.is_empty() {
+            println!(
+                "hint: this CPU also has {}, which this build does not use; \
+                 `RUSTFLAGS=\"-C target-cpu=native\" cargo install --path cli` builds an \
+                 engine that does",
+                engine.unused_cpu_features.join(" ")
+            );
+        }
+    }
+}
+
+/// Prints `rows` under `header`, columns aligned, the last one unpadded.
+fn print_columns(header: &[&str], rows: Vec<Vec<String>>) {
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            (rows.iter())
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     for row in std::iter::once(header).chain(rows) {
-        println!(
-            "{:w0$}  {:w1$}  {:w2$}  {}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2]
-        );
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(&format!("{cell:w$}", w = widths[i]));
+        }
+        println!("{}", line.trim_end());
     }
 }

@@ -1121,7 +1121,10 @@ mod convergence {
         assert_eq!(replan(&third, &host, base, &["embed"]), "No changes.\n");
         assert_eq!(
             host.resources().keys().cloned().collect::<Vec<_>>(),
-            [ResourceId::new(Kind::Model, "embed")]
+            [
+                ResourceId::new(Kind::Gateway, "gateway"),
+                ResourceId::new(Kind::Model, "embed")
+            ]
         );
     }
 }

@@ -6,6 +6,9 @@
 //! - `POST /v1/projects/{name}/apply` with [`ApplyRequest`] → NDJSON stream of [`ApplyLine`]
 //! - `POST /v1/projects/{name}/cancel` → 204; the running apply stops starting steps
 
+use std::collections::BTreeMap;
+use std::fmt;
+
 use aistack_planner::{Plan, ResourceId};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +28,24 @@ pub struct ApplyRequest {
     pub plan: Plan,
     /// Delete models from the shared store on removal (`down --models`).
     pub remove_models: bool,
+    /// The values of the environment variables the plan names as secrets
+    /// (`gateway.api_key_env`), read by the CLI: the plan carries only their names. The
+    /// daemon keeps them in memory, never in state files or logs.
+    #[serde(default)]
+    pub secrets: Secrets,
+}
+
+/// Secret values by environment variable name; `Debug` shows only the names.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<redacted>")))
+            .finish()
+    }
 }
 
 /// One line of an apply's progress stream.
@@ -103,6 +124,49 @@ pub struct ProjectStatus {
     pub project: String,
     /// Every resource of the project, applied or pending.
     pub resources: Vec<ResourceStatus>,
+    /// Where the project's gateway serves (`http://127.0.0.1:12434`); `None` when it is not
+    /// running (no models, or no daemon).
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// The project's models as the running gateway serves them.
+    #[serde(default)]
+    pub models: Vec<ModelServing>,
+}
+
+/// One model as the gateway serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelServing {
+    /// The name clients send (the key under `models:`).
+    pub name: String,
+    /// `chat` or `embedding`.
+    pub mode: String,
+    /// `loaded` (an engine runs) or `idle` (loads at the next request).
+    pub state: String,
+    /// What the engine runs with, when loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineServing>,
+}
+
+/// A running engine process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineServing {
+    /// Its process id.
+    pub pid: u32,
+    /// Memory it uses, in bytes.
+    pub memory_bytes: u64,
+    /// Threads it computes with.
+    pub threads: u32,
+    /// Its context window, in tokens.
+    pub context_size: u32,
+    /// Requests it serves at once.
+    pub parallel: u32,
+    /// The CPU features ggml was built with (`AVX2 FMA F16C`).
+    pub cpu_features: String,
+    /// Features this CPU has that the build does not use (`AVX512`): a native build is
+    /// faster.
+    pub unused_cpu_features: Vec<String>,
+    /// Requests being served now.
+    pub in_flight: u64,
 }
 
 /// One resource in `status`.
@@ -120,4 +184,25 @@ pub struct ResourceStatus {
     /// A short description.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_travel_but_never_print() {
+        let request = ApplyRequest {
+            plan: Plan::default(),
+            remove_models: false,
+            secrets: Secrets([("API_KEY".to_owned(), "s3cret".to_owned())].into()),
+        };
+        let debug = format!("{request:?}");
+        assert!(
+            debug.contains("API_KEY") && !debug.contains("s3cret"),
+            "{debug}"
+        );
+        let json = serde_json::to_value(&request.secrets).unwrap();
+        assert_eq!(json, serde_json::json!({"API_KEY": "s3cret"}));
+    }
 }

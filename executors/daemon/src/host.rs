@@ -1,8 +1,10 @@
 //! The machine behind the walker: carries out steps on this host.
 //!
-//! Models from local files are imported into the shared store. Kinds whose executors do not
-//! exist yet are refused by [`Host::check`] before anything runs, so `up` never reports a
-//! success it did not achieve.
+//! The gateway resource attaches the project to its listener ([`Gateways`]); models are
+//! imported or pulled into the shared store, then registered with that gateway; an engine
+//! resource loads its model at `up`. Kinds whose executors do not exist yet (proxies,
+//! templates, sandboxes) and engines other than llama.cpp are refused by [`Host::check`]
+//! before anything runs, so `up` never reports a success it did not achieve.
 
 use std::sync::Arc;
 
@@ -12,29 +14,42 @@ use aistack_spec::values::OciRef;
 use aistack_store::registry::{self, PullOptions, PullProgress};
 use aistack_store::{LocalFile, Store};
 
+use crate::gateways::{GatewaySpec, Gateways};
 use crate::home::Home;
+use crate::serving::model_config;
 use crate::state::ProjectState;
 
 /// Output key of a model resource: the manifest digest in the store.
 pub const MANIFEST: &str = aistack_planner::MANIFEST_OUTPUT;
 /// Output key of a model resource: the artifact's total layer size in bytes.
 pub const SIZE: &str = "size";
+/// Output key of the gateway resource: the URL it serves on.
+pub const URL: &str = "url";
 
 /// Carries out plan steps on this machine.
 pub struct MachineHost {
     home: Home,
     store: Arc<Store>,
+    gateways: Arc<Gateways>,
     project: String,
     remove_models: bool,
 }
 
 impl MachineHost {
-    /// A host applying `project` on `home`'s store; `remove_models` makes model removals delete the
-    /// artifact from the shared store when no other project uses it (`down --models`).
-    pub fn new(home: Home, store: Arc<Store>, project: &str, remove_models: bool) -> Self {
+    /// A host applying `project` on `home`'s store and the daemon's `gateways`;
+    /// `remove_models` makes model removals delete the artifact from the shared store when
+    /// no other project uses it (`down --models`).
+    pub fn new(
+        home: Home,
+        store: Arc<Store>,
+        gateways: Arc<Gateways>,
+        project: &str,
+        remove_models: bool,
+    ) -> Self {
         MachineHost {
             home,
             store,
+            gateways,
             project: project.to_owned(),
             remove_models,
         }
@@ -154,16 +169,30 @@ impl Host for MachineHost {
         let Some(desired) = &step.desired else {
             return Ok(());
         };
+        let unsupported = |message: String, help: &str| Unsupported {
+            id: step.id.clone(),
+            message,
+            help: Some(help.to_owned()),
+        };
+        let field = |name: &str| desired.fields.get(name).and_then(|v| v.as_str());
         match &desired.payload {
-            Payload::LocalModel { .. } | Payload::RegistryModel { .. } => Ok(()),
-            Payload::Engine { .. } => Err(not_yet(
-                step,
-                "Engines",
-                &format!(
-                    "Remove `preload: true` from `models.{}`; models load on demand once engines land",
-                    step.id.name
-                ),
-            )),
+            Payload::Gateway { .. } => Ok(()),
+            Payload::LocalModel { .. } | Payload::RegistryModel { .. } | Payload::Engine { .. } => {
+                match (field("engine"), field("mode")) {
+                    (Some(engine), _) if engine != "llama.cpp" => Err(unsupported(
+                        format!("Engine `{engine}` is not supported yet"),
+                        &format!(
+                            "Serve `models.{}` with `engine: llama.cpp` (a GGUF source)",
+                            step.id.name
+                        ),
+                    )),
+                    (_, Some("image")) => Err(unsupported(
+                        "Image models are not supported yet".to_owned(),
+                        &format!("Remove `models.{}` for now", step.id.name),
+                    )),
+                    _ => Ok(()),
+                }
+            }
             Payload::Proxy { .. } => Err(not_yet(
                 step,
                 "Network policy proxies",
@@ -181,16 +210,30 @@ impl Host for MachineHost {
     }
 
     async fn create(&self, desired: &Desired, progress: &Progress) -> Result<Outputs, HostError> {
-        match &desired.payload {
-            Payload::LocalModel { files } => self.import(desired, files, progress).await,
+        let outputs = match &desired.payload {
+            Payload::Gateway { .. } => return self.attach(desired).await,
+            Payload::LocalModel { files } => self.import(desired, files, progress).await?,
             Payload::RegistryModel {
                 reference, digest, ..
-            } => self.pull(reference, digest.as_deref(), progress).await,
-            _ => Err(HostError {
-                message: format!("Cannot create `{}`", desired.id),
-                help: None,
-            }),
-        }
+            } => self.pull(reference, digest.as_deref(), progress).await?,
+            Payload::Engine { model, .. } => {
+                progress.message("loading");
+                self.gateways.preload(&self.project, model).await?;
+                return Ok(Outputs::new());
+            }
+            Payload::Proxy { .. } | Payload::Template { .. } | Payload::Sandbox { .. } => {
+                return Err(HostError::new(format!("Cannot create `{}`", desired.id)));
+            }
+        };
+        let config = model_config(
+            &self.store,
+            &self.project,
+            &desired.id.name,
+            &desired.fields,
+            &outputs,
+        )?;
+        self.gateways.register(config).await?;
+        Ok(outputs)
     }
 
     async fn change(
@@ -199,12 +242,31 @@ impl Host for MachineHost {
         desired: &Desired,
         progress: &Progress,
     ) -> Result<Outputs, HostError> {
-        // Serving settings change in place; the artifact is made sure of (idempotent import).
+        // Serving settings change in place: the gateway takes its new settings, a model is
+        // made sure of (idempotent import) and registered anew.
         self.create(desired, progress).await
     }
 
     async fn remove(&self, current: &Applied, progress: &Progress) -> Result<(), HostError> {
-        if current.id.kind != Kind::Model || !self.remove_models {
+        match current.id.kind {
+            Kind::Gateway => {
+                self.gateways.detach(&self.project).await;
+                return Ok(());
+            }
+            Kind::Engine => {
+                return self
+                    .gateways
+                    .stop_engine(&self.project, &current.id.name)
+                    .await;
+            }
+            Kind::Model => {
+                self.gateways
+                    .unregister(&self.project, &current.id.name)
+                    .await
+            }
+            Kind::Proxy | Kind::Template | Kind::Sandbox => return Ok(()),
+        }
+        if !self.remove_models {
             return Ok(());
         }
         let Some(manifest) = current.outputs.get(MANIFEST).cloned() else {
@@ -222,5 +284,90 @@ impl Host for MachineHost {
                 help: None,
             })?
             .map_err(host_error)
+    }
+}
+
+impl MachineHost {
+    async fn attach(&self, desired: &Desired) -> Result<Outputs, HostError> {
+        let spec = GatewaySpec::from_fields(&desired.fields).ok_or_else(|| {
+            HostError::new(format!("The plan's `{}` has no valid `listen`", desired.id))
+                .with_help("Plan again with this version of aistack: run `aistack up`")
+        })?;
+        let addr = self.gateways.attach(&self.project, spec).await?;
+        Ok(Outputs::from([(URL.to_owned(), format!("http://{addr}"))]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use aistack_planner::{Action, Cause, ResourceId};
+    use serde_json::json;
+
+    use super::*;
+
+    fn step(kind: Kind, engine: &str, mode: &str, payload: Payload) -> Step {
+        let fields = BTreeMap::from([
+            ("engine".to_owned(), json!(engine)),
+            ("mode".to_owned(), json!(mode)),
+        ]);
+        let id = ResourceId::new(kind, "chat");
+        Step {
+            id: id.clone(),
+            action: Action::Create,
+            cause: Cause::Missing,
+            desired: Some(Desired::new(id, fields, Vec::new(), Vec::new(), payload)),
+            current: None,
+        }
+    }
+
+    #[test]
+    fn llama_cpp_models_and_engines_run_and_the_rest_is_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let store = Arc::new(Store::open(&home.models()).unwrap());
+        let gateways = Arc::new(Gateways::new("aistack".into(), home.run(), home.logs()));
+        let host = MachineHost::new(home, store, gateways, "demo", false);
+        let model = || Payload::LocalModel { files: Vec::new() };
+        let engine = || Payload::Engine {
+            model: "chat".into(),
+            engine: "llama.cpp".into(),
+            context_size: None,
+            parallel: Some(4),
+            mode: "chat".into(),
+            runtime_flags: Vec::new(),
+            options: BTreeMap::new(),
+        };
+        let gateway = Payload::Gateway {
+            listen: "127.0.0.1:12434".into(),
+            cors_origins: Vec::new(),
+            api_key_env: None,
+            memory_budget: None,
+        };
+        assert!(host.check(&step(Kind::Gateway, "", "", gateway)).is_ok());
+        assert!(
+            host.check(&step(Kind::Model, "llama.cpp", "chat", model()))
+                .is_ok()
+        );
+        assert!(
+            host.check(&step(Kind::Model, "llama.cpp", "embedding", model()))
+                .is_ok()
+        );
+        assert!(
+            host.check(&step(Kind::Engine, "llama.cpp", "chat", engine()))
+                .is_ok()
+        );
+
+        let vllm = host
+            .check(&step(Kind::Model, "vllm", "chat", model()))
+            .unwrap_err();
+        assert_eq!(vllm.message, "Engine `vllm` is not supported yet");
+        let image = host
+            .check(&step(Kind::Model, "llama.cpp", "image", model()))
+            .unwrap_err();
+        assert_eq!(image.message, "Image models are not supported yet");
+        let sandbox = Payload::Sandbox { sandbox: json!({}) };
+        assert!(host.check(&step(Kind::Sandbox, "", "", sandbox)).is_err());
     }
 }

@@ -2,14 +2,16 @@
 //!
 //! One per `AISTACK_HOME`, enforced by an exclusive lock on `run/daemon.lock`. It serves
 //! the control API ([`api`]) on `run/aistack.sock`, carries out plans with the walker and
-//! [`host::MachineHost`], and records what it applied ([`state`]). The CLI talks to it with
-//! [`client::Client`].
+//! [`host::MachineHost`], records what it applied ([`state`]) and runs the model gateways
+//! ([`gateways`]). The CLI talks to it with [`client::Client`].
 
 pub mod api;
 pub mod client;
+pub mod gateways;
 pub mod home;
 pub mod host;
 pub mod server;
+pub mod serving;
 pub mod state;
 pub mod status;
 
@@ -19,8 +21,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use aistack_planner::Kind;
 use aistack_store::{Store, StoreError};
 use tokio::net::UnixListener;
+
+use crate::gateways::{Gateways, applied_gateway};
+use crate::state::ProjectState;
 
 pub use home::Home;
 
@@ -102,16 +108,84 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
         .map_err(prepare(pid_file.clone()))?;
     tracing::info!(home = %home.root().display(), pid = std::process::id(), "daemon listening");
 
-    let app = server::App::new(home.clone(), store);
+    // Engines run as `aistack engine`: this very binary.
+    let program = std::env::current_exe().map_err(prepare(PathBuf::from("/proc/self/exe")))?;
+    let gateways = Arc::new(Gateways::new(program, run_dir.clone(), home.logs()));
+    readopt(&home, &store, &gateways).await;
+
+    let app = server::App::new(home.clone(), store, Arc::clone(&gateways));
     let served = axum::serve(listener, app.router())
         .with_graceful_shutdown(shutdown_signal())
         .await;
+    gateways.shutdown().await;
 
     let _ = fs::remove_file(&socket);
     let _ = fs::remove_file(&pid_file);
     tracing::info!("daemon stopped");
     drop(lock);
     served.map_err(DaemonError::Serve)
+}
+
+/// Serves again what the projects' records say was applied, after a daemon restart.
+async fn readopt(home: &Home, store: &Arc<Store>, gateways: &Arc<Gateways>) {
+    for project in ProjectState::projects(home) {
+        readopt_project(home, store, gateways, &project).await;
+    }
+}
+
+/// Serves again what `project`'s record says was applied: its gateway, its models, and its
+/// preloaded engines (loaded in the background). Keys are not recorded, so a gateway that
+/// needs one refuses every request until the next `up` brings it. A failure is logged and
+/// leaves the rest to be served.
+pub(crate) async fn readopt_project(
+    home: &Home,
+    store: &Arc<Store>,
+    gateways: &Arc<Gateways>,
+    project: &str,
+) {
+    let state = match ProjectState::load(home, project) {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::warn!(project, "not re-adopted: {}", aistack_apply::chain(&e));
+            return;
+        }
+    };
+    let Some(spec) = applied_gateway(&state.resources) else {
+        return;
+    };
+    if let Err(e) = gateways.attach(project, spec).await {
+        tracing::warn!(project, "gateway not restarted: {}", e.message);
+        return;
+    }
+    for model in state.resources.iter().filter(|r| r.id.kind == Kind::Model) {
+        let registered = serving::model_config(
+            store,
+            project,
+            &model.id.name,
+            &model.fields,
+            &model.outputs,
+        );
+        let registered = match registered {
+            Ok(config) => gateways.register(config).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = registered {
+            tracing::warn!(project, "{}: not served: {}", model.id, e.message);
+        }
+    }
+    for engine in state.resources.iter().filter(|r| r.id.kind == Kind::Engine) {
+        let (gateways, project, name) = (
+            Arc::clone(gateways),
+            project.to_owned(),
+            engine.id.name.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = gateways.preload(&project, &name).await {
+                tracing::warn!(project, "engine {name}: not loaded: {}", e.message);
+            }
+        });
+    }
+    tracing::info!(project, "re-adopted");
 }
 
 async fn shutdown_signal() {

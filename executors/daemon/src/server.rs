@@ -16,10 +16,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApplyLine, ApplyRequest, Health, Problem};
+use crate::gateways::Gateways;
 use crate::home::Home;
 use crate::host::MachineHost;
 use crate::state::ProjectState;
-use crate::status::project_status;
+use crate::status::{project_status, serving_status};
 
 /// Steps run at once within one apply.
 const MAX_PARALLEL: usize = 4;
@@ -29,6 +30,7 @@ const MAX_PARALLEL: usize = 4;
 pub struct App {
     home: Home,
     store: Arc<Store>,
+    gateways: Arc<Gateways>,
     projects: Arc<Mutex<HashMap<String, Arc<ProjectSlot>>>>,
 }
 
@@ -40,11 +42,12 @@ struct ProjectSlot {
 }
 
 impl App {
-    /// The API over `home` and its store.
-    pub fn new(home: Home, store: Arc<Store>) -> Self {
+    /// The API over `home`, its store and the daemon's gateways.
+    pub fn new(home: Home, store: Arc<Store>, gateways: Arc<Gateways>) -> Self {
         App {
             home,
             store,
+            gateways,
             projects: Arc::default(),
         }
     }
@@ -78,7 +81,37 @@ async fn health() -> Json<Health> {
 
 async fn status(State(app): State<App>, Path(name): Path<String>) -> Response {
     match project_status(&app.home, &app.store, &name) {
-        Ok(status) => Json(status).into_response(),
+        Ok(mut status) => {
+            if let Some((addr, models)) = app.gateways.status(&name).await {
+                status.gateway = Some(format!("http://{addr}"));
+                status.models = serving_status(models);
+            }
+            // An engine resource is whether its model is loaded now.
+            for r in status.resources.iter_mut().filter(|r| r.kind == "engine") {
+                let serving = status.models.iter().find(|m| m.name == r.name);
+                if let Some(m) = serving {
+                    r.state = m.state.clone();
+                    r.detail = m.engine.as_ref().map(|e| format!("pid {}", e.pid));
+                }
+            }
+            // The record says a gateway was applied; the daemon knows whether it serves.
+            for r in status.resources.iter_mut().filter(|r| r.kind == "gateway") {
+                match &status.gateway {
+                    Some(url) => {
+                        r.state = "running".to_owned();
+                        r.endpoint = Some(url.clone());
+                        r.detail = None;
+                    }
+                    None => {
+                        r.state = "stopped".to_owned();
+                        r.detail = Some(
+                            "not serving; `aistack logs` says why, `aistack up` retries".to_owned(),
+                        );
+                    }
+                }
+            }
+            Json(status).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -142,6 +175,18 @@ async fn run_apply(app: App, request: ApplyRequest, out: mpsc::UnboundedSender<A
     let plan = request.plan;
     let slot = app.slot(&plan.project);
     let _applying = slot.applying.lock().await;
+    // Before any step: a gateway created or changed by this plan needs its key, and one
+    // that has no step takes a new key at once. `down` sends none and changes no key.
+    if !request.secrets.0.is_empty() {
+        app.gateways
+            .set_secrets(&plan.project, request.secrets.0)
+            .await;
+    }
+    // A gateway that could not be restarted with the daemon (its port was taken) is tried
+    // again by the next `up`, even one with nothing to change.
+    if !app.gateways.is_attached(&plan.project).await {
+        crate::readopt_project(&app.home, &app.store, &app.gateways, &plan.project).await;
+    }
     let token = CancellationToken::new();
     *slot.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
 
@@ -167,6 +212,7 @@ async fn apply_plan(
     let host = MachineHost::new(
         app.home.clone(),
         Arc::clone(&app.store),
+        Arc::clone(&app.gateways),
         &plan.project,
         remove_models,
     );

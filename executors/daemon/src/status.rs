@@ -4,12 +4,13 @@ use aistack_planner::Kind;
 use aistack_planner::plan::human_size;
 use aistack_store::Store;
 
-use crate::api::{ProjectStatus, ResourceStatus};
+use crate::api::{EngineServing, ModelServing, ProjectStatus, ResourceStatus};
 use crate::home::Home;
 use crate::host::{MANIFEST, SIZE};
 use crate::state::{ProjectState, StateError};
 
-/// The applied resources of `project`, each checked against the machine.
+/// The applied resources of `project`, each checked against the machine. What the gateway
+/// serves is added by the daemon ([`serving_status`]); without a daemon nothing is served.
 pub fn project_status(
     home: &Home,
     store: &Store,
@@ -38,6 +39,13 @@ pub fn project_status(
                         Some("not in the model store; run `aistack up`".to_owned()),
                     ),
                 },
+                Kind::Gateway => (
+                    "applied",
+                    r.fields
+                        .get("listen")
+                        .and_then(|l| l.as_str())
+                        .map(|l| format!("http://{l}")),
+                ),
                 _ => ("applied", None),
             };
             ResourceStatus {
@@ -52,7 +60,37 @@ pub fn project_status(
     Ok(ProjectStatus {
         project: project.to_owned(),
         resources,
+        gateway: None,
+        models: Vec::new(),
     })
+}
+
+/// The gateway's view of `project`'s models, for [`ProjectStatus::models`].
+pub fn serving_status(models: Vec<aistack_gateway::ModelStatus>) -> Vec<ModelServing> {
+    let mut out: Vec<ModelServing> = models
+        .into_iter()
+        .map(|m| ModelServing {
+            name: m.name,
+            mode: match m.mode {
+                aistack_gateway::Mode::Chat => "chat",
+                aistack_gateway::Mode::Embedding => "embedding",
+            }
+            .to_owned(),
+            state: if m.loaded.is_some() { "loaded" } else { "idle" }.to_owned(),
+            engine: m.loaded.map(|l| EngineServing {
+                pid: l.pid,
+                memory_bytes: l.memory_bytes,
+                threads: l.threads,
+                context_size: l.context_size,
+                parallel: l.parallel,
+                cpu_features: l.cpu_features,
+                unused_cpu_features: l.unused_cpu_features,
+                in_flight: l.in_flight as u64,
+            }),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// `sha256:0123456789ab`: enough of a digest to recognise it.

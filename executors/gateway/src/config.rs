@@ -15,8 +15,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Origins allowed by CORS; `*` allows any.
     pub cors_origins: Vec<String>,
-    /// The bearer token clients must send; `None` admits loopback clients only.
-    pub api_key: Option<String>,
+    /// Who may call it.
+    pub auth: Auth,
     /// Bytes the loaded models may take together.
     pub memory_budget: u64,
     /// The largest request body, in bytes.
@@ -29,10 +29,33 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
             .field("cors_origins", &self.cors_origins)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("auth", &self.auth)
             .field("memory_budget", &self.memory_budget)
             .field("body_limit", &self.body_limit)
             .finish()
+    }
+}
+
+/// Who may call a gateway.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// No key: clients on this machine only.
+    LoopbackOnly,
+    /// Clients that send this bearer token (or Anthropic's `x-api-key`).
+    Key(String),
+    /// A key is configured but not known to this daemon (it restarted since the last `up`
+    /// handed it over): nobody, until `up` runs again. Fails closed, never open.
+    KeyUnknown,
+}
+
+impl fmt::Debug for Auth {
+    // The key is a secret: it must not reach logs through a `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Auth::LoopbackOnly => "LoopbackOnly",
+            Auth::Key(_) => "Key(<redacted>)",
+            Auth::KeyUnknown => "KeyUnknown",
+        })
     }
 }
 
@@ -192,22 +215,22 @@ impl GatewayError {
     pub fn help(&self) -> Option<String> {
         Some(match self {
             GatewayError::Bind { addr, .. } => format!(
-                "stop whatever listens on `{addr}` (Docker Model Runner or Ollama?) or set `gateway.listen` in aistack.yaml to a free address"
+                "Stop whatever listens on `{addr}` (Docker Model Runner or Ollama?) or set `gateway.listen` in aistack.yaml to a free address"
             ),
             GatewayError::Conflict { name, .. } => format!(
-                "rename model `{name}` in one of the projects, or give one of them its own `gateway.listen`"
+                "Rename model `{name}` in one of the projects, or give one of them its own `gateway.listen`"
             ),
             GatewayError::UnknownModel { .. } => {
-                "declare it under `models:` in aistack.yaml and run `aistack up`".to_owned()
+                "Declare it under `models:` in aistack.yaml and run `aistack up`".to_owned()
             }
             GatewayError::Spawn { .. } => {
-                "check that the `aistack` binary is installed and executable".to_owned()
+                "Check that the `aistack` binary is installed and executable".to_owned()
             }
             GatewayError::EngineExited { log, .. } | GatewayError::EngineTimeout { log, .. } => {
-                format!("see the engine's log at `{}`", log.display())
+                format!("See the engine's log at `{}`", log.display())
             }
             GatewayError::Memory { .. } => {
-                "raise `gateway.memory_budget` in aistack.yaml or unload other models".to_owned()
+                "Raise `gateway.memory_budget` in aistack.yaml or unload other models".to_owned()
             }
             GatewayError::Io { .. } => return None,
         })
@@ -251,7 +274,7 @@ mod tests {
         let settings = Settings {
             listen: "127.0.0.1:12434".parse().unwrap(),
             cors_origins: vec![],
-            api_key: Some("s3cret".into()),
+            auth: Auth::Key("s3cret".into()),
             memory_budget: 1,
             body_limit: 1,
         };

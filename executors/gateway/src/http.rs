@@ -12,6 +12,7 @@ use axum::routing::{delete, get, post};
 use subtle::ConstantTimeEq;
 
 use crate::common::{Api, ApiError};
+use crate::config::Auth;
 use crate::metrics::ModelLabel;
 use crate::state::Shared;
 use crate::{anthropic, ollama, openai};
@@ -126,12 +127,16 @@ async fn guard(
         headers.insert(header::VARY, HeaderValue::from_static("Origin"));
         return response;
     }
-    let refusal = match &settings.api_key {
-        Some(key) if !authorised(request.headers(), key) => Some(ApiError::new(
+    let refusal = match &settings.auth {
+        Auth::Key(key) if !authorised(request.headers(), key) => Some(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Missing or wrong API key; help: send `Authorization: Bearer <key>` with the value of the variable named by `gateway.api_key_env`",
         )),
-        None if !peer.ip().is_loopback() => Some(ApiError::new(
+        Auth::KeyUnknown => Some(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "The aistack daemon restarted and does not know this gateway's API key yet; help: run `aistack up` again to hand it over",
+        )),
+        Auth::LoopbackOnly if !peer.ip().is_loopback() => Some(ApiError::new(
             StatusCode::FORBIDDEN,
             "This gateway has no API key, so it serves only this machine; help: set `gateway.api_key_env` in aistack.yaml to serve other machines",
         )),

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use aistack_engine_api::Mode;
-pub use config::{GatewayError, KeepAlive, Launcher, ModelConfig, Settings, human_bytes};
+pub use config::{Auth, GatewayError, KeepAlive, Launcher, ModelConfig, Settings, human_bytes};
 pub use models::{LoadedStatus, ModelStatus};
 use tokio_util::sync::CancellationToken;
 

@@ -1,0 +1,386 @@
+//! The gateway listeners this daemon runs: one per address, shared by the projects that
+//! name it (DESIGN §3), and the models each project registered on it.
+//!
+//! Secrets (the values of `gateway.api_key_env`) arrive with each apply and live only in
+//! this registry's memory. After a daemon restart they are unknown until the next `up`, so
+//! a gateway that needs a key is restarted with one nobody knows: it fails closed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use aistack_apply::HostError;
+use aistack_gateway::{Auth, DEFAULT_BODY_LIMIT, Gateway, Launcher, ModelConfig, ModelStatus, Settings};
+use aistack_planner::{Applied, gateway_disagreement};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+/// A gateway resource as applied: its address and the settings every project on that
+/// address must agree on, as the planner recorded them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewaySpec {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The recorded fields (`listen`, `cors_origins`, `api_key_env`, `memory_budget`).
+    pub fields: BTreeMap<String, Value>,
+}
+
+impl GatewaySpec {
+    /// The spec of a gateway record; `None` if its fields are not a gateway's.
+    pub fn from_fields(fields: &BTreeMap<String, Value>) -> Option<GatewaySpec> {
+        let listen = fields.get("listen")?.as_str()?.parse().ok()?;
+        Some(GatewaySpec {
+            listen,
+            fields: fields.clone(),
+        })
+    }
+
+    fn cors_origins(&self) -> Vec<String> {
+        (self.fields.get("cors_origins").and_then(Value::as_array))
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn api_key_env(&self) -> Option<&str> {
+        self.fields.get("api_key_env").and_then(Value::as_str)
+    }
+
+    fn memory_budget(&self) -> Option<u64> {
+        self.fields.get("memory_budget").and_then(Value::as_u64)
+    }
+}
+
+/// Why a project may not join the listener at an address: another project there has other
+/// settings. Pure, so the rule is tested without sockets.
+pub fn conflict(
+    joined: &BTreeMap<String, GatewaySpec>,
+    project: &str,
+    wanted: &GatewaySpec,
+) -> Option<HostError> {
+    joined
+        .iter()
+        .filter(|(other, spec)| *other != project && spec.listen == wanted.listen)
+        .find_map(|(other, spec)| {
+            let differing = gateway_disagreement(&wanted.fields, &spec.fields);
+            (!differing.is_empty()).then(|| {
+                HostError::new(format!(
+                    "The gateway on `{}` is shared with project `{other}`, whose settings \
+                     differ: {}",
+                    wanted.listen,
+                    differing.join(", ")
+                ))
+                .with_help(format!(
+                    "Use the same `gateway:` settings as project `{other}`, or another \
+                     `gateway.listen` address"
+                ))
+            })
+        })
+}
+
+/// What the registry knows, behind one lock.
+#[derive(Default)]
+struct Inner {
+    /// The running listeners by address.
+    listeners: BTreeMap<SocketAddr, Gateway>,
+    /// The gateway each project uses.
+    projects: BTreeMap<String, GatewaySpec>,
+    /// Each project's secrets from its last apply, by variable name.
+    secrets: BTreeMap<String, BTreeMap<String, String>>,
+    /// Registered models by (project, name), to register again after their engine stops.
+    models: BTreeMap<(String, String), ModelConfig>,
+}
+
+/// Every gateway this daemon runs.
+pub struct Gateways {
+    program: PathBuf,
+    run_dir: PathBuf,
+    log_dir: PathBuf,
+    /// 75% of the machine's memory: the budget of a gateway whose spec names none.
+    default_budget: u64,
+    inner: Mutex<Inner>,
+}
+
+impl Gateways {
+    /// A registry starting engines as `program engine ...`, with their sockets in `run_dir`
+    /// and their logs in `log_dir`.
+    pub fn new(program: PathBuf, run_dir: PathBuf, log_dir: PathBuf) -> Gateways {
+        Gateways {
+            program,
+            run_dir,
+            log_dir,
+            default_budget: default_memory_budget(),
+            inner: Mutex::default(),
+        }
+    }
+
+    fn launcher(&self) -> Launcher {
+        Launcher {
+            program: self.program.clone(),
+            args: vec!["engine".to_owned()],
+            run_dir: self.run_dir.clone(),
+            log_dir: self.log_dir.clone(),
+        }
+    }
+
+    /// The listener settings for `spec`, with the key from `secrets`. A key that is needed
+    /// but unknown (the daemon restarted since the last `up`) refuses every request rather
+    /// than serving unauthenticated.
+    fn settings(&self, spec: &GatewaySpec, secrets: Option<&BTreeMap<String, String>>) -> Settings {
+        let auth = match spec.api_key_env() {
+            None => Auth::LoopbackOnly,
+            Some(name) => match secrets.and_then(|s| s.get(name)) {
+                Some(key) => Auth::Key(key.clone()),
+                None => Auth::KeyUnknown,
+            },
+        };
+        Settings {
+            listen: spec.listen,
+            cors_origins: spec.cors_origins(),
+            auth,
+            memory_budget: spec.memory_budget().unwrap_or(self.default_budget),
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+
+    /// Keeps `project`'s secrets for its gateway and applies a changed key at once.
+    pub async fn set_secrets(&self, project: &str, secrets: BTreeMap<String, String>) {
+        let mut inner = self.inner.lock().await;
+        inner.secrets.insert(project.to_owned(), secrets);
+        if let Some(spec) = inner.projects.get(project)
+            && let Some(gateway) = inner.listeners.get(&spec.listen)
+        {
+            gateway.set_settings(self.settings(spec, inner.secrets.get(project)));
+        }
+    }
+
+    /// Makes `project` use the listener `spec` describes, starting it if none runs there,
+    /// and returns the address it listens on. Idempotent; moving to another address leaves
+    /// the old one (stopped if now unused).
+    pub async fn attach(&self, project: &str, spec: GatewaySpec) -> Result<SocketAddr, HostError> {
+        let mut inner = self.inner.lock().await;
+        if let Some(e) = conflict(&inner.projects, project, &spec) {
+            return Err(e);
+        }
+        if inner
+            .projects
+            .get(project)
+            .is_some_and(|old| old.listen != spec.listen)
+        {
+            self.detach_locked(&mut inner, project).await;
+        }
+        let settings = self.settings(&spec, inner.secrets.get(project));
+        let addr = match inner.listeners.get(&spec.listen) {
+            Some(gateway) => {
+                gateway.set_settings(settings);
+                gateway.addr()
+            }
+            None => {
+                let gateway = Gateway::start(settings, self.launcher())
+                    .await
+                    .map_err(|e| HostError {
+                        help: e.help(),
+                        message: aistack_apply::chain(&e),
+                    })?;
+                let addr = gateway.addr();
+                tracing::info!(project, %addr, "gateway listening");
+                inner.listeners.insert(spec.listen, gateway);
+                addr
+            }
+        };
+        inner.projects.insert(project.to_owned(), spec);
+        Ok(addr)
+    }
+
+    /// `project` stops using its gateway: its models are unregistered, and the listener
+    /// stops when no project is left on it. Idempotent.
+    pub async fn detach(&self, project: &str) {
+        let mut inner = self.inner.lock().await;
+        self.detach_locked(&mut inner, project).await;
+    }
+
+    async fn detach_locked(&self, inner: &mut Inner, project: &str) {
+        let Some(spec) = inner.projects.remove(project) else {
+            return;
+        };
+        let names: Vec<String> = (inner.models.keys())
+            .filter(|(p, _)| p == project)
+            .map(|(_, n)| n.clone())
+            .collect();
+        let Some(gateway) = inner.listeners.get(&spec.listen).cloned() else {
+            return;
+        };
+        for name in names {
+            inner.models.remove(&(project.to_owned(), name.clone()));
+            gateway.unregister(project, &name).await;
+        }
+        let used = inner.projects.values().any(|s| s.listen == spec.listen);
+        if !used {
+            inner.listeners.remove(&spec.listen);
+            gateway.shutdown().await;
+            tracing::info!(project, addr = %spec.listen, "gateway stopped");
+        }
+    }
+
+    /// Whether `project` uses a running listener.
+    pub async fn is_attached(&self, project: &str) -> bool {
+        self.inner.lock().await.projects.contains_key(project)
+    }
+
+    /// The gateway `project` uses, if it is attached.
+    async fn gateway_of(&self, project: &str) -> Result<Gateway, HostError> {
+        let inner = self.inner.lock().await;
+        (inner.projects.get(project))
+            .and_then(|spec| inner.listeners.get(&spec.listen))
+            .cloned()
+            .ok_or_else(|| {
+                HostError::new(format!("The gateway of project `{project}` is not running"))
+                    .with_help("Run `aistack up` again; see `aistack logs` if it fails")
+            })
+    }
+
+    /// Serves `config` on its project's gateway, in place of what was registered under its
+    /// name; the gateway keeps a loaded engine whose command line is unchanged. Idempotent.
+    pub async fn register(&self, config: ModelConfig) -> Result<(), HostError> {
+        let gateway = self.gateway_of(&config.project).await?;
+        let key = (config.project.clone(), config.name.clone());
+        gateway
+            .register(config.clone())
+            .await
+            .map_err(|e| HostError {
+                help: e.help(),
+                message: aistack_apply::chain(&e),
+            })?;
+        self.inner.lock().await.models.insert(key, config);
+        Ok(())
+    }
+
+    /// Stops serving `name` of `project` (and its engine). Idempotent.
+    pub async fn unregister(&self, project: &str, name: &str) {
+        let removed = (self.inner.lock().await.models)
+            .remove(&(project.to_owned(), name.to_owned()))
+            .is_some();
+        if removed && let Ok(gateway) = self.gateway_of(project).await {
+            gateway.unregister(project, name).await;
+        }
+    }
+
+    /// Loads `name` of `project` now instead of at its first request.
+    pub async fn preload(&self, project: &str, name: &str) -> Result<(), HostError> {
+        let gateway = self.gateway_of(project).await?;
+        gateway.preload(project, name).await.map_err(|e| HostError {
+            help: e.help(),
+            message: aistack_apply::chain(&e),
+        })
+    }
+
+    /// Stops the engine of `name` of `project`; the model stays registered and loads again
+    /// at its next request. Idempotent.
+    pub async fn stop_engine(&self, project: &str, name: &str) -> Result<(), HostError> {
+        let config = (self.inner.lock().await.models)
+            .get(&(project.to_owned(), name.to_owned()))
+            .cloned();
+        let Some(config) = config else {
+            return Ok(());
+        };
+        // The gateway has no unload: unregistering stops the engine, registering again
+        // serves the model on demand.
+        let gateway = self.gateway_of(project).await?;
+        gateway.unregister(project, name).await;
+        self.register(config).await
+    }
+
+    /// `project`'s gateway address and its models as the gateway sees them.
+    pub async fn status(&self, project: &str) -> Option<(SocketAddr, Vec<ModelStatus>)> {
+        let inner = self.inner.lock().await;
+        let spec = inner.projects.get(project)?;
+        let gateway = inner.listeners.get(&spec.listen)?;
+        let models = (gateway.models().into_iter())
+            .filter(|m| m.project == project)
+            .collect();
+        Some((gateway.addr(), models))
+    }
+
+    /// Stops every listener and its engines (the daemon is stopping).
+    pub async fn shutdown(&self) {
+        let listeners = std::mem::take(&mut self.inner.lock().await.listeners);
+        for gateway in listeners.into_values() {
+            gateway.shutdown().await;
+        }
+    }
+}
+
+/// The gateway record among a project's applied resources.
+pub fn applied_gateway(resources: &[Applied]) -> Option<GatewaySpec> {
+    resources
+        .iter()
+        .find(|r| r.id.kind == aistack_planner::Kind::Gateway)
+        .and_then(|r| GatewaySpec::from_fields(&r.fields))
+}
+
+/// 75% of `MemTotal` in `/proc/meminfo` (DESIGN §4's default), else 8 GiB where that cannot
+/// be read.
+fn default_memory_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| mem_total(&text))
+        .map_or(8 << 30, |total| total / 4 * 3)
+}
+
+/// `MemTotal` in bytes from the text of `/proc/meminfo`.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(listen: &str, cors: &[&str], key: Option<&str>) -> GatewaySpec {
+        let fields = [
+            ("listen", json!(listen)),
+            ("cors_origins", json!(cors)),
+            ("api_key_env", json!(key)),
+            ("memory_budget", Value::Null),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        GatewaySpec::from_fields(&fields).unwrap()
+    }
+
+    #[test]
+    fn projects_on_one_address_must_agree_on_its_settings() {
+        let mut joined = BTreeMap::new();
+        joined.insert("a".to_owned(), spec("127.0.0.1:12434", &[], None));
+        // Same settings: joins.
+        assert!(conflict(&joined, "b", &spec("127.0.0.1:12434", &[], None)).is_none());
+        // Another address is another listener.
+        assert!(conflict(&joined, "b", &spec("127.0.0.1:12435", &["x"], None)).is_none());
+        // The project itself may change its own listener's settings.
+        assert!(conflict(&joined, "a", &spec("127.0.0.1:12434", &["x"], Some("K"))).is_none());
+        // Anyone else must agree, and is told with whom and on what.
+        let e = conflict(&joined, "b", &spec("127.0.0.1:12434", &["x"], Some("K"))).unwrap();
+        assert_eq!(
+            e.message,
+            "The gateway on `127.0.0.1:12434` is shared with project `a`, whose settings \
+             differ: api_key_env, cors_origins"
+        );
+        assert!(e.help.unwrap().contains("project `a`"));
+    }
+
+    #[test]
+    fn the_default_budget_is_three_quarters_of_memtotal() {
+        let text = "MemTotal:       16384000 kB\nMemFree:         1000 kB\n";
+        assert_eq!(mem_total(text), Some(16_384_000 * 1024));
+        assert_eq!(mem_total("nothing"), None);
+        assert!(default_memory_budget() > 0);
+    }
+}

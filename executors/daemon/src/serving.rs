@@ -1,0 +1,247 @@
+//! What the gateway needs to serve a model, built from the model's applied record and its
+//! artifact in the store: the same function for a fresh apply and for re-adoption after a
+//! daemon restart, so both serve a model identically.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aistack_apply::HostError;
+use aistack_gateway::{KeepAlive, Mode, ModelConfig};
+use aistack_planner::MANIFEST_OUTPUT;
+use aistack_spec::values::{KeepAlive as SpecKeepAlive, is_path};
+use aistack_store::Store;
+use aistack_store::artifact::{CHAT_TEMPLATE_MEDIA_TYPE, GGUF_MEDIA_TYPE};
+use aistack_store::gguf::{Header, Value as GgufValue, read_header};
+use serde_json::Value;
+
+/// The context window of a model whose spec sets none: its training context, capped where
+/// the KV cache of small machines still fits.
+pub const DEFAULT_CONTEXT: u64 = 4096;
+
+/// Requests served at once when the record names none (llama.cpp's planner default).
+const DEFAULT_PARALLEL: u32 = 4;
+
+/// The context size to run with: the spec's, else the training context capped at
+/// [`DEFAULT_CONTEXT`].
+pub fn context_size(header: &Header, wanted: Option<u32>) -> u32 {
+    if let Some(n) = wanted {
+        return n;
+    }
+    let trained = header
+        .architecture()
+        .and_then(|arch| header.get(&format!("{arch}.context_length")))
+        .and_then(GgufValue::as_u64)
+        .filter(|&n| n > 0)
+        .unwrap_or(DEFAULT_CONTEXT);
+    trained.min(DEFAULT_CONTEXT) as u32
+}
+
+/// Bytes a model needs loaded: its weights plus an f16 KV cache of `context` tokens for each
+/// of `parallel` sequences — `n_layer × n_head_kv × head_dim × 2 (K and V) × 2 bytes` per
+/// token, with `head_dim = n_embd / n_head`. The gateway admits models against its memory
+/// budget with it.
+pub fn memory_estimate(header: &Header, weights: u64, context: u32, parallel: u32) -> u64 {
+    let Some(arch) = header.architecture() else {
+        return weights;
+    };
+    let key = |name: &str| {
+        header
+            .get(&format!("{arch}.{name}"))
+            .and_then(GgufValue::as_u64)
+    };
+    let layers = key("block_count").unwrap_or(0);
+    let heads = key("attention.head_count").unwrap_or(0);
+    let kv_heads = key("attention.head_count_kv").unwrap_or(heads);
+    let head_dim = match (key("embedding_length"), heads) {
+        (Some(embd), h) if h > 0 => embd / h,
+        _ => 0,
+    };
+    let per_token = layers * kv_heads * head_dim * 2 * 2;
+    weights.saturating_add(
+        u64::from(context)
+            .saturating_mul(u64::from(parallel.max(1)))
+            .saturating_mul(per_token),
+    )
+}
+
+fn host_error(e: aistack_store::StoreError) -> HostError {
+    HostError {
+        help: e.help(),
+        message: aistack_apply::chain(&e),
+    }
+}
+
+/// The gateway's view of model `name` of `project`, from its applied `fields` and `outputs`
+/// (the manifest digest) and the artifact in `store`. Reads the first shard's GGUF header.
+pub fn model_config(
+    store: &Store,
+    project: &str,
+    name: &str,
+    fields: &BTreeMap<String, Value>,
+    outputs: &BTreeMap<String, String>,
+) -> Result<ModelConfig, HostError> {
+    let text = |key: &str| fields.get(key).and_then(Value::as_str).unwrap_or_default();
+    let engine = text("engine");
+    if engine != "llama.cpp" {
+        return Err(HostError::new(format!(
+            "Engine `{engine}` of model `{name}` is not supported yet"
+        ))
+        .with_help("Use a GGUF model served by `llama.cpp`"));
+    }
+    let mode = match text("mode") {
+        "embedding" => Mode::Embedding,
+        "chat" | "" => Mode::Chat,
+        other => {
+            return Err(HostError::new(format!(
+                "Mode `{other}` of model `{name}` is not supported yet"
+            ))
+            .with_help("Use `mode: chat` or `mode: embedding`"));
+        }
+    };
+    let digest = outputs.get(MANIFEST_OUTPUT).ok_or_else(|| {
+        HostError::new(format!("Model `{name}` has no artifact recorded"))
+            .with_help("Run `aistack up` again")
+    })?;
+    let manifest = store.manifest(digest).map_err(host_error)?;
+    let config = store.config(&manifest).map_err(host_error)?;
+    let blob = |media_type: &str| {
+        (manifest.layers.iter())
+            .find(|l| l.media_type == media_type)
+            .map(|l| store.blob_path(&l.digest))
+            .transpose()
+            .map_err(host_error)
+    };
+    let model_path = blob(GGUF_MEDIA_TYPE)?.ok_or_else(|| {
+        HostError::new(format!("Model `{name}` has no GGUF layer"))
+            .with_help("Only GGUF models are served so far; use a GGUF source")
+    })?;
+    let chat_template = blob(CHAT_TEMPLATE_MEDIA_TYPE)?;
+    let header = read_header(&model_path).map_err(|e| HostError {
+        help: e.help(),
+        message: aistack_apply::chain(&e),
+    })?;
+    let weights: u64 = (manifest.layers.iter())
+        .filter(|l| l.media_type == GGUF_MEDIA_TYPE)
+        .map(|l| l.size)
+        .sum();
+    let number = |key: &str| {
+        fields
+            .get(key)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    let context = context_size(&header, number("context_size"));
+    let parallel = number("parallel").unwrap_or(DEFAULT_PARALLEL);
+    let threads = (fields.get("options"))
+        .and_then(|o| o.get("threads"))
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok());
+    let keep_alive = match fields.get("keep_alive") {
+        Some(Value::String(text)) => SpecKeepAlive::parse(text).ok(),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .and_then(|n| SpecKeepAlive::from_integer(n.into()).ok()),
+        _ => None,
+    };
+    let keep_alive = match keep_alive {
+        Some(SpecKeepAlive::Forever) => KeepAlive::Never,
+        Some(SpecKeepAlive::After(d)) => KeepAlive::After(d),
+        None => KeepAlive::After(Duration::from_secs(300)),
+    };
+    let source = text("source");
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    Ok(ModelConfig {
+        name: name.to_owned(),
+        project: project.to_owned(),
+        reference: (!source.is_empty() && !is_path(source)).then(|| source.to_owned()),
+        digest: digest.clone(),
+        size: manifest.layers.iter().map(|l| l.size).sum(),
+        created: config
+            .descriptor
+            .created
+            .as_deref()
+            .and_then(unix_seconds)
+            .unwrap_or(0),
+        model_path,
+        chat_template,
+        mode,
+        context_size: Some(context),
+        parallel,
+        threads,
+        keep_alive,
+        memory_estimate: memory_estimate(&header, weights, context, parallel),
+        architecture: non_empty(&config.config.architecture),
+        quantization: non_empty(&config.config.quantization),
+        parameters: non_empty(&config.config.parameters),
+    })
+}
+
+/// Seconds since the epoch of an RFC 3339 time (`2025-02-07T10:11:12.5Z`,
+/// `2025-02-07T11:11:12+01:00`); the fraction is dropped.
+pub fn unix_seconds(text: &str) -> Option<i64> {
+    let num = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    let bytes = text.as_bytes();
+    if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || bytes[13] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let rest = text[19..].trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let hours: i64 = rest.get(1..3)?.parse().ok()?;
+            let minutes: i64 = rest.get(4..6)?.parse().ok()?;
+            sign * (hours * 3600 + minutes * 60)
+        }
+        _ => return None,
+    };
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_estimate_is_weights_plus_an_f16_kv_cache() {
+        let header = read_header(&aistack_tests::test_model()).expect("a GGUF header");
+        // SmolLM2-135M: 30 layers, 3 KV heads, 576 / 9 = 64 dimensions per head, trained
+        // on 8192 tokens.
+        let per_token = 30 * 3 * 64 * 2 * 2;
+        assert_eq!(context_size(&header, None), 4096);
+        assert_eq!(context_size(&header, Some(512)), 512);
+        assert_eq!(
+            memory_estimate(&header, 1000, 4096, 4),
+            1000 + 4096 * 4 * per_token
+        );
+        assert_eq!(
+            memory_estimate(&header, 1000, 2048, 1),
+            1000 + 2048 * per_token
+        );
+    }
+
+    #[test]
+    fn rfc3339_times_read_as_unix_seconds() {
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(unix_seconds("2025-02-07T10:11:12.5Z"), Some(1_738_923_072));
+        assert_eq!(
+            unix_seconds("2025-02-07T11:11:12+01:00"),
+            Some(1_738_923_072)
+        );
+        assert_eq!(unix_seconds("yesterday"), None);
+    }
+}
