@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use aistack_apply::HostError;
-use aistack_gateway::{Auth, DEFAULT_BODY_LIMIT, Gateway, Launcher, ModelConfig, ModelStatus, Settings};
+use aistack_gateway::{
+    Auth, DEFAULT_BODY_LIMIT, Gateway, Launcher, ModelConfig, ModelStatus, Settings,
+};
 use aistack_planner::{Applied, gateway_disagreement};
 use serde_json::Value;
 use tokio::sync::Mutex;
