@@ -13,6 +13,24 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::load::SpecArgs;
 
+/// Rust ignores SIGPIPE, so `println!` to a closed pipe (`aistack status | head`) panics. A
+/// reader that stopped reading is not an error: end the process as a shell pipeline expects.
+fn exit_quietly_on_a_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 /// Local AI models, engines and agent sandboxes from one committed file.
 #[derive(Debug, Parser)]
 #[command(name = "aistack", version, about, propagate_version = true)]
@@ -78,8 +96,8 @@ enum Command {
     Logs {
         /// Whose logs: `daemon` (the default), or a model of the project (its engine).
         name: Option<String>,
-        /// Keep printing new lines.
-        #[arg(short, long)]
+        /// Keep printing new lines. (No `-f`: that is the global `--file`.)
+        #[arg(long)]
         follow: bool,
     },
     /// Chat with one of the project's models: one reply to PROMPT, else interactively.
@@ -103,6 +121,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    exit_quietly_on_a_closed_stdout();
     let cli = Cli::parse();
     let spec = SpecArgs {
         files: cli.global.files,

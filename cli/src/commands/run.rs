@@ -202,7 +202,7 @@ impl Chat {
                     continue;
                 };
                 if let Some(message) = event["error"]["message"].as_str() {
-                    println!();
+                    let _ = writeln!(stdout);
                     return Err(Report::new(
                         format!("The model stopped with an error: {message}"),
                         Some("`aistack logs` shows the engine's side".to_owned()),
@@ -211,12 +211,18 @@ impl Chat {
                 }
                 if let Some(text) = event["choices"][0]["delta"]["content"].as_str() {
                     answer.push_str(text);
-                    let _ = stdout.write_all(text.as_bytes());
-                    let _ = stdout.flush();
+                    if stdout
+                        .write_all(text.as_bytes())
+                        .and_then(|()| stdout.flush())
+                        .is_err()
+                    {
+                        // The reader went away (`aistack run ... | head`): stop asking.
+                        return Ok(answer);
+                    }
                 }
             }
         }
-        println!();
+        let _ = writeln!(stdout);
         Ok(answer)
     }
 }
