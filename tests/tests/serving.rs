@@ -1,0 +1,566 @@
+//! The model gateway end to end: `aistack up` serves the real SmolLM2 GGUF through engine
+//! processes, and clients nobody here wrote (the `openai` and `ollama` Python packages, curl)
+//! talk to it. One thread per engine: the CI machine has two cores.
+
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use aistack_tests::{TestEnv, terminate, wait_for, wait_gone};
+use rustix::process::Signal;
+use serde_json::{Value, json};
+
+const SPEC: &str = "version: 1
+name: serving
+engines:
+  llama.cpp: { threads: 1 }
+models:
+  chat: { source: ./models/smollm2.gguf, context_size: 2048, parallel: 4 }
+  embed: { source: ./models/smollm2.gguf, mode: embedding, context_size: 512 }
+";
+
+/// A project serving `spec` (with the test model linked), converged.
+fn serve(spec: &str) -> TestEnv {
+    let env = TestEnv::new();
+    env.write("aistack.yaml", &env.spec(spec));
+    env.link_model("smollm2.gguf");
+    env.ok(&["up", "-q"]);
+    env
+}
+
+/// An HTTP exchange with curl: status code and body.
+fn curl(
+    env: &TestEnv,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[&str],
+) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-N",
+        "--max-time",
+        "60",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]);
+    for header in headers {
+        cmd.args(["-H", header]);
+    }
+    if let Some(body) = body {
+        cmd.args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &body.to_string(),
+        ]);
+    }
+    cmd.arg(format!("http://127.0.0.1:{}{path}", env.gateway_port()));
+    let out = cmd.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn post(env: &TestEnv, path: &str, body: &Value) -> (u16, Value) {
+    let (code, text) = curl(env, "POST", path, Some(body), &[]);
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}
+
+fn chat_request(question: &str, max_tokens: u32) -> Value {
+    json!({"model": "chat", "temperature": 0, "max_tokens": max_tokens,
+           "messages": [{"role": "user", "content": question}]})
+}
+
+/// The `data:` payloads of an SSE body, asserting the framing.
+fn sse_events(body: &str) -> Vec<String> {
+    let frames: Vec<&str> = body
+        .split("\n\n")
+        .filter(|f| !f.trim().is_empty())
+        .collect();
+    frames
+        .iter()
+        .map(|f| {
+            f.strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not an SSE data frame: {f:?}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+fn engine_pid(env: &TestEnv, model: &str) -> Option<u64> {
+    let status = env.status();
+    status["models"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == model)?["engine"]["pid"]
+        .as_u64()
+}
+
+fn python() -> String {
+    std::env::var("AISTACK_PYTHON").unwrap_or_else(|_| {
+        panic!("AISTACK_PYTHON must name a Python with the `openai` and `ollama` packages: run scripts/test, which sets it up")
+    })
+}
+
+#[test]
+fn openai_and_ollama_clients_chat_stream_embed_and_list() {
+    let env = serve(SPEC);
+    let script = aistack_tests::repo_root().join("tests/python/clients.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(format!("127.0.0.1:{}", env.gateway_port()))
+        .args(["chat", "embed"])
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["openai_chat"]["finish_reason"], "length");
+    assert_eq!(r["openai_chat"]["completion_tokens"], 12);
+    assert!(!r["openai_chat"]["text"].as_str().unwrap().is_empty());
+    assert_eq!(
+        r["openai_stream"]["text"], r["openai_chat"]["text"],
+        "greedy stream = greedy reply"
+    );
+    assert!(r["openai_stream"]["chunks"].as_u64().unwrap() > 3);
+    assert_eq!(r["openai_completion"]["tokens"], 5);
+    assert_eq!(r["openai_embeddings"]["count"], 2);
+    assert_eq!(r["openai_embeddings"]["dims"], 576);
+    assert!((r["openai_embeddings"]["norm"].as_f64().unwrap() - 1.0).abs() < 1e-3);
+    assert_eq!(r["openai_models"], json!(["chat", "embed"]));
+    assert_eq!(
+        r["ollama_chat"]["text"], r["openai_chat"]["text"],
+        "same model, same greedy text"
+    );
+    assert_eq!(r["ollama_chat"]["eval_count"], 12);
+    assert_eq!(r["ollama_stream"]["text"], r["ollama_chat"]["text"]);
+    assert_eq!(r["ollama_generate"]["done_reason"], "length");
+    assert_eq!(r["ollama_embed"]["dims"], 576);
+    assert_eq!(r["ollama_list"], json!(["chat:latest", "embed:latest"]));
+    assert!(
+        r["ollama_show"]["capabilities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("completion"))
+    );
+    assert_eq!(r["ollama_ps"], json!(["chat:latest", "embed:latest"]));
+
+    // curl: SSE framing, the usage chunk, and `[DONE]` last.
+    let mut streaming = chat_request("Name a colour.", 8);
+    streaming["stream"] = json!(true);
+    streaming["stream_options"] = json!({"include_usage": true});
+    let (code, body) = curl(
+        &env,
+        "POST",
+        "/engines/llama.cpp/v1/chat/completions",
+        Some(&streaming),
+        &[],
+    );
+    assert_eq!(code, 200);
+    let events = sse_events(&body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    let usage = &chunks.last().unwrap()["usage"];
+    assert!(usage["completion_tokens"].as_u64().unwrap() <= 8, "{usage}");
+    // Ollama's NDJSON: every line an object, the last one `done`.
+    let (code, body) = curl(
+        &env,
+        "POST",
+        "/api/generate",
+        Some(&json!({"model": "chat", "prompt": "Hi", "options": {"num_predict": 4}})),
+        &[],
+    );
+    assert_eq!(code, 200);
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.last().unwrap()["done"], true);
+    assert_eq!(lines.last().unwrap()["eval_count"], 4);
+
+    // Anthropic: a message, its streaming events, and token counting.
+    let message =
+        json!({"model": "chat", "max_tokens": 6, "messages": [{"role": "user", "content": "Hi"}]});
+    let (code, reply) = post(&env, "/v1/messages", &message);
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["stop_reason"], "max_tokens");
+    assert_eq!(reply["usage"]["output_tokens"], 6);
+    let mut stream = message.clone();
+    stream["stream"] = json!(true);
+    let (_, body) = curl(&env, "POST", "/v1/messages", Some(&stream), &[]);
+    let names: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(names.last(), Some(&"message_stop"));
+    assert!(names.contains(&"content_block_delta"));
+    let (code, counted) = post(&env, "/v1/messages/count_tokens", &message);
+    assert_eq!(code, 200);
+    assert_eq!(counted["input_tokens"], reply["usage"]["input_tokens"]);
+
+    let (code, metrics) = curl(&env, "GET", "/metrics", None, &[]);
+    assert_eq!(code, 200);
+    for name in [
+        "aistack_requests_total{model=\"chat\",api=\"openai\",code=\"200\"}",
+        "aistack_completion_tokens_total{model=\"chat\"}",
+        "aistack_time_to_first_token_seconds_count{model=\"chat\"}",
+        "aistack_queue_depth{model=\"chat\"} 0",
+        "aistack_models_loaded 2",
+        "aistack_model_memory_bytes{model=\"chat\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+
+    let chat_pid = engine_pid(&env, "chat").expect("chat is loaded");
+    env.ok(&["down"]);
+    assert!(
+        wait_gone(chat_pid as i32, Duration::from_secs(10)),
+        "down stops the engine"
+    );
+    let (code, _) = curl(&env, "GET", "/v1/models", None, &[]);
+    assert_eq!(code, 0, "down closes the listener");
+}
+
+#[test]
+fn bad_requests_get_their_dialects_errors_and_the_model_keeps_serving() {
+    let env = serve(SPEC);
+    let openai_error = |code: u16, body: &Value, status: u16| {
+        assert_eq!(code, status, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        assert!(body["error"]["type"].is_string(), "{body}");
+    };
+    let (code, text) = curl(
+        &env,
+        "POST",
+        "/v1/chat/completions",
+        None,
+        &["content-type: application/json"],
+    );
+    openai_error(code, &serde_json::from_str(&text).unwrap(), 400);
+    let (code, body) = post(
+        &env,
+        "/v1/chat/completions",
+        &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+    );
+    openai_error(code, &body, 404);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("chat"),
+        "lists the models: {body}"
+    );
+    let (code, body) = post(&env, "/v1/chat/completions", &json!({"model": "chat"}));
+    openai_error(code, &body, 400);
+    let (code, body) = post(
+        &env,
+        "/v1/chat/completions",
+        &chat_request(&"word ".repeat(3000), 4),
+    );
+    openai_error(code, &body, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context_size"),
+        "{body}"
+    );
+    let (code, body) = post(
+        &env,
+        "/v1/chat/completions",
+        &chat_request("Hi", 0)
+            .as_object()
+            .map(|o| {
+                let mut o = o.clone();
+                o.insert("max_tokens".into(), json!(-3));
+                Value::Object(o)
+            })
+            .unwrap(),
+    );
+    openai_error(code, &body, 400);
+    let mut bad_schema = chat_request("Hi", 4);
+    bad_schema["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}}});
+    let (code, body) = post(&env, "/v1/chat/completions", &bad_schema);
+    openai_error(code, &body, 400);
+    let (code, body) = post(&env, "/api/chat", &json!({"model": "nope", "messages": []}));
+    assert_eq!(code, 404);
+    assert!(body["error"].is_string(), "Ollama's shape: {body}");
+    let (code, body) = post(
+        &env,
+        "/v1/messages",
+        &json!({"model": "chat", "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_eq!(code, 400);
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+
+    // Still serving, and greedy output is the same each time.
+    let (code, first) = post(
+        &env,
+        "/v1/chat/completions",
+        &chat_request("What is 2 + 2?", 10),
+    );
+    assert_eq!(code, 200, "{first}");
+    let (_, second) = post(
+        &env,
+        "/v1/chat/completions",
+        &chat_request("What is 2 + 2?", 10),
+    );
+    assert_eq!(
+        first["choices"][0]["message"]["content"],
+        second["choices"][0]["message"]["content"]
+    );
+
+    // Output constraints: a named tool is called with schema-valid arguments; a JSON schema holds.
+    let mut tool = chat_request("What is the weather in Paris?", 60);
+    tool["tools"] = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    tool["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
+    let (code, body) = post(&env, "/v1/chat/completions", &tool);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls", "{body}");
+    let call = &body["choices"][0]["message"]["tool_calls"][0]["function"];
+    assert_eq!(call["name"], "get_weather");
+    let arguments: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert!(arguments["city"].is_string(), "{arguments}");
+    let anthropic_tool = json!({"model": "chat", "max_tokens": 60,
+        "messages": [{"role": "user", "content": "What is the weather in Oslo?"}],
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}],
+        "tool_choice": {"type": "tool", "name": "get_weather"}});
+    let (code, body) = post(&env, "/v1/messages", &anthropic_tool);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["stop_reason"], "tool_use", "{body}");
+    let block = body["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "tool_use")
+        .unwrap();
+    assert!(block["input"]["city"].is_string(), "{block}");
+    let mut schema = chat_request("Describe Paris.", 60);
+    schema["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "city", "schema":
+        {"type": "object", "properties": {"name": {"type": "string"}, "population": {"type": "integer"}}, "required": ["name", "population"]}}});
+    let (_, body) = post(&env, "/v1/chat/completions", &schema);
+    let content: Value =
+        serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert!(
+        content["name"].is_string() && content["population"].is_i64(),
+        "{content}"
+    );
+    env.ok(&["down"]);
+}
+
+#[test]
+fn thirty_two_concurrent_streams_complete_and_a_killed_engine_is_restarted() {
+    let env = serve(SPEC);
+    let results: Vec<(u32, u16, String)> = thread::scope(|s| {
+        let handles: Vec<_> = (0..32u32)
+            .map(|i| {
+                let env = &env;
+                s.spawn(move || {
+                    let max_tokens = 8 + i;
+                    let mut request = chat_request(
+                        &format!("Tell me fact number {i} about the sea."),
+                        max_tokens,
+                    );
+                    request["stream"] = json!(true);
+                    request["stream_options"] = json!({"include_usage": true});
+                    let (code, body) =
+                        curl(env, "POST", "/v1/chat/completions", Some(&request), &[]);
+                    (max_tokens, code, body)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (max_tokens, code, body) in &results {
+        assert_eq!(*code, 200, "{body}");
+        let events = sse_events(body);
+        assert_eq!(events.last().unwrap(), "[DONE]", "{body}");
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        let finish = chunks
+            .iter()
+            .find_map(|c| c["choices"][0]["finish_reason"].as_str())
+            .unwrap();
+        let used = chunks.last().unwrap()["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap() as u32;
+        assert!(!text.is_empty());
+        assert!(used <= *max_tokens, "{used} > {max_tokens}");
+        assert_eq!(
+            finish == "length",
+            used == *max_tokens,
+            "{finish} with {used} of {max_tokens}"
+        );
+    }
+
+    // kill -9 of the engine mid-stream: the stream ends with an error event, never hangs, and
+    // the next request gets a new engine.
+    let pid = engine_pid(&env, "chat").expect("chat is loaded");
+    let env_ref = &env;
+    let started = Instant::now();
+    let (code, body) = thread::scope(|s| {
+        let stream = s.spawn(move || {
+            let mut request = chat_request("Write a very long story about the sea.", 1500);
+            request["temperature"] = json!(0.8);
+            request["stream"] = json!(true);
+            curl(env_ref, "POST", "/v1/chat/completions", Some(&request), &[])
+        });
+        thread::sleep(Duration::from_millis(1500));
+        terminate(pid as i32, Signal::KILL);
+        stream.join().unwrap()
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the stream ended promptly"
+    );
+    assert_eq!(code, 200);
+    let last = sse_events(&body).pop().unwrap();
+    let error: Value = serde_json::from_str(&last).unwrap_or_else(|_| panic!("{last}"));
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("engine"),
+        "{error}"
+    );
+    let (code, body) = post(&env, "/v1/chat/completions", &chat_request("Hi", 4));
+    assert_eq!(code, 200, "{body}");
+    let new_pid = engine_pid(&env, "chat").unwrap();
+    assert_ne!(new_pid, pid);
+    env.ok(&["down"]);
+}
+
+#[test]
+fn auth_cors_memory_budget_keep_alive_and_preload() {
+    let mut env = TestEnv::new();
+    env.set_var("TEST_GATEWAY_KEY", "s3cret-key");
+    let port = env.gateway_port();
+    env.write(
+        "aistack.yaml",
+        &format!(
+            "version: 1
+name: guarded
+gateway:
+  listen: 127.0.0.1:{port}
+  api_key_env: TEST_GATEWAY_KEY
+  cors_origins: [\"http://localhost:3000\"]
+engines:
+  llama.cpp: {{ threads: 1 }}
+models:
+  chat: {{ source: ./models/smollm2.gguf, context_size: 512, parallel: 1, keep_alive: 0 }}
+  warm: {{ source: ./models/smollm2.gguf, context_size: 512, parallel: 1, preload: true, keep_alive: -1 }}
+"
+        ),
+    );
+    env.link_model("smollm2.gguf");
+    env.ok(&["up", "-q"]);
+    assert!(engine_pid(&env, "warm").is_some(), "preload loads at up");
+    assert!(engine_pid(&env, "chat").is_none(), "others load on demand");
+
+    let request =
+        json!({"model": "chat", "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]});
+    let (code, body) = curl(&env, "POST", "/v1/chat/completions", Some(&request), &[]);
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = curl(
+        &env,
+        "POST",
+        "/v1/chat/completions",
+        Some(&request),
+        &["authorization: Bearer wrong"],
+    );
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = curl(
+        &env,
+        "POST",
+        "/v1/chat/completions",
+        Some(&request),
+        &["authorization: Bearer s3cret-key"],
+    );
+    assert_eq!(code, 200, "{body}");
+    // keep_alive: 0 unloads after the request.
+    assert!(
+        wait_for(Duration::from_secs(5), || engine_pid(&env, "chat")
+            .is_none()),
+        "keep_alive 0 unloads"
+    );
+    assert!(engine_pid(&env, "warm").is_some(), "keep_alive -1 stays");
+    let preflight = |origin: &str| {
+        curl(
+            &env,
+            "OPTIONS",
+            "/v1/chat/completions",
+            None,
+            &[
+                &format!("origin: {origin}"),
+                "access-control-request-method: POST",
+            ],
+        )
+    };
+    let (code, _) = preflight("http://localhost:3000");
+    assert_eq!(code, 204);
+    let (code, _) = preflight("http://evil.example");
+    assert_eq!(code, 403);
+    let state = std::fs::read_to_string(env.home().join("projects/guarded/state.json")).unwrap();
+    assert!(
+        !state.contains("s3cret-key"),
+        "the key never reaches the state"
+    );
+    let logs = env.ok(&["logs"]) + &env.ok(&["logs", "chat"]);
+    assert!(!logs.contains("s3cret-key"), "nor the logs");
+
+    // A budget smaller than the model: 503 saying what is needed and what to change.
+    env.write(
+        "aistack.yaml",
+        &std::fs::read_to_string(env.project().join("aistack.yaml"))
+            .unwrap()
+            .replace(
+                "api_key_env: TEST_GATEWAY_KEY",
+                "api_key_env: TEST_GATEWAY_KEY\n  memory_budget: 50MiB",
+            ),
+    );
+    env.ok(&["up", "-q"]);
+    let (code, body) = curl(
+        &env,
+        "POST",
+        "/v1/chat/completions",
+        Some(&request),
+        &["authorization: Bearer s3cret-key"],
+    );
+    assert_eq!(code, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("needs") && message.contains("MiB") && message.contains("memory_budget"),
+        "{message}"
+    );
+    env.ok(&["down"]);
+}
