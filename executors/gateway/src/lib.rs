@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use aistack_engine_api::Mode;
+use axum::serve::ListenerExt;
 pub use config::{Auth, GatewayError, KeepAlive, Launcher, ModelConfig, Settings, human_bytes};
 pub use models::{LoadedStatus, ModelStatus};
 use tokio_util::sync::CancellationToken;
@@ -61,6 +62,11 @@ impl Gateway {
                 source,
             })?;
         let addr = listener.local_addr().unwrap_or(listen);
+        // Streams are many small writes; Nagle's algorithm would hold a token back until the
+        // previous write is acknowledged.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let budget = settings.memory_budget;
         let shared: Shared = Arc::new(State::new(settings, Models::new(launcher, budget)));
         let stop = CancellationToken::new();
