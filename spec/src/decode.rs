@@ -13,6 +13,7 @@ use crate::model::{
     Credential, DiffusersDefaults, Engines, Gateway, LlamaCppDefaults, Model, NetworkPolicy,
     Sandbox, Spec, Template, VllmDefaults,
 };
+use crate::runtime_flags;
 use crate::values::{
     Agent, ByteSize, EngineKind, GpuLayers, HostRule, InvalidValue, Isolation, KeepAlive,
     ModelMode, OciRef, PolicyDefault, PortMapping, Source, TemplateFrom, is_path,
@@ -810,22 +811,25 @@ fn model(cx: &mut Cx, entry: &Entry, path: &str) -> Option<Model> {
         .unwrap_or_default();
     let runtime_flags = m
         .optional(cx, "runtime_flags", |cx, n, p| {
-            Some(list(cx, n, p, |cx, n, p| {
-                let flag = string(cx, n, p)?;
-                if flag.starts_with('-') {
-                    return Some(flag);
+            let entries = list(cx, n, p, |cx, n, p| {
+                string(cx, n, p).map(|flag| (flag, n.location.clone()))
+            });
+            // Other engines' flags are checked when those engines are served.
+            if matches!(engine, None | Some(EngineKind::LlamaCpp)) {
+                let flags: Vec<String> = entries.iter().map(|(flag, _)| flag.clone()).collect();
+                for e in runtime_flags::parse(&flags).err().unwrap_or_default() {
+                    cx.push(
+                        Diagnostic::new(
+                            codes::INVALID_VALUE,
+                            e.message,
+                            entries[e.index].1.clone(),
+                            e.label,
+                        )
+                        .with_help(e.help),
+                    );
                 }
-                cx.push(
-                    Diagnostic::new(
-                        codes::INVALID_VALUE,
-                        format!("Invalid runtime flag `{flag}` for `{p}`"),
-                        n.location.clone(),
-                        "not a flag",
-                    )
-                    .with_help("Flags start with `-`; write a flag and its value as one entry, e.g. `--flag=value`".to_string()),
-                );
-                None
-            }))
+            }
+            Some(entries.into_iter().map(|(flag, _)| flag).collect())
         })
         .unwrap_or_default();
     m.finish(cx);

@@ -27,6 +27,7 @@ mod decode;
 pub mod diagnostic;
 pub mod interpolate;
 pub mod model;
+pub mod runtime_flags;
 mod schema;
 mod validate;
 pub mod values;

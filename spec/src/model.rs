@@ -172,9 +172,10 @@ pub struct Model {
     /// What the model serves.
     #[serde(default)]
     pub mode: ModelMode,
-    /// Extra engine flags, from the engine's allowlist.
+    /// Extra engine flags, from the engine's allowlist: llama-server's spelling, a flag and
+    /// its value as one entry (`--temp=0.7`, `--flash-attn=off`, `--mlock`).
     #[serde(default)]
-    #[schemars(extend("items" = { "type": "string", "pattern": "^-" }))]
+    #[schemars(schema_with = "runtime_flags_schema")]
     pub runtime_flags: Vec<String>,
 }
 
@@ -279,6 +280,14 @@ fn default_workspace() -> String {
 
 /// Environment maps: variable names as keys; strings, numbers or booleans as values (as
 /// Compose accepts them), kept as written.
+fn runtime_flags_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": { "type": "string", "pattern": crate::runtime_flags::entry_pattern() },
+        "default": []
+    })
+}
+
 fn env_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",

@@ -83,6 +83,10 @@ case!(
     wrong_type,
     "version: 1\nmodels:\n  chat:\n    source: ai/x\n    context_size: \"4096\"\n    preload: yes\n    runtime_flags: --x\n"
 );
+case!(
+    runtime_flags_outside_the_allowlist,
+    "version: 1\nmodels:\n  chat:\n    source: ai/x\n    runtime_flags: [--temp, \"0.7\", --tmep=1, --log-file=/tmp/x, --top-p=2, --mlock, -fa=off]\n  other:\n    source: ai/y\n    engine: vllm\n    runtime_flags: [--max-model-len=4096]\n"
+);
 case!(string_expected, "version: 1\nname: 123\n");
 case!(
     missing_required_key,

@@ -46,6 +46,7 @@ fn schema_and_parse_agree() {
         with_model("keep_alive: \"-1\""),
         with_model("keep_alive: 1h30m"),
         with_model("runtime_flags: [\"--temp=0\"]"),
+        with_model("runtime_flags: [--mlock, -fa=off, --top-p=0.9, --seed=-1]"),
         with_model("engine: vllm"),
     ];
     for text in &accepted {
@@ -76,6 +77,9 @@ fn schema_and_parse_agree() {
         with_model("mode: chatt"),
         with_model("runtime_flags: [temp]"),
         with_model("runtime_flags: --temp"),
+        with_model("runtime_flags: [--temp]"),
+        with_model("runtime_flags: [--mlock=1]"),
+        with_model("runtime_flags: [--log-file=x]"),
     ];
     for text in &rejected {
         assert_eq!(verdicts(&v, text), (false, false), "{text}");

@@ -215,7 +215,13 @@ fn openai_and_ollama_clients_chat_stream_embed_and_list() {
     assert!(names.contains(&"content_block_delta"));
     let (code, counted) = post(&env, "/v1/messages/count_tokens", &message);
     assert_eq!(code, 200);
-    assert_eq!(counted["input_tokens"], reply["usage"]["input_tokens"]);
+    // Anthropic counts prompt tokens read from the cache apart from `input_tokens`.
+    let usage = &reply["usage"];
+    assert_eq!(
+        counted["input_tokens"].as_u64().unwrap(),
+        usage["input_tokens"].as_u64().unwrap()
+            + usage["cache_read_input_tokens"].as_u64().unwrap()
+    );
 
     let (code, metrics) = curl(&env, "GET", "/metrics", None, &[]);
     assert_eq!(code, 200);
@@ -457,6 +463,90 @@ fn thirty_two_concurrent_streams_complete_and_a_killed_engine_is_restarted() {
     let new_pid = engine_pid(&env, "chat").unwrap();
     assert_ne!(new_pid, pid);
     env.ok(&["down"]);
+}
+
+/// `runtime_flags` reach the engine: sampling defaults for requests that set none, the KV
+/// cache type (in the memory the engine reports), flash attention off. And a finished
+/// request's cache serves the next turn: `cached_tokens` counts the reused prefix, and with
+/// flash attention off the same request gives the same text from the cache.
+#[test]
+fn runtime_flags_reach_the_engine_and_the_next_turn_reuses_the_cache() {
+    let env = serve(
+        "version: 1
+name: flags
+engines:
+  llama.cpp: { threads: 1 }
+models:
+  plain: { source: ./models/smollm2.gguf, context_size: 1024, parallel: 1, preload: true }
+  tuned:
+    source: ./models/smollm2.gguf
+    context_size: 1024
+    parallel: 1
+    preload: true
+    runtime_flags: [--temp=0, --n-predict=6, --flash-attn=off, --cache-type-k=q8_0, -ub=64]
+",
+    );
+    let status = env.status();
+    let memory = |name: &str| {
+        status["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()["engine"]["memory_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    // SmolLM2: 30 layers × 3 KV heads × 64 = 5,760 K values a token; q8_0 keeps 32 in 34
+    // bytes where f16 takes 64.
+    let per_token = 30 * 3 * 64;
+    assert_eq!(
+        memory("plain") - memory("tuned"),
+        1024 * per_token * 2 - 1024 * per_token / 32 * 34
+    );
+
+    let ask = |messages: Value| {
+        let (code, reply) = post(
+            &env,
+            "/v1/chat/completions",
+            &json!({"model": "tuned", "messages": messages}),
+        );
+        assert_eq!(code, 200, "{reply}");
+        reply
+    };
+    let question = json!([{"role": "user", "content": "What is the capital of France?"}]);
+    let first = ask(question.clone());
+    assert_eq!(first["usage"]["completion_tokens"], 6, "--n-predict=6");
+    assert_eq!(first["choices"][0]["finish_reason"], "length");
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let text = first["choices"][0]["message"]["content"].as_str().unwrap();
+
+    let again = ask(question.clone());
+    assert_eq!(again["choices"][0]["message"]["content"], text, "--temp=0");
+    assert_eq!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"],
+        first["usage"]["prompt_tokens"].as_u64().unwrap() - 1,
+        "all but the last prompt token from the cache"
+    );
+
+    let mut turn = question.as_array().unwrap().clone();
+    turn.push(json!({"role": "assistant", "content": text}));
+    turn.push(json!({"role": "user", "content": "And of Italy?"}));
+    let next = ask(Value::Array(turn));
+    let cached = next["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        cached >= first["usage"]["prompt_tokens"].as_u64().unwrap(),
+        "the first turn is reused: {cached} of {} cached",
+        next["usage"]["prompt_tokens"]
+    );
+    let (code, metrics) = curl(&env, "GET", "/metrics", None, &[]);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("aistack_prompt_cached_tokens_total{model=\"tuned\"}"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use aistack_engine::serve::{ServeOptions, serve};
 use aistack_engine_api::Mode;
 use clap::{Args, ValueEnum};
 
-use crate::report::Failure;
+use crate::report::{Failure, Report};
 
 /// How the gateway describes the model to serve.
 #[derive(Debug, Args)]
@@ -33,6 +33,9 @@ pub struct EngineArgs {
     /// What to serve.
     #[arg(long, value_enum, default_value_t = EngineMode::Chat)]
     mode: EngineMode,
+    /// The model's `runtime_flags`, after `--`.
+    #[arg(last = true, allow_hyphen_values = true)]
+    runtime_flags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -45,6 +48,11 @@ enum EngineMode {
 pub async fn engine(args: EngineArgs) -> Result<ExitCode, Failure> {
     // An engine outliving its daemon would hold memory and a socket nobody routes to.
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    // `up` validated them; a hand-written command line gets the same message.
+    let flags = aistack_spec::runtime_flags::parse(&args.runtime_flags).map_err(|errors| {
+        let e = &errors[0];
+        Failure::from(Report::new(e.message.clone(), Some(e.help.clone())))
+    })?;
     let options = ServeOptions {
         model: args.model,
         socket: args.socket,
@@ -56,6 +64,7 @@ pub async fn engine(args: EngineArgs) -> Result<ExitCode, Failure> {
             EngineMode::Chat => Mode::Chat,
             EngineMode::Embedding => Mode::Embedding,
         },
+        flags,
     };
     let shutdown = async {
         let mut term =

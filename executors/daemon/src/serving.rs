@@ -8,6 +8,7 @@ use std::time::Duration;
 use aistack_apply::HostError;
 use aistack_gateway::{KeepAlive, Mode, ModelConfig};
 use aistack_planner::MANIFEST_OUTPUT;
+use aistack_spec::runtime_flags::{self, CacheType, LlamaFlags};
 use aistack_spec::values::{KeepAlive as SpecKeepAlive, is_path};
 use aistack_store::Store;
 use aistack_store::artifact::{CHAT_TEMPLATE_MEDIA_TYPE, GGUF_MEDIA_TYPE};
@@ -36,11 +37,17 @@ pub fn context_size(header: &Header, wanted: Option<u32>) -> u32 {
     trained.min(DEFAULT_CONTEXT) as u32
 }
 
-/// Bytes a model needs loaded: its weights plus an f16 KV cache of `context` tokens for each
-/// of `parallel` sequences — `n_layer × n_head_kv × head_dim × 2 (K and V) × 2 bytes` per
-/// token, with `head_dim = n_embd / n_head`. The gateway admits models against its memory
-/// budget with it.
-pub fn memory_estimate(header: &Header, weights: u64, context: u32, parallel: u32) -> u64 {
+/// Bytes a model needs loaded: its weights plus a KV cache of `context` tokens for each of
+/// `parallel` sequences — `n_layer × n_head_kv × head_dim` values each for K and V per
+/// token, with `head_dim = n_embd / n_head`, of the cache types the flags name (f16 by
+/// default). The gateway admits models against its memory budget with it.
+pub fn memory_estimate(
+    header: &Header,
+    weights: u64,
+    context: u32,
+    parallel: u32,
+    flags: &LlamaFlags,
+) -> u64 {
     let Some(arch) = header.architecture() else {
         return weights;
     };
@@ -56,12 +63,12 @@ pub fn memory_estimate(header: &Header, weights: u64, context: u32, parallel: u3
         (Some(embd), h) if h > 0 => embd / h,
         _ => 0,
     };
-    let per_token = layers * kv_heads * head_dim * 2 * 2;
-    weights.saturating_add(
-        u64::from(context)
-            .saturating_mul(u64::from(parallel.max(1)))
-            .saturating_mul(per_token),
-    )
+    let elements = (u64::from(context) * u64::from(parallel.max(1)))
+        .saturating_mul(layers * kv_heads * head_dim);
+    let cache = |t: Option<CacheType>| t.unwrap_or(CacheType::F16).bytes(elements);
+    weights
+        .saturating_add(cache(flags.cache_type_k))
+        .saturating_add(cache(flags.cache_type_v))
 }
 
 fn host_error(e: aistack_store::StoreError) -> HostError {
@@ -148,6 +155,19 @@ pub fn model_config(
         Some(SpecKeepAlive::After(d)) => KeepAlive::After(d),
         None => KeepAlive::After(Duration::from_secs(300)),
     };
+    let runtime_flags: Vec<String> = (fields.get("runtime_flags"))
+        .and_then(Value::as_array)
+        .map(|flags| {
+            flags
+                .iter()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let flags = runtime_flags::parse(&runtime_flags).map_err(|errors| {
+        HostError::new(format!("Model `{name}`: {}", errors[0].message))
+            .with_help(errors[0].help.clone())
+    })?;
     let source = text("source");
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     Ok(ModelConfig {
@@ -169,7 +189,8 @@ pub fn model_config(
         parallel,
         threads,
         keep_alive,
-        memory_estimate: memory_estimate(&header, weights, context, parallel),
+        memory_estimate: memory_estimate(&header, weights, context, parallel, &flags),
+        runtime_flags,
         architecture: non_empty(&config.config.architecture),
         quantization: non_empty(&config.config.quantization),
         parameters: non_empty(&config.config.parameters),
@@ -217,20 +238,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_estimate_is_weights_plus_an_f16_kv_cache() {
+    fn the_estimate_is_weights_plus_the_kv_cache_of_its_types() {
         let header = read_header(&aistack_tests::test_model()).expect("a GGUF header");
         // SmolLM2-135M: 30 layers, 3 KV heads, 576 / 9 = 64 dimensions per head, trained
         // on 8192 tokens.
         let per_token = 30 * 3 * 64 * 2 * 2;
         assert_eq!(context_size(&header, None), 4096);
         assert_eq!(context_size(&header, Some(512)), 512);
+        let f16 = LlamaFlags::default();
         assert_eq!(
-            memory_estimate(&header, 1000, 4096, 4),
+            memory_estimate(&header, 1000, 4096, 4, &f16),
             1000 + 4096 * 4 * per_token
         );
         assert_eq!(
-            memory_estimate(&header, 1000, 2048, 1),
+            memory_estimate(&header, 1000, 2048, 1, &f16),
             1000 + 2048 * per_token
+        );
+        // q8_0 stores 32 values in 34 bytes.
+        let q8 = runtime_flags::parse(&["-ctk=q8_0".into(), "-ctv=q8_0".into()]).unwrap();
+        assert_eq!(
+            memory_estimate(&header, 1000, 2048, 1, &q8),
+            1000 + 2 * (2048 * 30 * 3 * 64 / 32 * 34)
         );
     }
 

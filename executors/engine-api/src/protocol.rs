@@ -205,6 +205,9 @@ pub enum FinishReason {
 pub struct Usage {
     /// Tokens in the prompt.
     pub prompt_tokens: u32,
+    /// Leading prompt tokens the engine found in its cache and did not evaluate again.
+    #[serde(default)]
+    pub cached_tokens: u32,
     /// Tokens generated.
     pub completion_tokens: u32,
     /// Milliseconds from the request reaching the engine to the first token.

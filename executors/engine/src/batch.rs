@@ -3,12 +3,15 @@
 //! running generation plus prompt tokens of newly admitted ones. A request that arrives while
 //! others run joins the next step instead of waiting for them to finish, as llama-server's
 //! slots do.
+//!
+//! A finished sequence keeps its KV cache: the next request goes to the free sequence whose
+//! cached tokens share the longest prefix with its prompt, and only the rest of the prompt is
+//! evaluated. Agents send the whole conversation every turn, so a turn costs its new tokens,
+//! not the conversation (llama-server's slot reuse does the same).
 
-use std::num::NonZeroU32;
 use std::time::Instant;
 
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
@@ -53,6 +56,8 @@ struct Slot<'s> {
     stream: StreamText,
     /// Prompt tokens already in the KV cache.
     prompt_done: usize,
+    /// Prompt tokens that were in the KV cache before this job started.
+    cached: usize,
     /// Tokens of this sequence in the KV cache.
     n_past: usize,
     completion_tokens: usize,
@@ -71,6 +76,8 @@ pub struct Batcher<'m, 's> {
     batch: LlamaBatch<'static>,
     n_batch: usize,
     slots: Vec<Option<Slot<'s>>>,
+    /// The tokens whose keys and values each sequence's KV cache holds, in position order.
+    cache: Vec<Vec<LlamaToken>>,
 }
 
 impl<'m, 's> Batcher<'m, 's> {
@@ -82,16 +89,18 @@ impl<'m, 's> Batcher<'m, 's> {
     pub fn new(model: &'m Model, parallel: u32) -> Result<Self, EngineError> {
         let parallel = parallel.max(1);
         let per_sequence = model.context_size();
-        let n_batch = per_sequence.min(MAX_BATCH).max(parallel);
-        let threads = i32::try_from(model.threads()).unwrap_or(i32::MAX);
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(per_sequence.saturating_mul(parallel)))
+        let flags = model.flags();
+        let n_batch = flags
+            .batch_size
+            .unwrap_or_else(|| per_sequence.min(MAX_BATCH))
+            .max(parallel);
+        let n_ubatch = flags.ubatch_size.unwrap_or(n_batch).min(n_batch);
+        let params = model
+            .context_params(per_sequence.saturating_mul(parallel))
             .with_n_seq_max(parallel)
             .with_kv_unified(false)
             .with_n_batch(n_batch)
-            .with_n_ubatch(n_batch)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_n_ubatch(n_ubatch);
         let ctx = model
             .llama()
             .new_context(backend()?, params)
@@ -105,6 +114,7 @@ impl<'m, 's> Batcher<'m, 's> {
             batch: LlamaBatch::new(n_batch as usize, 1),
             n_batch: n_batch as usize,
             slots: (0..parallel).map(|_| None).collect(),
+            cache: (0..parallel).map(|_| Vec::new()).collect(),
         })
     }
 
@@ -115,11 +125,25 @@ impl<'m, 's> Batcher<'m, 's> {
 
     /// Starts `job` in a free sequence, or hands it back when all are busy.
     ///
+    /// The sequence is the one where starting costs least: the prompt tokens it must
+    /// evaluate plus the cached tokens it must throw away (which another conversation may
+    /// need again). A follow-up turn goes where its conversation is cached, and an unrelated
+    /// prompt to an empty sequence rather than over a conversation it shares a system prompt
+    /// with.
+    ///
     /// # Errors
     ///
     /// The job itself when no sequence is free.
     pub fn admit(&mut self, mut job: Job<'s>) -> Result<(), Box<Job<'s>>> {
-        let Some(index) = self.slots.iter().position(Option::is_none) else {
+        let free = (0..self.slots.len()).filter(|&seq| self.slots[seq].is_none());
+        let Some((index, shared)) = free
+            .map(|seq| (seq, common_prefix(&self.cache[seq], &job.tokens)))
+            .min_by_key(|&(seq, shared)| {
+                let evaluate = job.tokens.len() - shared;
+                let discard = self.cache[seq].len() - shared;
+                (evaluate + discard, seq)
+            })
+        else {
             return Err(Box::new(job));
         };
         let sampler = match self.model.sampler(&job.params, job.grammar.as_deref()) {
@@ -129,13 +153,16 @@ impl<'m, 's> Batcher<'m, 's> {
                 return Ok(());
             }
         };
+        // The last prompt token is always evaluated: its logits give the first token.
+        let keep = self.keep(index, shared.min(job.tokens.len().saturating_sub(1)));
         let stream = StreamText::new(job.params.stop.clone());
         self.slots[index] = Some(Slot {
             job,
             sampler,
             stream,
-            prompt_done: 0,
-            n_past: 0,
+            prompt_done: keep,
+            cached: keep,
+            n_past: keep,
             completion_tokens: 0,
             next: None,
             logits_at: None,
@@ -145,12 +172,32 @@ impl<'m, 's> Batcher<'m, 's> {
         Ok(())
     }
 
+    /// Cuts sequence `seq`'s cache to its first `keep` tokens; returns how many it kept (none
+    /// when the cache cannot be cut there, as with recurrent models).
+    fn keep(&mut self, seq: usize, keep: usize) -> usize {
+        if keep == self.cache[seq].len() {
+            return keep;
+        }
+        let cut = u32::try_from(keep).ok();
+        if keep > 0
+            && let Ok(true) = self
+                .ctx
+                .clear_kv_cache_seq(u32::try_from(seq).ok(), cut, None)
+        {
+            self.cache[seq].truncate(keep);
+            return keep;
+        }
+        self.forget(seq);
+        0
+    }
+
     /// Decodes one batch: the next token of every generation past its prompt, then as many
     /// prompt tokens of the others as fit. Samples and reports every sequence that got logits.
     /// A failed decode is reported to each generation in the batch, which then ends.
     pub fn step(&mut self) {
         self.batch.clear();
         let mut budget = self.n_batch;
+        let mut in_batch = vec![false; self.slots.len()];
         // Decoding sequences first, so a long new prompt never stalls running streams.
         for (seq, slot) in self.slots.iter_mut().enumerate() {
             let Some(slot) = slot else { continue };
@@ -162,6 +209,8 @@ impl<'m, 's> Batcher<'m, 's> {
                     .add(token, to_pos(slot.n_past), &[to_seq(seq)], true)
                     .is_ok()
                 {
+                    self.cache[seq].push(token);
+                    in_batch[seq] = true;
                     slot.n_past += 1;
                     slot.logits_at = Some(at);
                     budget -= 1;
@@ -175,6 +224,7 @@ impl<'m, 's> Batcher<'m, 's> {
                 continue;
             }
             let take = remaining.min(budget);
+            in_batch[seq] = true;
             for i in 0..take {
                 let pos = slot.prompt_done + i;
                 let last = pos + 1 == slot.job.tokens.len();
@@ -186,6 +236,7 @@ impl<'m, 's> Batcher<'m, 's> {
                 {
                     break;
                 }
+                self.cache[seq].push(slot.job.tokens[pos]);
                 if last {
                     slot.logits_at = Some(at);
                 }
@@ -199,13 +250,12 @@ impl<'m, 's> Batcher<'m, 's> {
         }
         if let Err(e) = self.ctx.decode(&mut self.batch) {
             let message = e.to_string();
-            for seq in 0..self.slots.len() {
-                if self.slots[seq]
-                    .as_ref()
-                    .is_some_and(|s| s.logits_at.is_some())
-                {
-                    self.fail(seq, EngineError::Decode(message.clone()));
-                }
+            for (seq, _) in in_batch
+                .iter()
+                .enumerate()
+                .filter(|(_, in_batch)| **in_batch)
+            {
+                self.fail(seq, EngineError::Decode(message.clone()));
             }
             return;
         }
@@ -268,7 +318,6 @@ impl<'m, 's> Batcher<'m, 's> {
         let Some(mut slot) = self.slots[seq].take() else {
             return;
         };
-        self.forget(seq);
         let sink = &mut slot.job.sink;
         let text = slot.stream.finish(&mut |text| sink(Output::Text(text)));
         let end = Instant::now();
@@ -282,7 +331,7 @@ impl<'m, 's> Batcher<'m, 's> {
         let decode_ms = ms(first, end);
         let timings = Timings {
             prompt_ms,
-            prompt_tokens_per_second: per_second(slot.job.tokens.len(), prompt_ms),
+            prompt_tokens_per_second: per_second(slot.job.tokens.len() - slot.cached, prompt_ms),
             decode_ms,
             decode_tokens_per_second: per_second(
                 slot.completion_tokens.saturating_sub(1),
@@ -293,6 +342,7 @@ impl<'m, 's> Batcher<'m, 's> {
         (slot.job.sink)(Output::Done(Generation {
             text,
             prompt_tokens: slot.job.tokens.len(),
+            cached_tokens: slot.cached,
             completion_tokens: slot.completion_tokens,
             finish_reason,
             timings,
@@ -306,12 +356,18 @@ impl<'m, 's> Batcher<'m, 's> {
         }
     }
 
-    /// Drops a finished sequence's KV cache so the next job starts clean.
+    /// Empties sequence `seq`'s KV cache.
     fn forget(&mut self, seq: usize) {
         let _ = self
             .ctx
             .clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
+        self.cache[seq].clear();
     }
+}
+
+/// How many leading tokens `a` and `b` share.
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 fn to_pos(pos: usize) -> i32 {

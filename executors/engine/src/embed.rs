@@ -2,10 +2,8 @@
 //! by mean when a generative model says nothing, and L2-normalised as OpenAI's and Ollama's
 //! embeddings are.
 
-use std::num::NonZeroU32;
-
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
+use llama_cpp_2::context::params::LlamaPoolingType;
 use llama_cpp_2::llama_batch::LlamaBatch;
 
 use crate::{EngineError, Model, backend};
@@ -24,13 +22,11 @@ impl<'m> Embedder<'m> {
     /// [`EngineError::Context`] when llama.cpp cannot allocate it.
     pub fn new(model: &'m Model) -> Result<Self, EngineError> {
         let n_ctx = model.context_size();
-        let threads = i32::try_from(model.threads()).unwrap_or(i32::MAX);
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
+        // Pooling needs a whole input in one micro-batch, whatever the batch flags say.
+        let params = model
+            .context_params(n_ctx)
             .with_n_batch(n_ctx)
             .with_n_ubatch(n_ctx)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads)
             .with_embeddings(true)
             .with_pooling_type(pooling(model));
         let ctx = model

@@ -14,6 +14,8 @@ mod template;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use aistack_spec::runtime_flags::{CacheType, FlashAttention, LlamaFlags};
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -26,6 +28,20 @@ pub use error::EngineError;
 pub use features::{cpu_features, unused_cpu_features};
 pub use grammar::{json_object_grammar, schema_grammar, tool_call_grammar};
 pub use template::{ChatMessage, SpecialTokens, render_chat};
+
+fn kv_type(t: CacheType) -> KvCacheType {
+    match t {
+        CacheType::F32 => KvCacheType::F32,
+        CacheType::F16 => KvCacheType::F16,
+        CacheType::Bf16 => KvCacheType::BF16,
+        CacheType::Q8_0 => KvCacheType::Q8_0,
+        CacheType::Q4_0 => KvCacheType::Q4_0,
+        CacheType::Q4_1 => KvCacheType::Q4_1,
+        CacheType::Iq4Nl => KvCacheType::IQ4_NL,
+        CacheType::Q5_0 => KvCacheType::Q5_0,
+        CacheType::Q5_1 => KvCacheType::Q5_1,
+    }
+}
 
 /// Context size used when neither the caller nor a smaller training context sets one.
 pub const DEFAULT_CONTEXT_SIZE: u32 = 4096;
@@ -53,13 +69,15 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
 }
 
 /// How to load a model.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoadOptions {
     /// Tokens of context (KV cache) per generation; default: the model's training context,
     /// at most [`DEFAULT_CONTEXT_SIZE`].
     pub context_size: Option<u32>,
     /// CPU threads; default: the available parallelism.
     pub threads: Option<u32>,
+    /// The model's `runtime_flags`.
+    pub flags: LlamaFlags,
 }
 
 /// Sampling and stopping parameters for [`Model::generate`].
@@ -87,6 +105,27 @@ pub struct GenerateParams {
     pub frequency_penalty: f32,
     /// 0 disables.
     pub presence_penalty: f32,
+}
+
+impl GenerateParams {
+    /// llama-server's defaults, with the model's `runtime_flags` over them.
+    #[must_use]
+    pub fn with_defaults(flags: &aistack_spec::runtime_flags::SamplingDefaults) -> Self {
+        let d = Self::default();
+        Self {
+            max_tokens: flags.max_tokens,
+            temperature: flags.temperature.unwrap_or(d.temperature),
+            top_p: flags.top_p.unwrap_or(d.top_p),
+            top_k: flags.top_k.unwrap_or(d.top_k),
+            min_p: flags.min_p.unwrap_or(d.min_p),
+            seed: flags.seed,
+            stop: Vec::new(),
+            repeat_penalty: flags.repeat_penalty.unwrap_or(d.repeat_penalty),
+            repeat_last_n: flags.repeat_last_n.unwrap_or(d.repeat_last_n),
+            frequency_penalty: flags.frequency_penalty.unwrap_or(d.frequency_penalty),
+            presence_penalty: flags.presence_penalty.unwrap_or(d.presence_penalty),
+        }
+    }
 }
 
 impl Default for GenerateParams {
@@ -139,6 +178,8 @@ pub struct Generation {
     pub text: String,
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Leading prompt tokens found in the KV cache, not evaluated again.
+    pub cached_tokens: usize,
     /// Tokens generated (the end-of-generation token not counted).
     pub completion_tokens: usize,
     /// Why it ended.
@@ -154,6 +195,7 @@ pub struct Model {
     path: PathBuf,
     context_size: u32,
     threads: u32,
+    flags: LlamaFlags,
 }
 
 impl Model {
@@ -169,11 +211,15 @@ impl Model {
             });
         }
         let backend = backend()?;
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
-            .map_err(|source| EngineError::Load {
+        let params = LlamaModelParams::default()
+            .with_use_mlock(options.flags.mlock)
+            .with_use_mmap(!options.flags.no_mmap);
+        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|source| {
+            EngineError::Load {
                 path: path.to_owned(),
                 source,
-            })?;
+            }
+        })?;
         let trained = model.n_ctx_train();
         let context_size = options
             .context_size
@@ -194,7 +240,47 @@ impl Model {
             path: path.to_owned(),
             context_size,
             threads,
+            flags: options.flags.clone(),
         })
+    }
+
+    /// The model's `runtime_flags`.
+    #[must_use]
+    pub fn flags(&self) -> &LlamaFlags {
+        &self.flags
+    }
+
+    /// Context parameters for `n_ctx` tokens with the model's threads and flags; the caller
+    /// sets batch sizes and sequences.
+    pub(crate) fn context_params(&self, n_ctx: u32) -> LlamaContextParams {
+        let threads = i32::try_from(self.threads).unwrap_or(i32::MAX);
+        let threads_batch = self
+            .flags
+            .threads_batch
+            .map_or(threads, |n| i32::try_from(n).unwrap_or(i32::MAX));
+        let mut params = LlamaContextParams::default()
+            .with_n_ctx(std::num::NonZeroU32::new(n_ctx))
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads_batch)
+            // llama.cpp's own values (`llama_flash_attn_type`): -1 auto, 0 off, 1 on.
+            .with_flash_attention_policy(match self.flags.flash_attention {
+                FlashAttention::Auto => -1,
+                FlashAttention::Off => 0,
+                FlashAttention::On => 1,
+            });
+        if let Some(t) = self.flags.cache_type_k {
+            params = params.with_type_k(kv_type(t));
+        }
+        if let Some(t) = self.flags.cache_type_v {
+            params = params.with_type_v(kv_type(t));
+        }
+        if let Some(base) = self.flags.rope_freq_base {
+            params = params.with_rope_freq_base(base);
+        }
+        if let Some(scale) = self.flags.rope_freq_scale {
+            params = params.with_rope_freq_scale(scale);
+        }
+        params
     }
 
     /// The file this model was loaded from.
@@ -378,14 +464,17 @@ impl Model {
         self.model.size()
     }
 
-    /// Bytes an f16 KV cache of `tokens` tokens takes.
+    /// Bytes a KV cache of `tokens` tokens takes, of the cache types the flags name (f16
+    /// by default).
     #[must_use]
     pub fn kv_cache_bytes(&self, tokens: u64) -> u64 {
         let layers = u64::from(self.model.n_layer());
         let heads = u64::from(self.model.n_head().max(1));
         let kv_heads = u64::from(self.model.n_head_kv());
         let head_size = u64::try_from(self.model.n_embd()).unwrap_or(0) / heads;
-        tokens * layers * kv_heads * head_size * 2 * 2
+        let elements = tokens * layers * kv_heads * head_size;
+        let of = |t: Option<CacheType>| t.unwrap_or(CacheType::F16).bytes(elements);
+        of(self.flags.cache_type_k) + of(self.flags.cache_type_v)
     }
 
     /// Length of the model's embedding vectors.

@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub threads: Option<u32>,
     /// Chat or embedding.
     pub mode: Mode,
+    /// The model's `runtime_flags`.
+    pub flags: aistack_spec::runtime_flags::LlamaFlags,
 }
 
 /// Starting the engine failed.
@@ -133,6 +135,7 @@ pub async fn serve(
     let load = LoadOptions {
         context_size: options.context_size,
         threads: options.threads,
+        flags: options.flags.clone(),
     };
     let path = options.model.clone();
     let model: &'static Model = tokio::task::spawn_blocking(move || Model::load(&path, &load))
@@ -365,8 +368,9 @@ fn grammar(input: &Input, format: Option<&Format>) -> Result<Option<String>, Eng
     })
 }
 
-fn params(request: &GenerateRequest) -> GenerateParams {
-    let defaults = GenerateParams::default();
+/// The request's sampling over the model's defaults.
+fn params(model: &Model, request: &GenerateRequest) -> GenerateParams {
+    let defaults = GenerateParams::with_defaults(&model.flags().sampling);
     let Sampling {
         temperature,
         top_p,
@@ -378,12 +382,12 @@ fn params(request: &GenerateRequest) -> GenerateParams {
         presence_penalty,
     } = request.sampling.clone();
     GenerateParams {
-        max_tokens: request.max_tokens,
+        max_tokens: request.max_tokens.or(defaults.max_tokens),
         temperature: temperature.unwrap_or(defaults.temperature),
         top_p: top_p.unwrap_or(defaults.top_p),
         top_k: top_k.unwrap_or(defaults.top_k),
         min_p: min_p.unwrap_or(defaults.min_p),
-        seed,
+        seed: seed.or(defaults.seed),
         stop: request.stop.clone(),
         repeat_penalty: repeat_penalty.unwrap_or(defaults.repeat_penalty),
         repeat_last_n: defaults.repeat_last_n,
@@ -406,7 +410,7 @@ async fn generate(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
         tokio::task::spawn_blocking(move || {
             let tokens = prompt_tokens(&engine, &request.input)?;
             let grammar = grammar(&request.input, request.format.as_ref())?;
-            let params = params(&request);
+            let params = params(engine.model, &request);
             if let Some(g) = &grammar {
                 // Built here once so a bad grammar is a 400, not a failure mid-stream.
                 engine.model.sampler(&params, Some(g))?;
@@ -434,6 +438,7 @@ async fn generate(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
             };
             let usage = Usage {
                 prompt_tokens: u32::try_from(generation.prompt_tokens).unwrap_or(u32::MAX),
+                cached_tokens: u32::try_from(generation.cached_tokens).unwrap_or(u32::MAX),
                 completion_tokens: u32::try_from(generation.completion_tokens).unwrap_or(u32::MAX),
                 time_to_first_token_ms: generation.timings.time_to_first_token_ms,
                 prompt_ms: generation.timings.prompt_ms,

@@ -28,6 +28,7 @@ async fn start(dir: &tempfile::TempDir, mode: Mode, parallel: u32) -> EngineClie
         parallel,
         threads: Some(1),
         mode,
+        flags: Default::default(),
     };
     tokio::spawn(async move {
         serve(options, std::future::pending()).await.unwrap();

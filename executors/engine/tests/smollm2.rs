@@ -28,6 +28,7 @@ fn model() -> &'static Model {
         let options = LoadOptions {
             context_size: Some(2048),
             threads: Some(1),
+            ..LoadOptions::default()
         };
         Model::load(&model_path(), &options).unwrap_or_else(|e| {
             panic!(
@@ -207,6 +208,7 @@ fn too_long_prompt_is_an_error() {
         &LoadOptions {
             context_size: Some(32),
             threads: Some(1),
+            ..LoadOptions::default()
         },
     )
     .unwrap();
@@ -305,6 +307,132 @@ fn continuous_batching_gives_each_sequence_its_solo_output() {
         assert_eq!(generation.completion_tokens, solo[index].completion_tokens);
         assert_eq!(generation.finish_reason, solo[index].finish_reason);
     }
+}
+
+/// The model with flash attention off: attention then does not depend on how the prompt
+/// was split into batches, so a reply after a cached prefix must equal the reply without.
+fn model_without_flash_attention() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let flags = aistack_spec::runtime_flags::parse(&["--flash-attn=off".to_owned()]).unwrap();
+        let options = LoadOptions {
+            context_size: Some(2048),
+            threads: Some(1),
+            flags,
+        };
+        Model::load(&model_path(), &options).unwrap()
+    })
+}
+
+/// Runs one greedy job to its end in `batcher`.
+fn run_job(
+    batcher: &mut aistack_engine::Batcher<'_, '_>,
+    model: &Model,
+    prompt: &str,
+    max_tokens: u32,
+) -> Generation {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let job = aistack_engine::Job {
+        tokens: model.tokenize(prompt),
+        params: greedy(max_tokens),
+        grammar: None,
+        received: std::time::Instant::now(),
+        sink: Box::new(move |output| {
+            match output {
+                aistack_engine::Output::Done(g) => tx.send(g).unwrap(),
+                aistack_engine::Output::Failed(e) => panic!("{e}"),
+                aistack_engine::Output::Text(_) => {}
+            }
+            true
+        }),
+    };
+    assert!(batcher.admit(job).is_ok(), "a sequence is free");
+    while !batcher.is_idle() {
+        batcher.step();
+    }
+    rx.recv().unwrap()
+}
+
+fn conversation(turns: &[(&str, &str)]) -> String {
+    let model = model();
+    let messages: Vec<ChatMessage> = turns
+        .iter()
+        .map(|(role, text)| ChatMessage::new(*role, *text))
+        .collect();
+    render_chat(
+        &model.chat_template().unwrap(),
+        &messages,
+        true,
+        &model.special_tokens(),
+    )
+    .unwrap()
+}
+
+/// A finished sequence keeps its KV cache: the next turn of the conversation evaluates only
+/// what is new and replies exactly as it would from an empty cache; an unrelated prompt takes
+/// an empty sequence rather than overwrite the conversation, or else reuses the shared
+/// system prompt; the same prompt again evaluates only its last token.
+#[test]
+fn the_next_turn_reuses_the_cached_conversation() {
+    use aistack_engine::Batcher;
+
+    let model = model_without_flash_attention();
+    let question = "What is the capital of France?";
+    let mut batcher = Batcher::new(model, 2).unwrap();
+    let first = run_job(
+        &mut batcher,
+        model,
+        &conversation(&[("user", question)]),
+        24,
+    );
+    assert_eq!(first.cached_tokens, 0, "an empty cache");
+
+    let turn = conversation(&[
+        ("user", question),
+        ("assistant", &first.text),
+        ("user", "And the capital of Italy?"),
+    ]);
+    let fresh = {
+        let mut alone = Batcher::new(model, 1).unwrap();
+        run_job(&mut alone, model, &turn, 24)
+    };
+    assert_eq!(fresh.cached_tokens, 0);
+    let other = run_job(
+        &mut batcher,
+        model,
+        &conversation(&[("user", "Name a colour.")]),
+        8,
+    );
+    assert_eq!(other.cached_tokens, 0, "the empty sequence was taken");
+
+    let reused = run_job(&mut batcher, model, &turn, 24);
+    assert_eq!(reused.text, fresh.text, "same reply as from an empty cache");
+    assert_eq!(reused.prompt_tokens, fresh.prompt_tokens);
+    assert!(
+        reused.cached_tokens > first.prompt_tokens,
+        "the first turn's prompt is reused: {} of {} cached",
+        reused.cached_tokens,
+        reused.prompt_tokens
+    );
+
+    // Both sequences hold a conversation: a new one overwrites the shorter, keeping the
+    // system prompt they share.
+    let third = run_job(
+        &mut batcher,
+        model,
+        &conversation(&[("user", "What is 2 + 2?")]),
+        8,
+    );
+    let system = model.tokenize(SYSTEM).len();
+    assert!(
+        third.cached_tokens >= system,
+        "the system prompt is reused: {} cached, {system} in it",
+        third.cached_tokens
+    );
+
+    let again = run_job(&mut batcher, model, &turn, 24);
+    assert_eq!(again.cached_tokens, again.prompt_tokens - 1);
+    assert_eq!(again.text, fresh.text);
 }
 
 /// A grammar from a JSON schema holds even this small model to the schema.

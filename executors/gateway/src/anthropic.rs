@@ -204,6 +204,15 @@ fn content_blocks(parsed: &tools::Parsed) -> Vec<Value> {
     blocks
 }
 
+/// Anthropic counts cache reads apart from `input_tokens`; together they are the prompt.
+fn usage_json(usage: &aistack_engine_api::Usage) -> Value {
+    json!({
+        "input_tokens": usage.prompt_tokens.saturating_sub(usage.cached_tokens),
+        "cache_read_input_tokens": usage.cached_tokens,
+        "output_tokens": usage.completion_tokens,
+    })
+}
+
 fn event(name: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
@@ -274,7 +283,7 @@ async fn run(shared: &Shared, request: &Value, name: &str) -> Result<Response, A
                         "content": content_blocks(&parsed),
                         "stop_reason": stop_reason(finish_reason, called, sequence),
                         "stop_sequence": null,
-                        "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
+                        "usage": usage_json(&usage),
                     }))
                     .into_response());
                 }
@@ -377,9 +386,14 @@ async fn run(shared: &Shared, request: &Value, name: &str) -> Result<Response, A
                         !calls.is_empty(),
                         by_sequence(&all_text, finish_reason),
                     );
-                    let _ = tx.send(event("message_delta", &json!({"type": "message_delta",
+                    let _ = tx
+                        .send(event(
+                            "message_delta",
+                            &json!({"type": "message_delta",
                         "delta": {"stop_reason": reason, "stop_sequence": null},
-                        "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}}))).await;
+                        "usage": usage_json(&usage)}),
+                        ))
+                        .await;
                     let _ = tx
                         .send(event("message_stop", &json!({"type": "message_stop"})))
                         .await;

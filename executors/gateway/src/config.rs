@@ -95,6 +95,8 @@ pub struct ModelConfig {
     pub parallel: u32,
     /// CPU threads; `None`: the cores other engines leave free.
     pub threads: Option<u32>,
+    /// The model's `runtime_flags`, handed to the engine as they were validated.
+    pub runtime_flags: Vec<String>,
     /// When to unload.
     pub keep_alive: KeepAlive,
     /// Bytes it takes loaded, for admission.

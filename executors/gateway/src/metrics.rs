@@ -25,6 +25,7 @@ struct Histogram {
 struct Data {
     requests: BTreeMap<(String, &'static str, u16), u64>,
     prompt_tokens: BTreeMap<String, u64>,
+    cached_tokens: BTreeMap<String, u64>,
     completion_tokens: BTreeMap<String, u64>,
     first_token: BTreeMap<String, Histogram>,
     tokens_per_second: BTreeMap<String, f64>,
@@ -57,6 +58,7 @@ impl Metrics {
     pub(crate) fn generation(&self, model: &str, usage: &Usage) {
         let mut data = self.lock();
         *data.prompt_tokens.entry(model.to_owned()).or_default() += u64::from(usage.prompt_tokens);
+        *data.cached_tokens.entry(model.to_owned()).or_default() += u64::from(usage.cached_tokens);
         *data.completion_tokens.entry(model.to_owned()).or_default() +=
             u64::from(usage.completion_tokens);
         let seconds = usage.time_to_first_token_ms / 1e3;
@@ -106,8 +108,14 @@ impl Metrics {
         counter(
             &mut text,
             "aistack_prompt_tokens_total",
-            "Prompt tokens evaluated.",
+            "Prompt tokens received.",
             &data.prompt_tokens,
+        );
+        counter(
+            &mut text,
+            "aistack_prompt_cached_tokens_total",
+            "Prompt tokens found in the engine's cache, not evaluated again.",
+            &data.cached_tokens,
         );
         counter(
             &mut text,
@@ -199,6 +207,7 @@ mod tests {
         let metrics = Metrics::default();
         let usage = |ms| Usage {
             prompt_tokens: 10,
+            cached_tokens: 4,
             completion_tokens: 5,
             time_to_first_token_ms: ms,
             prompt_ms: 1.0,
@@ -212,6 +221,7 @@ mod tests {
         assert_eq!(h.counts[1], 1, "7 ms is within 10 ms");
         assert_eq!(h.counts[6], 2, "both within 0.5 s");
         assert_eq!(data.prompt_tokens["chat"], 20);
+        assert_eq!(data.cached_tokens["chat"], 8);
         assert_eq!(data.tokens_per_second["chat"], 100.0);
     }
 }

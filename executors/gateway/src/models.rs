@@ -432,6 +432,9 @@ impl Models {
         if let Some(context) = config.context_size {
             command.arg("--context-size").arg(context.to_string());
         }
+        if !config.runtime_flags.is_empty() {
+            command.arg("--").args(&config.runtime_flags);
+        }
         let _ = std::fs::remove_file(&socket);
         let mut child = command.spawn().map_err(|source| GatewayError::Spawn {
             model: config.name.clone(),
