@@ -4,10 +4,10 @@
 //! others run joins the next step instead of waiting for them to finish, as llama-server's
 //! slots do.
 //!
-//! A finished sequence keeps its KV cache: the next request goes to the free sequence whose
-//! cached tokens share the longest prefix with its prompt, and only the rest of the prompt is
-//! evaluated. Agents send the whole conversation every turn, so a turn costs its new tokens,
-//! not the conversation (llama-server's slot reuse does the same).
+//! A finished sequence keeps its KV cache, and a new request evaluates only the part of its
+//! prompt that the cache of its sequence does not already hold ([`Batcher::admit`] says which
+//! sequence). Agents send the whole conversation every turn, so a turn costs its new tokens,
+//! not the conversation, as with llama-server's prompt cache.
 
 use std::time::Instant;
 
@@ -250,11 +250,7 @@ impl<'m, 's> Batcher<'m, 's> {
         }
         if let Err(e) = self.ctx.decode(&mut self.batch) {
             let message = e.to_string();
-            for (seq, _) in in_batch
-                .iter()
-                .enumerate()
-                .filter(|(_, in_batch)| **in_batch)
-            {
+            for (seq, _) in in_batch.iter().enumerate().filter(|(_, used)| **used) {
                 self.fail(seq, EngineError::Decode(message.clone()));
             }
             return;
