@@ -1,0 +1,198 @@
+//! Whether a destination may be reached under a network policy.
+//!
+//! The order of the checks is the contract (DESIGN §7):
+//!
+//! 1. A deny rule that matches the name, or any address it resolved to, denies: deny beats
+//!    allow.
+//! 2. Every address is checked against the built-in block list (loopback, private,
+//!    link-local, CGNAT, unique-local, unspecified; IPv6 forms of IPv4 addresses are
+//!    unwrapped first). A blocked address is allowed only by an IP or CIDR allow rule that
+//!    covers it — never by a host rule, so `allow: [example.com]` cannot reach 127.0.0.1 when
+//!    `example.com` resolves there. One blocked address denies the whole request: a name that
+//!    answers with a public and a private address is not trusted with either.
+//! 3. An allow rule matching the name, or matching every address, allows; else the policy's
+//!    default decides.
+//!
+//! The verdict names the rule that decided and the one address to dial, so the proxy
+//! connects to exactly what was checked.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use aistack_spec::model::NetworkPolicy;
+use aistack_spec::values::{HostRule, PolicyDefault, RuleTarget};
+use ipnet::IpNet;
+
+use crate::destination::{Destination, canonical};
+
+/// The ranges no destination reaches unless an IP or CIDR rule allows it.
+pub const BLOCKED: [&str; 11] = [
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+    "::/128",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+/// Allowed or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The request goes through.
+    Allow,
+    /// The proxy answers 403.
+    Deny,
+}
+
+/// What decided, for the client's 403 body and the network log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// An allow rule, as written.
+    Allow(String),
+    /// A deny rule, as written.
+    Deny(String),
+    /// A built-in blocked range, and the address in it.
+    Blocked { range: IpNet, address: IpAddr },
+    /// The policy's default.
+    Default(PolicyDefault),
+    /// The name resolved to nothing.
+    Unresolved,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Allow(rule) => write!(f, "allow {rule}"),
+            Reason::Deny(rule) => write!(f, "deny {rule}"),
+            Reason::Blocked { range, address } => {
+                write!(f, "block list {range} ({address})")
+            }
+            Reason::Default(default) => write!(f, "default {default}"),
+            Reason::Unresolved => f.write_str("no address"),
+        }
+    }
+}
+
+/// The outcome for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Allowed or not.
+    pub decision: Decision,
+    /// Why.
+    pub reason: Reason,
+    /// The address to dial when allowed: the first checked one.
+    pub address: Option<IpAddr>,
+}
+
+/// A network policy, ready to decide.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    default: PolicyDefault,
+    allow: Vec<HostRule>,
+    deny: Vec<HostRule>,
+    blocked: Vec<IpNet>,
+}
+
+impl Policy {
+    /// The policy of the file.
+    #[must_use]
+    pub fn new(policy: &NetworkPolicy) -> Self {
+        Policy {
+            default: policy.default,
+            allow: policy.allow.clone(),
+            deny: policy.deny.clone(),
+            blocked: BLOCKED
+                .iter()
+                .map(|r| r.parse().expect("the block list parses"))
+                .collect(),
+        }
+    }
+
+    /// Decides for a request to `destination` on `port`. A name is resolved with `resolve`
+    /// at most once, and not at all when a deny rule names it; the verdict's address is one
+    /// of that one answer, so what is dialled is what was checked (no DNS-rebinding window).
+    pub fn check(
+        &self,
+        destination: &Destination,
+        port: u16,
+        resolve: impl FnOnce(&str) -> Vec<IpAddr>,
+    ) -> Verdict {
+        match destination {
+            Destination::Ip(ip) => self.decide(None, &[canonical(*ip)], port),
+            Destination::Name(name) => {
+                if let Some(rule) = self.deny.iter().find(|r| name_matches(r, name, port)) {
+                    return deny(Reason::Deny(rule.to_string()));
+                }
+                let addresses: Vec<IpAddr> = resolve(name).into_iter().map(canonical).collect();
+                self.decide(Some(name), &addresses, port)
+            }
+        }
+    }
+
+    fn decide(&self, name: Option<&str>, addresses: &[IpAddr], port: u16) -> Verdict {
+        if addresses.is_empty() {
+            return deny(Reason::Unresolved);
+        }
+        let mut ip_allows = Vec::with_capacity(addresses.len());
+        for &address in addresses {
+            if let Some(rule) = self.deny.iter().find(|r| ip_matches(r, address, port)) {
+                return deny(Reason::Deny(rule.to_string()));
+            }
+            let allow = self.allow.iter().find(|r| ip_matches(r, address, port));
+            if allow.is_none()
+                && let Some(range) = self.blocked.iter().find(|n| n.contains(&address))
+            {
+                return deny(Reason::Blocked {
+                    range: *range,
+                    address,
+                });
+            }
+            ip_allows.push(allow);
+        }
+        let by_name = name.and_then(|n| self.allow.iter().find(|r| name_matches(r, n, port)));
+        let by_address = ip_allows.iter().all(Option::is_some).then(|| ip_allows[0]);
+        let reason = match (by_name, by_address.flatten()) {
+            (Some(rule), _) | (None, Some(rule)) => Reason::Allow(rule.to_string()),
+            (None, None) => Reason::Default(self.default),
+        };
+        let decision = match (&reason, self.default) {
+            (Reason::Allow(_), _) | (Reason::Default(_), PolicyDefault::Allow) => Decision::Allow,
+            _ => Decision::Deny,
+        };
+        Verdict {
+            decision,
+            reason,
+            address: (decision == Decision::Allow).then(|| addresses[0]),
+        }
+    }
+}
+
+fn deny(reason: Reason) -> Verdict {
+    Verdict {
+        decision: Decision::Deny,
+        reason,
+        address: None,
+    }
+}
+
+fn port_matches(rule: &HostRule, port: u16) -> bool {
+    rule.port.is_none_or(|p| p == port)
+}
+
+fn name_matches(rule: &HostRule, name: &str, port: u16) -> bool {
+    port_matches(rule, port) && rule.matches_host(name)
+}
+
+fn ip_matches(rule: &HostRule, address: IpAddr, port: u16) -> bool {
+    port_matches(rule, port)
+        && match &rule.target {
+            RuleTarget::Ip(ip) => canonical(*ip) == address,
+            RuleTarget::Cidr(net) => net.contains(&address),
+            RuleTarget::Host(_) | RuleTarget::Wildcard(_) => false,
+        }
+}
