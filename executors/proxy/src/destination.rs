@@ -191,14 +191,19 @@ fn percent_decode(text: &str) -> Result<String, DestinationError> {
     String::from_utf8(out).map_err(|_| error(format!("`{text}` decodes to invalid UTF-8")))
 }
 
+/// The dot-separated labels of `host`, one trailing dot ignored.
+fn labels(host: &str) -> Vec<&str> {
+    let mut labels: Vec<&str> = host.split('.').collect();
+    if labels.len() > 1 && labels.last() == Some(&"") {
+        labels.pop();
+    }
+    labels
+}
+
 /// WHATWG's "ends in a number": the last label (ignoring one trailing dot) is decimal
 /// digits or `0x` hex, so the whole host must parse as IPv4.
 fn ends_in_a_number(host: &str) -> bool {
-    let mut parts: Vec<&str> = host.split('.').collect();
-    if parts.len() > 1 && parts.last() == Some(&"") {
-        parts.pop();
-    }
-    let last = parts.last().copied().unwrap_or_default();
+    let last = labels(host).last().copied().unwrap_or_default();
     if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
         return true;
     }
@@ -214,10 +219,7 @@ fn ipv4(host: &str) -> Result<Ipv4Addr, DestinationError> {
             "`{host}` ends in a number but is not an IPv4 address"
         ))
     };
-    let mut parts: Vec<&str> = host.split('.').collect();
-    if parts.len() > 1 && parts.last() == Some(&"") {
-        parts.pop();
-    }
+    let parts = labels(host);
     if parts.len() > 4 {
         return Err(invalid());
     }
