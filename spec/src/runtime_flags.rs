@@ -151,6 +151,16 @@ pub struct LlamaFlags {
     pub sampling: SamplingDefaults,
 }
 
+impl LlamaFlags {
+    /// Bytes a KV cache of `elements` values each for K and V takes, in the cache types
+    /// these flags name (f16 by default).
+    #[must_use]
+    pub fn kv_cache_bytes(&self, elements: u64) -> u64 {
+        let of = |t: Option<CacheType>| t.unwrap_or(CacheType::F16).bytes(elements);
+        of(self.cache_type_k).saturating_add(of(self.cache_type_v))
+    }
+}
+
 /// One entry of `runtime_flags` that is not allowed or not well formed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlagError {

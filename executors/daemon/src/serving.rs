@@ -8,7 +8,7 @@ use std::time::Duration;
 use aistack_apply::HostError;
 use aistack_gateway::{KeepAlive, Mode, ModelConfig};
 use aistack_planner::MANIFEST_OUTPUT;
-use aistack_spec::runtime_flags::{self, CacheType, LlamaFlags};
+use aistack_spec::runtime_flags::{self, LlamaFlags};
 use aistack_spec::values::{KeepAlive as SpecKeepAlive, is_path};
 use aistack_store::Store;
 use aistack_store::artifact::{CHAT_TEMPLATE_MEDIA_TYPE, GGUF_MEDIA_TYPE};
@@ -65,10 +65,7 @@ pub fn memory_estimate(
     };
     let elements = (u64::from(context) * u64::from(parallel.max(1)))
         .saturating_mul(layers * kv_heads * head_dim);
-    let cache = |t: Option<CacheType>| t.unwrap_or(CacheType::F16).bytes(elements);
-    weights
-        .saturating_add(cache(flags.cache_type_k))
-        .saturating_add(cache(flags.cache_type_v))
+    weights.saturating_add(flags.kv_cache_bytes(elements))
 }
 
 fn host_error(e: aistack_store::StoreError) -> HostError {

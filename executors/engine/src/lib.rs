@@ -472,9 +472,8 @@ impl Model {
         let heads = u64::from(self.model.n_head().max(1));
         let kv_heads = u64::from(self.model.n_head_kv());
         let head_size = u64::try_from(self.model.n_embd()).unwrap_or(0) / heads;
-        let elements = tokens * layers * kv_heads * head_size;
-        let of = |t: Option<CacheType>| t.unwrap_or(CacheType::F16).bytes(elements);
-        of(self.flags.cache_type_k) + of(self.flags.cache_type_v)
+        self.flags
+            .kv_cache_bytes(tokens * layers * kv_heads * head_size)
     }
 
     /// Length of the model's embedding vectors.
