@@ -15,6 +15,7 @@ mod apply;
 mod daemon;
 mod engine;
 mod model;
+mod network;
 mod run;
 mod status;
 
@@ -22,6 +23,7 @@ pub use apply::{UpOptions, down, up};
 pub use daemon::{daemon, logs};
 pub use engine::{EngineArgs, engine};
 pub use model::{ModelCommand, model};
+pub use network::{NetworkCommand, network};
 pub use run::run;
 pub use status::status;
 

@@ -113,6 +113,9 @@ enum Command {
     /// Manage models in the shared store (Docker Model Runner compatible).
     #[command(subcommand)]
     Model(commands::ModelCommand),
+    /// What the network policies' proxies let through and refused.
+    #[command(subcommand)]
+    Network(commands::NetworkCommand),
     /// Run the runtime in the foreground.
     Daemon,
     /// Serve one model on a unix socket (started by the daemon's gateway).
@@ -150,6 +153,7 @@ fn main() -> ExitCode {
                 commands::up(&spec, commands::UpOptions { watch, pull, quiet }).await
             }
             Command::Model(command) => commands::model(command).await,
+            Command::Network(command) => commands::network(&spec, command).await,
             Command::Down { models } => commands::down(&spec, models).await,
             Command::Status { json } => commands::status(&spec, json).await,
             Command::Logs { name, follow } => commands::logs(&spec, name.as_deref(), follow).await,

@@ -24,7 +24,8 @@
 //! - a project has one `gateway` resource, and only when it has models; a new `listen`
 //!   replaces it (and so re-registers every model on the new listener), other settings
 //!   change in place; projects naming the same address must agree on the rest;
-//! - a proxy exists only for a network policy that some template or sandbox uses;
+//! - every network policy has a proxy, used or not: host processes run under a policy
+//!   through its listener, as sandboxes will;
 //! - a registry model without `engine:` is served by llama.cpp (the artifact's format is
 //!   only known after the pull, and the Docker AI catalogue is GGUF); a local file is GGUF;
 //! - llama.cpp's `parallel` resolves to the model's, else `engines.llama.cpp.parallel`,
@@ -506,21 +507,9 @@ impl Reconciler<'_> {
     }
 
     fn reconcile_proxies(&mut self) {
-        let used: BTreeSet<&String> = (self.spec.templates.values())
-            .filter_map(|t| t.network_policy.as_ref())
-            .chain(
-                self.spec
-                    .sandboxes
-                    .values()
-                    .filter_map(|s| s.network_policy.as_ref()),
-            )
-            .collect();
-        for name in used {
+        for (name, policy) in &self.spec.network_policies {
             let id = ResourceId::new(Kind::Proxy, name);
             self.wanted.insert(id.clone());
-            let Some(policy) = self.spec.network_policies.get(name) else {
-                continue;
-            };
             self.decide(desired_proxy(id, policy));
         }
     }

@@ -85,63 +85,92 @@ async fn converge(home: &Home, spec: &SpecArgs, options: UpOptions) -> Result<Ex
     let plan = plan_for(home, &loaded, options.pull).await?;
     print!("{}", plan.render_text());
     let serves = !loaded.document.spec.models.is_empty();
+    let proxies = !loaded.document.spec.network_policies.is_empty();
     if !plan.is_empty() {
         apply(home, plan, false, options.quiet, secrets).await?;
-    } else if serves {
-        // Nothing to change, but the models must be served: this starts the daemon if the
-        // machine restarted (it re-serves what was applied) and hands over the key, which
-        // lives only in the daemon's memory.
+    } else if serves || proxies {
+        // Nothing to change, but the models must be served and the proxies listen: this
+        // starts the daemon if the machine restarted (it re-serves what was applied) and
+        // hands over the keys and credentials, which live only in the daemon's memory.
         hand_over(home, plan, secrets).await?;
     }
+    if !(serves || proxies) {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = Client::new(&home.socket()).status(&loaded.project).await?;
+    let stopped = |what: String| {
+        Report::new(
+            format!("{what} of project `{}` is not running", loaded.project),
+            Some("`aistack logs` shows why; fix that and run `aistack up` again".to_owned()),
+        )
+    };
     if serves {
-        let status = Client::new(&home.socket()).status(&loaded.project).await?;
         let Some(url) = status.gateway else {
-            return Err(Report::new(
-                format!("The gateway of project `{}` is not running", loaded.project),
-                Some("`aistack logs` shows why; fix that and run `aistack up` again".to_owned()),
-            )
-            .into());
+            return Err(stopped("The gateway".to_owned()).into());
         };
         println!("Gateway: {url}");
+    }
+    for proxy in status.resources.iter().filter(|r| r.kind == "proxy") {
+        let Some(endpoint) = &proxy.endpoint else {
+            return Err(stopped(format!("The proxy of `network_policies.{}`", proxy.name)).into());
+        };
+        println!("Proxy `{}`: {endpoint}", proxy.name);
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The values of the environment variables the spec names as secrets: the gateway's
-/// `api_key_env`, when it serves models. An unset variable is an error, never an open
-/// gateway.
+/// `api_key_env` when it serves models, and every credential's `from_env`. An unset
+/// variable is an error, never an open gateway or a request sent without its credential.
 fn secrets(loaded: &Loaded) -> Result<Secrets, Failure> {
     let spec = &loaded.document.spec;
-    let Some(name) = spec.gateway.api_key_env.as_ref() else {
-        return Ok(Secrets::default());
-    };
-    if spec.models.is_empty() {
-        return Ok(Secrets::default());
+    let mut wanted = Vec::new();
+    if let Some(name) = spec.gateway.api_key_env.as_ref()
+        && !spec.models.is_empty()
+    {
+        let help = format!(
+            "Export `{name}` with the bearer token clients must send, or remove \
+             `gateway.api_key_env` to serve loopback clients without one"
+        );
+        wanted.push((name, "gateway.api_key_env".to_owned(), help));
     }
-    match std::env::var(name) {
-        Ok(value) if !value.is_empty() => Ok(Secrets([(name.clone(), value)].into())),
-        _ => {
-            let message = format!("`{name}`, named by `gateway.api_key_env`, is not set");
+    for (policy_name, policy) in &spec.network_policies {
+        for (i, credential) in policy.credentials.iter().enumerate() {
+            let path = format!("network_policies.{policy_name}.credentials.{i}.from_env");
             let help = format!(
-                "Export `{name}` with the bearer token clients must send, or remove \
-                 `gateway.api_key_env` to serve loopback clients without one"
+                "Export `{}` with the value the proxy sends to `{}` as `{}`, or remove the \
+                 credential",
+                credential.from_env, credential.host, credential.header
             );
-            let report = match loaded.document.location("gateway.api_key_env") {
-                Some(location) => Report::from_diagnostic(
-                    &Diagnostic {
-                        code: "aistack::secret",
-                        message,
-                        location: Location::clone(location),
-                        label: "names it".to_owned(),
-                        help: Some(help),
-                    },
-                    &loaded.sources,
-                ),
-                None => Report::new(message, Some(help)),
-            };
-            Err(report.into())
+            wanted.push((&credential.from_env, path, help));
         }
     }
+    let mut secrets = BTreeMap::new();
+    for (name, path, help) in wanted {
+        match std::env::var(name) {
+            Ok(value) if !value.is_empty() => {
+                secrets.insert(name.clone(), value);
+            }
+            _ => {
+                let message = format!("`{name}`, named by `{path}`, is not set");
+                let report = match loaded.document.location(&path) {
+                    Some(location) => Report::from_diagnostic(
+                        &Diagnostic {
+                            code: "aistack::secret",
+                            message,
+                            location: Location::clone(location),
+                            label: "names it".to_owned(),
+                            help: Some(help),
+                        },
+                        &loaded.sources,
+                    ),
+                    None => Report::new(message, Some(help)),
+                };
+                return Err(report.into());
+            }
+        }
+    }
+    Ok(Secrets(secrets))
 }
 
 /// Gives the daemon the secrets with an empty plan, silently, starting it if needed.

@@ -2,9 +2,10 @@
 //!
 //! The gateway resource attaches the project to its listener ([`Gateways`]); models are
 //! imported or pulled into the shared store, then registered with that gateway; an engine
-//! resource loads its model at `up`. Kinds whose executors do not exist yet (proxies,
-//! templates, sandboxes) and engines other than llama.cpp are refused by [`Host::check`]
-//! before anything runs, so `up` never reports a success it did not achieve.
+//! resource loads its model at `up`; a proxy resource runs its policy's listener
+//! ([`Proxies`]), changed in place. Kinds whose executors do not exist yet (templates,
+//! sandboxes) and engines other than llama.cpp are refused by [`Host::check`] before
+//! anything runs, so `up` never reports a success it did not achieve.
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use aistack_store::{LocalFile, Store};
 
 use crate::gateways::{GatewaySpec, Gateways};
 use crate::home::Home;
+use crate::proxies::Proxies;
 use crate::serving::model_config;
 use crate::state::ProjectState;
 
@@ -25,24 +27,29 @@ pub const MANIFEST: &str = aistack_planner::MANIFEST_OUTPUT;
 pub const SIZE: &str = "size";
 /// Output key of the gateway resource: the URL it serves on.
 pub const URL: &str = "url";
+/// Output key of a proxy resource: the address its listener serves on, as a URL for
+/// `HTTP_PROXY`.
+pub const ENDPOINT: &str = "endpoint";
 
 /// Carries out plan steps on this machine.
 pub struct MachineHost {
     home: Home,
     store: Arc<Store>,
     gateways: Arc<Gateways>,
+    proxies: Arc<Proxies>,
     project: String,
     remove_models: bool,
 }
 
 impl MachineHost {
-    /// A host applying `project` on `home`'s store and the daemon's `gateways`;
-    /// `remove_models` makes model removals delete the artifact from the shared store when
-    /// no other project uses it (`down --models`).
+    /// A host applying `project` on `home`'s store and the daemon's `gateways` and
+    /// `proxies`; `remove_models` makes model removals delete the artifact from the shared
+    /// store when no other project uses it (`down --models`).
     pub fn new(
         home: Home,
         store: Arc<Store>,
         gateways: Arc<Gateways>,
+        proxies: Arc<Proxies>,
         project: &str,
         remove_models: bool,
     ) -> Self {
@@ -50,6 +57,7 @@ impl MachineHost {
             home,
             store,
             gateways,
+            proxies,
             project: project.to_owned(),
             remove_models,
         }
@@ -67,6 +75,12 @@ impl MachineHost {
             })
         })
     }
+}
+
+/// The port a proxy record's endpoint names.
+pub(crate) fn recorded_port(applied: &Applied) -> Option<u16> {
+    let endpoint = applied.outputs.get(ENDPOINT)?;
+    endpoint.rsplit_once(':')?.1.parse().ok()
 }
 
 fn not_yet(step: &Step, what: &str, help: &str) -> Unsupported {
@@ -193,11 +207,7 @@ impl Host for MachineHost {
                     _ => Ok(()),
                 }
             }
-            Payload::Proxy { .. } => Err(not_yet(
-                step,
-                "Network policy proxies",
-                "Remove the sandboxes and templates that use this policy for now",
-            )),
+            Payload::Proxy { .. } => Ok(()),
             Payload::Template { .. } => Err(not_yet(
                 step,
                 "Sandbox templates",
@@ -221,7 +231,16 @@ impl Host for MachineHost {
                 self.gateways.preload(&self.project, model).await?;
                 return Ok(Outputs::new());
             }
-            Payload::Proxy { .. } | Payload::Template { .. } | Payload::Sandbox { .. } => {
+            Payload::Proxy { policy } => {
+                let address = (self.proxies)
+                    .apply(&self.project, &desired.id.name, policy, None)
+                    .await?;
+                return Ok(Outputs::from([(
+                    ENDPOINT.to_owned(),
+                    format!("http://{address}"),
+                )]));
+            }
+            Payload::Template { .. } | Payload::Sandbox { .. } => {
                 return Err(HostError::new(format!("Cannot create `{}`", desired.id)));
             }
         };
@@ -238,10 +257,22 @@ impl Host for MachineHost {
 
     async fn change(
         &self,
-        _current: &Applied,
+        current: &Applied,
         desired: &Desired,
         progress: &Progress,
     ) -> Result<Outputs, HostError> {
+        // A proxy swaps its policy in place, keeping its port and the connections the new
+        // policy still allows.
+        if let Payload::Proxy { policy } = &desired.payload {
+            let port = recorded_port(current);
+            let address = (self.proxies)
+                .apply(&self.project, &desired.id.name, policy, port)
+                .await?;
+            return Ok(Outputs::from([(
+                ENDPOINT.to_owned(),
+                format!("http://{address}"),
+            )]));
+        }
         // Serving settings change in place: the gateway takes its new settings, a model is
         // made sure of (idempotent import) and registered anew.
         self.create(desired, progress).await
@@ -264,7 +295,11 @@ impl Host for MachineHost {
                     .unregister(&self.project, &current.id.name)
                     .await
             }
-            Kind::Proxy | Kind::Template | Kind::Sandbox => return Ok(()),
+            Kind::Proxy => {
+                self.proxies.stop(&self.project, &current.id.name).await;
+                return Ok(());
+            }
+            Kind::Template | Kind::Sandbox => return Ok(()),
         }
         if !self.remove_models {
             return Ok(());
@@ -328,7 +363,8 @@ mod tests {
         let home = Home::at(dir.path());
         let store = Arc::new(Store::open(&home.models()).unwrap());
         let gateways = Arc::new(Gateways::new("aistack".into(), home.run(), home.logs()));
-        let host = MachineHost::new(home, store, gateways, "demo", false);
+        let proxies = Arc::new(Proxies::new(home.clone()));
+        let host = MachineHost::new(home, store, gateways, proxies, "demo", false);
         let model = || Payload::LocalModel { files: Vec::new() };
         let engine = || Payload::Engine {
             model: "chat".into(),
@@ -367,6 +403,8 @@ mod tests {
             .check(&step(Kind::Model, "llama.cpp", "image", model()))
             .unwrap_err();
         assert_eq!(image.message, "Image models are not supported yet");
+        let proxy = Payload::Proxy { policy: json!({}) };
+        assert!(host.check(&step(Kind::Proxy, "", "", proxy)).is_ok());
         let sandbox = Payload::Sandbox { sandbox: json!({}) };
         assert!(host.check(&step(Kind::Sandbox, "", "", sandbox)).is_err());
     }

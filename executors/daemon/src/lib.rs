@@ -2,14 +2,15 @@
 //!
 //! One per `AISTACK_HOME`, enforced by an exclusive lock on `run/daemon.lock`. It serves
 //! the control API ([`api`]) on `run/aistack.sock`, carries out plans with the walker and
-//! [`host::MachineHost`], records what it applied ([`state`]) and runs the model gateways
-//! ([`gateways`]). The CLI talks to it with [`client::Client`].
+//! [`host::MachineHost`], records what it applied ([`state`]), runs the model gateways
+//! ([`gateways`]) and the network-policy proxies ([`proxies`]). The CLI talks to it with [`client::Client`].
 
 pub mod api;
 pub mod client;
 pub mod gateways;
 pub mod home;
 pub mod host;
+pub mod proxies;
 pub mod server;
 pub mod serving;
 pub mod state;
@@ -26,6 +27,7 @@ use aistack_store::{Store, StoreError};
 use tokio::net::UnixListener;
 
 use crate::gateways::{Gateways, applied_gateway};
+use crate::proxies::Proxies;
 use crate::state::ProjectState;
 
 pub use home::Home;
@@ -111,12 +113,19 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     // Engines run as `aistack engine`: this very binary.
     let program = std::env::current_exe().map_err(prepare(PathBuf::from("/proc/self/exe")))?;
     let gateways = Arc::new(Gateways::new(program, run_dir.clone(), home.logs()));
-    readopt(&home, &store, &gateways).await;
+    let proxies = Arc::new(Proxies::new(home.clone()));
+    readopt(&home, &store, &gateways, &proxies).await;
 
-    let app = server::App::new(home.clone(), store, Arc::clone(&gateways));
+    let app = server::App::new(
+        home.clone(),
+        store,
+        Arc::clone(&gateways),
+        Arc::clone(&proxies),
+    );
     let served = axum::serve(listener, app.router())
         .with_graceful_shutdown(shutdown_signal())
         .await;
+    proxies.shutdown().await;
     gateways.shutdown().await;
 
     let _ = fs::remove_file(&socket);
@@ -127,9 +136,33 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
 }
 
 /// Serves again what the projects' records say was applied, after a daemon restart.
-async fn readopt(home: &Home, store: &Arc<Store>, gateways: &Arc<Gateways>) {
+async fn readopt(home: &Home, store: &Arc<Store>, gateways: &Arc<Gateways>, proxies: &Proxies) {
     for project in ProjectState::projects(home) {
+        readopt_proxies(home, proxies, &project).await;
         readopt_project(home, store, gateways, &project).await;
+    }
+}
+
+/// Starts again, each on its recorded port, the proxies `project`'s record says were
+/// applied and that do not run. Credential values come with the next `up`. A port now
+/// taken is logged and tried again by the next apply.
+pub(crate) async fn readopt_proxies(home: &Home, proxies: &Proxies, project: &str) {
+    let Ok(state) = ProjectState::load(home, project) else {
+        return;
+    };
+    for proxy in state.resources.iter().filter(|r| r.id.kind == Kind::Proxy) {
+        if proxies.is_running(project, &proxy.id.name).await {
+            continue;
+        }
+        let policy = serde_json::Value::Object(
+            (proxy.fields.iter())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+        let port = host::recorded_port(proxy);
+        if let Err(e) = proxies.apply(project, &proxy.id.name, &policy, port).await {
+            tracing::warn!(project, "{}: not restarted: {}", proxy.id, e.message);
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use crate::api::{ApplyLine, ApplyRequest, Health, Problem};
 use crate::gateways::Gateways;
 use crate::home::Home;
 use crate::host::MachineHost;
+use crate::proxies::Proxies;
 use crate::state::ProjectState;
 use crate::status::{project_status, serving_status};
 
@@ -31,6 +32,7 @@ pub struct App {
     home: Home,
     store: Arc<Store>,
     gateways: Arc<Gateways>,
+    proxies: Arc<Proxies>,
     projects: Arc<Mutex<HashMap<String, Arc<ProjectSlot>>>>,
 }
 
@@ -42,12 +44,18 @@ struct ProjectSlot {
 }
 
 impl App {
-    /// The API over `home`, its store and the daemon's gateways.
-    pub fn new(home: Home, store: Arc<Store>, gateways: Arc<Gateways>) -> Self {
+    /// The API over `home`, its store and the daemon's gateways and proxies.
+    pub fn new(
+        home: Home,
+        store: Arc<Store>,
+        gateways: Arc<Gateways>,
+        proxies: Arc<Proxies>,
+    ) -> Self {
         App {
             home,
             store,
             gateways,
+            proxies,
             projects: Arc::default(),
         }
     }
@@ -106,6 +114,25 @@ async fn status(State(app): State<App>, Path(name): Path<String>) -> Response {
                         r.state = "stopped".to_owned();
                         r.detail = Some(
                             "not serving; `aistack logs` says why, `aistack up` retries".to_owned(),
+                        );
+                    }
+                }
+            }
+            // A proxy serves where its listener is now, which the record also names.
+            let endpoints = app.proxies.endpoints(&name).await;
+            for r in status.resources.iter_mut().filter(|r| r.kind == "proxy") {
+                match endpoints.get(&r.name) {
+                    Some(address) => {
+                        r.state = "running".to_owned();
+                        r.endpoint = Some(format!("http://{address}"));
+                        r.detail = None;
+                    }
+                    None => {
+                        r.state = "stopped".to_owned();
+                        r.endpoint = None;
+                        r.detail = Some(
+                            "not listening; `aistack logs` says why, `aistack up` retries"
+                                .to_owned(),
                         );
                     }
                 }
@@ -178,10 +205,15 @@ async fn run_apply(app: App, request: ApplyRequest, out: mpsc::UnboundedSender<A
     // Before any step: a gateway created or changed by this plan needs its key, and one
     // that has no step takes a new key at once. `down` sends none and changes no key.
     if !request.secrets.0.is_empty() {
+        app.proxies
+            .set_secrets(&plan.project, &request.secrets.0)
+            .await;
         app.gateways
             .set_secrets(&plan.project, request.secrets.0)
             .await;
     }
+    // Likewise a proxy that could not listen again on its recorded port.
+    crate::readopt_proxies(&app.home, &app.proxies, &plan.project).await;
     // A gateway that could not be restarted with the daemon (its port was taken) is tried
     // again by the next `up`, even one with nothing to change.
     if !app.gateways.is_attached(&plan.project).await {
@@ -213,6 +245,7 @@ async fn apply_plan(
         app.home.clone(),
         Arc::clone(&app.store),
         Arc::clone(&app.gateways),
+        Arc::clone(&app.proxies),
         &plan.project,
         remove_models,
     );

@@ -125,13 +125,21 @@ impl Policy {
         match destination {
             Destination::Ip(ip) => self.decide(None, &[canonical(*ip)], port),
             Destination::Name(name) => {
-                if let Some(rule) = self.deny.iter().find(|r| name_matches(r, name, port)) {
-                    return deny(Reason::Deny(rule.to_string()));
+                if let Some(verdict) = self.deny_by_name(name, port) {
+                    return verdict;
                 }
                 let addresses: Vec<IpAddr> = resolve(name).into_iter().map(canonical).collect();
                 self.decide(Some(name), &addresses, port)
             }
         }
+    }
+
+    /// The verdict of a deny rule that names `name` on `port`, decided before resolving: a
+    /// denied name is never looked up. [`Policy::check`] asks the same first.
+    #[must_use]
+    pub fn deny_by_name(&self, name: &str, port: u16) -> Option<Verdict> {
+        (self.deny.iter().find(|r| name_matches(r, name, port)))
+            .map(|rule| deny(Reason::Deny(rule.to_string())))
     }
 
     fn decide(&self, name: Option<&str>, addresses: &[IpAddr], port: u16) -> Verdict {

@@ -1,0 +1,219 @@
+//! The network-policy proxies this daemon runs: one loopback listener per project and
+//! policy, with the project's CA, network log and credential values.
+//!
+//! Credential values arrive with each apply, as the gateway's key does, and live only in
+//! memory; the listeners read them at request time. After a daemon restart they are unknown
+//! until the next `up`, so a request that needs one is refused (502, with the fix) rather
+//! than sent without it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use aistack_apply::HostError;
+use aistack_proxy::authority::{Authority, upstream_config};
+use aistack_proxy::netlog::{self, NetworkLog};
+use aistack_proxy::resolve::SystemResolver;
+use aistack_proxy::{Config, Limits, Proxy, Settings};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::home::Home;
+
+/// The variable naming a PEM file of extra CAs that intercepted upstreams may present
+/// (besides the system's roots), as Node's `NODE_EXTRA_CA_CERTS` does.
+pub const EXTRA_CA_ENV: &str = "AISTACK_EXTRA_CA_CERTS";
+
+/// The running proxies.
+pub struct Proxies {
+    home: Home,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// By project, then policy name.
+    running: BTreeMap<String, BTreeMap<String, Proxy>>,
+    projects: BTreeMap<String, Project>,
+    /// Credential values by project, then variable; kept apart so that a project with no
+    /// proxy gets no CA.
+    secrets: BTreeMap<String, Arc<RwLock<BTreeMap<String, String>>>>,
+}
+
+/// What a project's listeners share.
+struct Project {
+    log: NetworkLog,
+    authority: Arc<Authority>,
+}
+
+impl Proxies {
+    /// No proxies yet.
+    pub fn new(home: Home) -> Proxies {
+        Proxies {
+            home,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Keeps `project`'s credential values; its listeners use them from the next request.
+    pub async fn set_secrets(&self, project: &str, secrets: &BTreeMap<String, String>) {
+        let mut inner = self.inner.lock().await;
+        let held = inner.secrets.entry(project.to_owned()).or_default();
+        *held.write().unwrap_or_else(PoisonError::into_inner) = secrets.clone();
+    }
+
+    async fn project(&self, project: &str) -> Result<ProjectHandles, HostError> {
+        let mut inner = self.inner.lock().await;
+        let secrets = Arc::clone(inner.secrets.entry(project.to_owned()).or_default());
+        if let Some(shared) = inner.projects.get(project) {
+            return Ok(ProjectHandles::of(shared, secrets));
+        }
+        let dir = self.home.project(project);
+        let authority = Authority::load_or_create(&dir).map_err(|e| {
+            let error = HostError::new(e.to_string());
+            match e.help() {
+                Some(help) => error.with_help(help),
+                None => error,
+            }
+        })?;
+        let path = netlog::path(&self.home.logs(), project);
+        let log = NetworkLog::open(path.clone(), netlog::DEFAULT_MAX_BYTES).map_err(|e| {
+            HostError::new(format!(
+                "Cannot open the network log `{}`: {e}",
+                path.display()
+            ))
+            .with_help("Check the permissions of `AISTACK_HOME/logs`")
+        })?;
+        let shared = Project {
+            log,
+            authority: Arc::new(authority),
+        };
+        let handles = ProjectHandles::of(&shared, secrets);
+        inner.projects.insert(project.to_owned(), shared);
+        Ok(handles)
+    }
+
+    /// Makes `project`'s listener for policy `name` enforce `payload` (a plan's `proxy`
+    /// payload): starts it on loopback (on `port` when re-adopting a recorded one, else any
+    /// free port), or, when it runs, swaps its policy in place. Returns where it listens.
+    pub async fn apply(
+        &self,
+        project: &str,
+        name: &str,
+        payload: &Value,
+        port: Option<u16>,
+    ) -> Result<SocketAddr, HostError> {
+        let config = Config::from_payload(name, payload).map_err(|e| {
+            HostError::new(format!("The plan's policy `{name}` is not readable: {e}"))
+                .with_help("Plan again with this version of aistack: run `aistack up`")
+        })?;
+        let handles = self.project(project).await?;
+        let mut inner = self.inner.lock().await;
+        if let Some(proxy) = inner.running.get(project).and_then(|p| p.get(name)) {
+            let closed = proxy.update(config);
+            if closed > 0 {
+                tracing::info!(
+                    project,
+                    policy = name,
+                    closed,
+                    "connections the new policy denies were closed"
+                );
+            }
+            return Ok(proxy.local_addr());
+        }
+        let upstream_tls = upstream_config(
+            std::env::var_os(EXTRA_CA_ENV).map(PathBuf::from).as_deref(),
+        )
+        .map_err(|e| {
+            let error = HostError::new(e.to_string());
+            match e.help() {
+                Some(help) => error.with_help(help),
+                None => error,
+            }
+        })?;
+        let secrets = Arc::clone(&handles.secrets);
+        let settings = Settings {
+            limits: Limits::default(),
+            resolver: Arc::new(SystemResolver),
+            log: handles.log,
+            authority: handles.authority,
+            upstream_tls,
+            secrets: Arc::new(move |variable: &str| {
+                (secrets.read().unwrap_or_else(PoisonError::into_inner))
+                    .get(variable)
+                    .cloned()
+            }),
+        };
+        let address = SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(0)));
+        let proxy = Proxy::bind(address, config, settings).await.map_err(|e| {
+            HostError::new(format!(
+                "The proxy for `network_policies.{name}` cannot listen on `{address}`: {e}"
+            ))
+            .with_help(
+                "Stop what uses that port, or run `aistack down` and `aistack up` to pick another",
+            )
+        })?;
+        let address = proxy.local_addr();
+        tracing::info!(project, policy = name, %address, "proxy listening");
+        inner
+            .running
+            .entry(project.to_owned())
+            .or_default()
+            .insert(name.to_owned(), proxy);
+        Ok(address)
+    }
+
+    /// Whether `project`'s listener for `name` runs.
+    pub async fn is_running(&self, project: &str, name: &str) -> bool {
+        let inner = self.inner.lock().await;
+        inner
+            .running
+            .get(project)
+            .is_some_and(|p| p.contains_key(name))
+    }
+
+    /// Where `project`'s listeners are, by policy name.
+    pub async fn endpoints(&self, project: &str) -> BTreeMap<String, SocketAddr> {
+        let inner = self.inner.lock().await;
+        (inner.running.get(project).into_iter().flatten())
+            .map(|(name, proxy)| (name.clone(), proxy.local_addr()))
+            .collect()
+    }
+
+    /// Stops `project`'s listener for `name`, closing its connections.
+    pub async fn stop(&self, project: &str, name: &str) {
+        let proxy = {
+            let mut inner = self.inner.lock().await;
+            inner.running.get_mut(project).and_then(|p| p.remove(name))
+        };
+        if let Some(proxy) = proxy {
+            proxy.shutdown().await;
+            tracing::info!(project, policy = name, "proxy stopped");
+        }
+    }
+
+    /// Stops every listener.
+    pub async fn shutdown(&self) {
+        let running = std::mem::take(&mut self.inner.lock().await.running);
+        for proxy in running.into_values().flat_map(BTreeMap::into_values) {
+            proxy.shutdown().await;
+        }
+    }
+}
+
+struct ProjectHandles {
+    log: NetworkLog,
+    authority: Arc<Authority>,
+    secrets: Arc<RwLock<BTreeMap<String, String>>>,
+}
+
+impl ProjectHandles {
+    fn of(project: &Project, secrets: Arc<RwLock<BTreeMap<String, String>>>) -> ProjectHandles {
+        ProjectHandles {
+            log: project.log.clone(),
+            authority: Arc::clone(&project.authority),
+            secrets,
+        }
+    }
+}

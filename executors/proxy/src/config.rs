@@ -1,0 +1,140 @@
+//! What a listener enforces (the policy, swapped whole on a `~` change) and the limits it
+//! runs under (fixed for its lifetime).
+
+use std::time::Duration;
+
+use aistack_spec::model::{Credential, NetworkPolicy};
+use aistack_spec::values::{HostRule, PolicyDefault};
+use serde_json::Value;
+
+use crate::destination::Destination;
+use crate::policy::Policy;
+
+/// A network policy as one listener enforces it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Who the listener serves, for the network log: the policy's name (a sandbox's, later).
+    pub source: String,
+    /// The allow/deny decision.
+    pub policy: Policy,
+    /// Hosts tunnelled without interception, so without credentials.
+    pub bypass: Vec<HostRule>,
+    /// Headers set on requests to a host, by canonical host.
+    pub credentials: Vec<(Destination, Credential)>,
+}
+
+impl Config {
+    /// The listener's view of `policy`.
+    #[must_use]
+    pub fn new(source: &str, policy: &NetworkPolicy) -> Config {
+        let credentials = (policy.credentials.iter())
+            .filter_map(|c| Some((Destination::parse(&c.host).ok()?, c.clone())))
+            .collect();
+        Config {
+            source: source.to_owned(),
+            policy: Policy::new(policy),
+            bypass: policy.bypass.clone(),
+            credentials,
+        }
+    }
+
+    /// The policy from a plan's `proxy` payload (the canonical JSON the planner wrote).
+    ///
+    /// # Errors
+    ///
+    /// A message naming the field that does not hold what the planner writes.
+    pub fn from_payload(source: &str, payload: &Value) -> Result<Config, String> {
+        let rules = |key: &str| -> Result<Vec<HostRule>, String> {
+            (payload
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten())
+            .map(|rule| {
+                let text = rule
+                    .as_str()
+                    .ok_or_else(|| format!("`{key}` holds a non-string"))?;
+                HostRule::parse(text).map_err(|e| format!("`{key}`: {}", e.reason))
+            })
+            .collect()
+        };
+        let default = payload
+            .get("default")
+            .and_then(Value::as_str)
+            .and_then(PolicyDefault::from_name)
+            .ok_or("`default` is not `allow` or `deny`")?;
+        let credentials = (payload.get("credentials").and_then(Value::as_array))
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let field = |name: &str| {
+                    c.get(name)
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("a credential has no `{name}`"))
+                };
+                Ok(Credential {
+                    host: field("host")?,
+                    header: field("header")?,
+                    from_env: field("from_env")?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let policy = NetworkPolicy {
+            default,
+            allow: rules("allow")?,
+            deny: rules("deny")?,
+            bypass: rules("bypass")?,
+            credentials,
+        };
+        Ok(Config::new(source, &policy))
+    }
+
+    /// The credential for requests to `destination`, if it has one.
+    #[must_use]
+    pub fn credential(&self, destination: &Destination) -> Option<&Credential> {
+        (self.credentials.iter())
+            .find(|(host, _)| host == destination)
+            .map(|(_, c)| c)
+    }
+
+    /// Whether CONNECT to `destination:port` is intercepted for credential injection:
+    /// the host has a credential and no `bypass` rule names it.
+    #[must_use]
+    pub fn intercepts(&self, destination: &Destination, port: u16) -> bool {
+        let bypassed = match destination {
+            Destination::Name(name) => (self.bypass.iter())
+                .any(|r| r.port.is_none_or(|p| p == port) && r.matches_host(name)),
+            Destination::Ip(_) => false,
+        };
+        !bypassed && self.credential(destination).is_some()
+    }
+}
+
+/// Sizes and timeouts that keep one client from holding the proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Request line plus headers, in bytes (hyper's read buffer, at least 8 KiB).
+    pub max_head_bytes: usize,
+    /// The longest request target, in bytes.
+    pub max_uri_bytes: usize,
+    /// From the first byte of a request (or the end of the previous response) to the end
+    /// of its headers; closes slow and idle keep-alive clients alike.
+    pub header_timeout: Duration,
+    /// A tunnel or upgraded connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Dialling one upstream address.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! One proxy listener: accepts clients, decides each request with the policy in force, and
+//! keeps the registry of open upstream connections so that a policy change closes exactly
+//! those it no longer allows.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::authority::Authority;
+use crate::config::{Config, Limits};
+use crate::destination::{Destination, canonical};
+use crate::exchange::{self, Client};
+use crate::netlog::{Entry, NetworkLog};
+use crate::policy::Decision;
+use crate::resolve::Resolve;
+
+/// Reads a secret (a credential's `from_env`) at request time.
+pub type Secrets = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// What a listener runs with, fixed for its lifetime.
+#[derive(Clone)]
+pub struct Settings {
+    /// Sizes and timeouts.
+    pub limits: Limits,
+    /// How names are resolved.
+    pub resolver: Arc<dyn Resolve>,
+    /// Where decisions go.
+    pub log: NetworkLog,
+    /// The project's CA, which signs the certificates of intercepted hosts.
+    pub authority: Arc<Authority>,
+    /// How upstreams of intercepted hosts are verified.
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+    /// Credential values, by variable name.
+    pub secrets: Secrets,
+}
+
+/// A running listener.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    address: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+pub(crate) struct Shared {
+    config: RwLock<Arc<Config>>,
+    pub(crate) settings: Settings,
+    live: Mutex<HashMap<u64, Live>>,
+    next: AtomicU64,
+    stop: CancellationToken,
+}
+
+/// An open upstream connection, as the policy sees it.
+struct Live {
+    destination: Destination,
+    port: u16,
+    address: IpAddr,
+    cancel: CancellationToken,
+}
+
+/// Removes a connection from the registry when it ends.
+pub(crate) struct LiveGuard {
+    shared: Arc<Shared>,
+    id: u64,
+    /// Fires when the policy no longer allows the connection, or the listener stops.
+    pub(crate) cancel: CancellationToken,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        lock(&self.shared.live).remove(&self.id);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Proxy {
+    /// Listens on `address` (port 0 picks one) and serves until [`Proxy::shutdown`].
+    ///
+    /// # Errors
+    ///
+    /// The address cannot be bound.
+    pub async fn bind(
+        address: SocketAddr,
+        config: Config,
+        settings: Settings,
+    ) -> io::Result<Proxy> {
+        let listener = TcpListener::bind(address).await?;
+        let address = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            config: RwLock::new(Arc::new(config)),
+            settings,
+            live: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+        });
+        let task = tokio::spawn(accept(listener, Arc::clone(&shared)));
+        Ok(Proxy {
+            shared,
+            address,
+            task,
+        })
+    }
+
+    /// Where clients connect.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Enforces `config` from the next request on. Open connections the new policy still
+    /// allows (to the address they were dialled to) go on; the others are closed. Returns
+    /// how many were closed.
+    pub fn update(&self, config: Config) -> usize {
+        let config = Arc::new(config);
+        *self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::clone(&config);
+        let live = lock(&self.shared.live);
+        let mut closed = 0;
+        for connection in live.values() {
+            let verdict = (config.policy).check(&connection.destination, connection.port, |_| {
+                vec![connection.address]
+            });
+            if verdict.decision == Decision::Deny {
+                connection.cancel.cancel();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// The number of open upstream connections.
+    #[must_use]
+    pub fn connections(&self) -> usize {
+        lock(&self.shared.live).len()
+    }
+
+    /// Stops accepting and closes every connection.
+    pub async fn shutdown(self) {
+        self.shared.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(Arc::clone(&shared), stream));
+            }
+            Err(error) => {
+                // Out of descriptors, most likely: the clients already connected go on,
+                // and new ones wait until some close.
+                tracing::warn!(%error, "The proxy cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve(shared: Arc<Shared>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let stop = shared.stop.clone();
+    let client = Arc::new(Client::default());
+    let limits = shared.settings.limits;
+    let service = {
+        let shared = Arc::clone(&shared);
+        service_fn(move |request| {
+            let shared = Arc::clone(&shared);
+            let client = Arc::clone(&client);
+            async move {
+                Ok::<_, std::convert::Infallible>(exchange::handle(&shared, &client, request).await)
+            }
+        })
+    };
+    let connection = http1_builder(&limits)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::select! {
+        _ = connection => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+/// The HTTP/1 server settings for clients, also used inside intercepted tunnels.
+pub(crate) fn http1_builder(limits: &Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8192))
+        .preserve_header_case(true);
+    builder
+}
+
+/// The outcome of deciding one request.
+pub(crate) enum Decided {
+    /// Allowed: the rule, and the checked addresses to dial, in order.
+    Allowed {
+        rule: String,
+        addresses: Vec<IpAddr>,
+    },
+    /// Denied by the rule.
+    Denied { rule: String },
+    /// The name has no address.
+    Unresolved { error: String },
+}
+
+impl Shared {
+    /// The policy in force now.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Decides under `config`: a name a deny rule names is not looked up; any other name
+    /// is resolved once, and every address of that one answer is checked.
+    pub(crate) async fn decide(
+        &self,
+        config: &Config,
+        destination: &Destination,
+        port: u16,
+    ) -> Decided {
+        let addresses = match destination {
+            Destination::Ip(ip) => vec![canonical(*ip)],
+            Destination::Name(name) => {
+                if let Some(verdict) = config.policy.deny_by_name(name, port) {
+                    return Decided::Denied {
+                        rule: verdict.reason.to_string(),
+                    };
+                }
+                match self.settings.resolver.resolve(name).await {
+                    Ok(found) if !found.is_empty() => found.into_iter().map(canonical).collect(),
+                    Ok(_) => {
+                        return Decided::Unresolved {
+                            error: "no address".to_owned(),
+                        };
+                    }
+                    Err(error) => {
+                        return Decided::Unresolved {
+                            error: error.to_string(),
+                        };
+                    }
+                }
+            }
+        };
+        let verdict = config
+            .policy
+            .check(destination, port, |_| addresses.clone());
+        match verdict.decision {
+            Decision::Allow => Decided::Allowed {
+                rule: verdict.reason.to_string(),
+                addresses,
+            },
+            Decision::Deny => Decided::Denied {
+                rule: verdict.reason.to_string(),
+            },
+        }
+    }
+
+    /// Connects to the first of `addresses` that answers: only addresses the policy
+    /// checked, and no name resolved again.
+    pub(crate) async fn dial(
+        &self,
+        addresses: &[IpAddr],
+        port: u16,
+    ) -> io::Result<(TcpStream, IpAddr)> {
+        let timeout = self.settings.limits.connect_timeout;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for &address in addresses {
+            match tokio::time::timeout(timeout, TcpStream::connect((address, port))).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok((stream, address));
+                }
+                Ok(Err(error)) => last = error,
+                Err(_) => {
+                    last = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer within {}s", timeout.as_secs()),
+                    );
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Registers an open upstream connection, so a policy change can close it.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        destination: &Destination,
+        port: u16,
+        address: IpAddr,
+    ) -> LiveGuard {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let cancel = self.stop.child_token();
+        lock(&self.live).insert(
+            id,
+            Live {
+                destination: destination.clone(),
+                port,
+                address,
+                cancel: cancel.clone(),
+            },
+        );
+        LiveGuard {
+            shared: Arc::clone(self),
+            id,
+            cancel,
+        }
+    }
+
+    /// A log entry for a request that arrived now.
+    pub(crate) fn entry(
+        &self,
+        config: &Config,
+        method: &str,
+        destination: &Destination,
+        port: u16,
+    ) -> Entry {
+        Entry {
+            time: Entry::now_time(),
+            source: config.source.clone(),
+            method: method.to_owned(),
+            host: destination.to_string(),
+            port,
+            address: None,
+            rule: String::new(),
+            decision: crate::netlog::DENY.to_owned(),
+            status: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            intercepted: false,
+            error: None,
+        }
+    }
+
+    /// The network log.
+    pub(crate) fn log(&self) -> &NetworkLog {
+        &self.settings.log
+    }
+}
