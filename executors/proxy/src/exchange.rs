@@ -20,7 +20,7 @@ use crate::body::{self, Body, Counted, Counts};
 use crate::config::{Config, Limits};
 use crate::destination::Destination;
 use crate::netlog::Entry;
-use crate::server::{Decided, Shared, http1_builder};
+use crate::server::{Decided, LiveGuard, Shared, http1_builder};
 use crate::tunnel::{describe, pump};
 
 /// What one client connection keeps between its requests.
@@ -554,6 +554,8 @@ async fn connect(shared: &Arc<Shared>, mut request: Request<Incoming>) -> Respon
     entry.address = Some(address);
     entry.status = StatusCode::OK.as_u16();
     let on_upgrade = hyper::upgrade::on(&mut request);
+    // Registered before the client hears 200, so a policy change from then on covers it.
+    let live = shared.register(&destination, port, address);
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -571,9 +573,17 @@ async fn connect(shared: &Arc<Shared>, mut request: Request<Incoming>) -> Respon
             addresses: vec![address],
         };
         if config.intercepts(&target.destination, port) {
-            intercept(&shared, config, target, (stream, address), upgraded, entry).await;
+            intercept(
+                &shared,
+                config,
+                target,
+                (stream, address),
+                upgraded,
+                entry,
+                live,
+            )
+            .await;
         } else {
-            let live = shared.register(&target.destination, port, address);
             let idle = shared.settings.limits.idle_timeout;
             let pumped = pump(upgraded, stream, idle, &live.cancel).await;
             entry.bytes_up = pumped.up;
@@ -594,9 +604,9 @@ async fn intercept(
     dialled: (TcpStream, IpAddr),
     upgraded: TokioIo<hyper::upgrade::Upgraded>,
     mut entry: Entry,
+    live: LiveGuard,
 ) {
     entry.intercepted = true;
-    let live = shared.register(&target.destination, target.port, dialled.1);
     let name = match &target.destination {
         Destination::Ip(ip) => ip.to_string(),
         Destination::Name(name) => name.clone(),

@@ -1,10 +1,12 @@
 //! The network-policy proxy (DESIGN §7): what stands between an agent and the network.
 //!
-//! [`destination`] turns the host a client names (in a request line, a `Host` header or a
-//! CONNECT target) into one canonical form, however it was spelled, and [`policy`] decides
-//! whether a destination may be reached, given the addresses it resolved to; neither does
-//! I/O. The server resolves a name once, hands every address to [`policy::Policy::check`],
-//! and dials the address the verdict names.
+//! The pure core: [`destination`] turns the host a client names (in a request line, a
+//! `Host` header or a CONNECT target) into one canonical form, however it was spelled;
+//! [`policy`] decides whether a destination may be reached, given the addresses it resolved
+//! to; [`config`] is one listener's view of a network policy. Around it, [`server`] runs a
+//! listener: it resolves a name once ([`resolve`]), hands every address to the policy,
+//! dials only addresses it checked, intercepts TLS for hosts with credentials with the
+//! project's CA ([`authority`]), and records every decision in the [`netlog`].
 
 pub mod authority;
 mod body;

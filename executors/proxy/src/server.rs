@@ -12,7 +12,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +23,9 @@ use crate::exchange::{self, Client};
 use crate::netlog::{Entry, NetworkLog};
 use crate::policy::Decision;
 use crate::resolve::Resolve;
+
+/// Connections waiting to be accepted, at most (the kernel caps it at `somaxconn`).
+const BACKLOG: u32 = 4096;
 
 /// Reads a secret (a credential's `from_env`) at request time.
 pub type Secrets = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -96,7 +99,14 @@ impl Proxy {
         config: Config,
         settings: Settings,
     ) -> io::Result<Proxy> {
-        let listener = TcpListener::bind(address).await?;
+        let socket = match address {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        // Agents open connections in bursts; a short queue turns a burst into retries.
+        let listener = socket.listen(BACKLOG)?;
         let address = listener.local_addr()?;
         let shared = Arc::new(Shared {
             config: RwLock::new(Arc::new(config)),
