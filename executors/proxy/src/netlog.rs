@@ -36,6 +36,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Entries waiting for the writer at most; more are dropped.
 const CHANNEL_CAPACITY: usize = 4096;
 
+/// How long the writer rests after a batch; `--follow` sees a line within about this.
+const BATCH_INTERVAL: Duration = Duration::from_millis(20);
+
 /// [`Entry::decision`] of an allowed request.
 pub const ALLOW: &str = "allow";
 /// [`Entry::decision`] of a denied request.
@@ -242,6 +245,9 @@ impl Writer {
             for reply in replies.drain(..) {
                 let _ = reply.send(());
             }
+            // Entries recorded meanwhile queue up for the next batch without waking this
+            // thread: the wake-up is a system call on the path of every proxied response.
+            std::thread::sleep(BATCH_INTERVAL);
         }
         self.flush();
         self.report_drops();
