@@ -81,7 +81,7 @@ async fn a_host_rule_never_reaches_loopback_even_when_the_name_resolves_there() 
 }
 
 #[tokio::test]
-async fn resolved_private_and_metadata_addresses_are_refused_before_any_dial() {
+async fn stub_resolved_private_and_metadata_addresses_are_refused_before_any_dial() {
     // The stub answers with addresses no test may dial; a 403 from the proxy itself shows
     // the request stopped at the decision.
     let proxy = Harness::start(&policy(Allow, &["*.test"], &[]), None).await;
