@@ -197,12 +197,18 @@ fn up_runs_a_policy_proxy_that_a_host_process_uses_and_a_change_applies_in_place
         "{body}"
     );
 
-    // Every decision is in the network log.
-    let log = env.ok(&["network", "log", "--json"]);
-    let entries: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // Every decision is in the network log, which the proxy writes in batches.
+    let mut log = String::new();
+    let mut entries: Vec<serde_json::Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !entries.iter().any(|e| e["status"] == 403) {
+        std::thread::sleep(Duration::from_millis(50));
+        log = env.ok(&["network", "log", "--json"]);
+        entries = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    }
     assert!(entries.len() >= 3, "{log}");
     assert!(entries.iter().all(|e| e["source"] == "local"));
     let denied = entries
