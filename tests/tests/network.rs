@@ -92,6 +92,17 @@ fn without_a_log_it_says_when_one_is_written() {
 }
 
 #[test]
+fn an_empty_log_says_how_to_fill_it() {
+    let env = TestEnv::new();
+    let logs = env.home().join("logs");
+    fs::create_dir_all(&logs).expect("logs dir");
+    fs::write(logs.join("network-demo.jsonl"), "").expect("write log");
+    let out = env.run(&["-p", "demo", "network", "log"]);
+    assert_eq!(out.status.code(), Some(0), "{}", rendered(&out));
+    insta::assert_snapshot!("network_log_empty", rendered(&out));
+}
+
+#[test]
 fn follow_prints_requests_as_they_are_logged() {
     let env = env_with_log();
     let mut child = env

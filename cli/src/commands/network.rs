@@ -80,7 +80,10 @@ async fn log(
         return Ok(ExitCode::SUCCESS);
     };
     if !follow {
-        if let (Some(name), 0, false) = (name, shown, entries.is_empty()) {
+        if entries.is_empty() && follower.found() {
+            eprintln!("No requests in the network log of project `{project}` yet");
+            eprintln!("hint: Send some through a proxy: `aistack status` shows their endpoints");
+        } else if let (Some(name), 0) = (name, shown) {
             no_entries_from(name, &project, &entries);
         }
         return Ok(ExitCode::SUCCESS);
