@@ -100,6 +100,17 @@ impl SpecArgs {
         })
     }
 
+    /// The project for commands that work without a readable spec (`down`, `logs`,
+    /// `network log`): `-p`, else `name:` of a spec that loads, else the directory name.
+    pub fn project_without_spec(&self) -> Result<String, Failure> {
+        let base_dir = self.base_dir()?;
+        let spec_name = self
+            .load()
+            .ok()
+            .and_then(|loaded| loaded.document.spec.name);
+        self.project_name(spec_name.as_deref(), &base_dir)
+    }
+
     /// `-p`, else the spec's `name:`, else the directory name, as Compose does.
     pub fn project_name(
         &self,

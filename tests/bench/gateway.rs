@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aistack_tests::bench::{median, wait_idle};
 use aistack_tests::{TestEnv, free_port, test_model, wait_for};
 use serde_json::{Value, json};
 
@@ -41,39 +42,6 @@ fn rounds() -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5)
-}
-
-fn wait_idle() -> f64 {
-    let load = || {
-        fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let wait = std::env::var("AISTACK_BENCH_IDLE_WAIT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map_or(IDLE_WAIT, Duration::from_secs);
-    let deadline = Instant::now() + wait;
-    while load() >= 0.5 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    let l = load();
-    if l >= 0.5 {
-        eprintln!(
-            "warning: machine not idle after {wait:?} (1-min load {l:.2}); numbers are noisy"
-        );
-    }
-    l
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
 }
 
 // ---------- minimal HTTP/1.1 ----------
@@ -453,7 +421,7 @@ fn main() {
             "warning: no llama-server (run scripts/build-llama-server or set LLAMA_SERVER); comparisons skipped"
         );
     }
-    let load = wait_idle();
+    let load = wait_idle(IDLE_WAIT);
     println!("1-min load at start {load:.2}");
 
     // a + c + d: one stream.

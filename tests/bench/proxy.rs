@@ -32,6 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use aistack_tests::bench::{median, wait_idle};
 use aistack_tests::{TestEnv, free_port, wait_for};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -68,36 +69,6 @@ fn env_number(name: &str, default: u64) -> u64 {
         .and_then(|s| s.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or(default)
-}
-
-fn wait_idle() -> f64 {
-    let load = || {
-        fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let wait = Duration::from_secs(env_number("AISTACK_BENCH_IDLE_WAIT", IDLE_WAIT.as_secs()));
-    let deadline = Instant::now() + wait;
-    while load() >= 0.5 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    let l = load();
-    if l >= 0.5 {
-        eprintln!(
-            "warning: machine not idle after {wait:?} (1-min load {l:.2}); numbers are noisy"
-        );
-    }
-    l
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
 }
 
 /// The `q` quantile (nearest rank) of `v`, in milliseconds.
@@ -607,7 +578,7 @@ fn main() {
         }
     });
 
-    let load = wait_idle();
+    let load = wait_idle(IDLE_WAIT);
     let pids: Vec<String> = (paths.iter().filter_map(|p| p.pid.clone()))
         .chain(["self".to_owned()])
         .collect();

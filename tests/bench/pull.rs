@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aistack_tests::TestEnv;
+use aistack_tests::bench::wait_idle;
 use aistack_tests::registry::Registry;
 
 const ROUNDS: usize = 7;
@@ -60,21 +61,6 @@ fn check(what: &str, out: &Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Waits (bounded) until the 1-minute load average is under 0.5; returns it.
-fn wait_idle() -> f64 {
-    let load = || {
-        fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let deadline = Instant::now() + IDLE_WAIT;
-    while load() >= 0.5 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    load()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -188,7 +174,7 @@ fn main() {
     time_aistack(&reference);
     time_skopeo(&reference, auth.path());
 
-    let load = wait_idle();
+    let load = wait_idle(IDLE_WAIT);
     let mut aistack = Vec::with_capacity(ROUNDS);
     let mut skopeo = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: the `aistack` binary, a throwaway `AISTACK_HOME`, the
 //! real test model, and process control.
 
+pub mod bench;
 pub mod registry;
 
 use std::fs;
@@ -218,6 +219,16 @@ impl Drop for TestEnv {
             wait_gone(pid, Duration::from_secs(5));
         }
     }
+}
+
+/// A finished command as the snapshots show it: exit code, stdout, stderr.
+pub fn rendered(out: &Output) -> String {
+    format!(
+        "exit: {}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// sha256 hex of a file.

@@ -4,16 +4,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use aistack_tests::{TestEnv, repo_root};
-
-fn rendered(out: &std::process::Output) -> String {
-    format!(
-        "exit: {}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use aistack_tests::{TestEnv, rendered, repo_root};
 
 #[test]
 fn schema_matches_the_committed_copy() {

@@ -6,16 +6,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use aistack_tests::{TestEnv, terminate, wait_gone};
-
-fn rendered(out: &std::process::Output) -> String {
-    format!(
-        "exit: {}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use aistack_tests::{TestEnv, rendered, terminate, wait_gone};
 
 /// Older entries, in the rotated file.
 const ROTATED: &[&str] = &[

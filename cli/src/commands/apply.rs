@@ -63,13 +63,7 @@ pub async fn up(spec: &SpecArgs, options: UpOptions) -> Result<ExitCode, Failure
 /// `aistack down`.
 pub async fn down(spec: &SpecArgs, models: bool) -> Result<ExitCode, Failure> {
     let home = home()?;
-    let base_dir = spec.base_dir()?;
-    // The spec names the project; without a readable spec, `-p` or the directory does.
-    let spec_name = spec
-        .load()
-        .ok()
-        .and_then(|loaded| loaded.document.spec.name);
-    let project = spec.project_name(spec_name.as_deref(), &base_dir)?;
+    let project = spec.project_without_spec()?;
     let observed = aistack_daemon::state::ProjectState::load(&home, &project)?.observed();
     let plan = aistack_planner::reconcile_down(&project, &observed);
     print!("{}", plan.render_text());

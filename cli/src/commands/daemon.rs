@@ -113,12 +113,7 @@ pub async fn logs(spec: &SpecArgs, name: Option<&str>, follow: bool) -> Result<E
     let path = match engine {
         None => home.daemon_log(),
         Some(model) => {
-            let base_dir = spec.base_dir()?;
-            let spec_name = spec
-                .load()
-                .ok()
-                .and_then(|loaded| loaded.document.spec.name);
-            let project = spec.project_name(spec_name.as_deref(), &base_dir)?;
+            let project = spec.project_without_spec()?;
             // The gateway names engine logs so (see `aistack_gateway::Launcher`).
             home.logs().join(format!("engine-{project}-{model}.log"))
         }

@@ -46,14 +46,7 @@ async fn log(
     follow: bool,
 ) -> Result<ExitCode, Failure> {
     let home = home()?;
-    // As `logs` does: with `-p` (or in a directory whose name is the project) no readable
-    // spec is needed.
-    let base_dir = spec.base_dir()?;
-    let spec_name = spec
-        .load()
-        .ok()
-        .and_then(|loaded| loaded.document.spec.name);
-    let project = spec.project_name(spec_name.as_deref(), &base_dir)?;
+    let project = spec.project_without_spec()?;
     let path = netlog::path(&home.logs(), &project);
     let cannot_read = |e: io::Error| {
         Failure::from(Report::new(

@@ -231,15 +231,7 @@ impl Host for MachineHost {
                 self.gateways.preload(&self.project, model).await?;
                 return Ok(Outputs::new());
             }
-            Payload::Proxy { policy } => {
-                let address = (self.proxies)
-                    .apply(&self.project, &desired.id.name, policy, None)
-                    .await?;
-                return Ok(Outputs::from([(
-                    ENDPOINT.to_owned(),
-                    format!("http://{address}"),
-                )]));
-            }
+            Payload::Proxy { policy } => return self.listen(desired, policy, None).await,
             Payload::Template { .. } | Payload::Sandbox { .. } => {
                 return Err(HostError::new(format!("Cannot create `{}`", desired.id)));
             }
@@ -264,14 +256,7 @@ impl Host for MachineHost {
         // A proxy swaps its policy in place, keeping its port and the connections the new
         // policy still allows.
         if let Payload::Proxy { policy } = &desired.payload {
-            let port = recorded_port(current);
-            let address = (self.proxies)
-                .apply(&self.project, &desired.id.name, policy, port)
-                .await?;
-            return Ok(Outputs::from([(
-                ENDPOINT.to_owned(),
-                format!("http://{address}"),
-            )]));
+            return self.listen(desired, policy, recorded_port(current)).await;
         }
         // Serving settings change in place: the gateway takes its new settings, a model is
         // made sure of (idempotent import) and registered anew.
@@ -323,6 +308,23 @@ impl Host for MachineHost {
 }
 
 impl MachineHost {
+    /// Runs the proxy of a policy (on `port` when it keeps its recorded one) and records
+    /// where it listens.
+    async fn listen(
+        &self,
+        desired: &Desired,
+        policy: &serde_json::Value,
+        port: Option<u16>,
+    ) -> Result<Outputs, HostError> {
+        let address = (self.proxies)
+            .apply(&self.project, &desired.id.name, policy, port)
+            .await?;
+        Ok(Outputs::from([(
+            ENDPOINT.to_owned(),
+            format!("http://{address}"),
+        )]))
+    }
+
     async fn attach(&self, desired: &Desired) -> Result<Outputs, HostError> {
         let spec = GatewaySpec::from_fields(&desired.fields).ok_or_else(|| {
             HostError::new(format!("The plan's `{}` has no valid `listen`", desired.id))

@@ -39,6 +39,8 @@ struct Inner {
     /// Credential values by project, then variable; kept apart so that a project with no
     /// proxy gets no CA.
     secrets: BTreeMap<String, Arc<RwLock<BTreeMap<String, String>>>>,
+    /// How intercepted upstreams are verified, shared by every listener.
+    upstream_tls: Option<Arc<aistack_proxy::ClientConfig>>,
 }
 
 /// What a project's listeners share.
@@ -70,13 +72,7 @@ impl Proxies {
             return Ok(ProjectHandles::of(shared, secrets));
         }
         let dir = self.home.project(project);
-        let authority = Authority::load_or_create(&dir).map_err(|e| {
-            let error = HostError::new(e.to_string());
-            match e.help() {
-                Some(help) => error.with_help(help),
-                None => error,
-            }
-        })?;
+        let authority = Authority::load_or_create(&dir).map_err(authority_error)?;
         let path = netlog::path(&self.home.logs(), project);
         let log = NetworkLog::open(path.clone(), netlog::DEFAULT_MAX_BYTES).map_err(|e| {
             HostError::new(format!(
@@ -122,16 +118,16 @@ impl Proxies {
             }
             return Ok(proxy.local_addr());
         }
-        let upstream_tls = upstream_config(
-            std::env::var_os(EXTRA_CA_ENV).map(PathBuf::from).as_deref(),
-        )
-        .map_err(|e| {
-            let error = HostError::new(e.to_string());
-            match e.help() {
-                Some(help) => error.with_help(help),
-                None => error,
+        // The system's roots are read once per daemon, when its first listener starts.
+        let upstream_tls = match &inner.upstream_tls {
+            Some(config) => Arc::clone(config),
+            None => {
+                let extra = std::env::var_os(EXTRA_CA_ENV).map(PathBuf::from);
+                let config = upstream_config(extra.as_deref()).map_err(authority_error)?;
+                inner.upstream_tls = Some(Arc::clone(&config));
+                config
             }
-        })?;
+        };
         let secrets = Arc::clone(&handles.secrets);
         let settings = Settings {
             limits: Limits::default(),
@@ -215,5 +211,13 @@ impl ProjectHandles {
             authority: Arc::clone(&project.authority),
             secrets,
         }
+    }
+}
+
+fn authority_error(e: aistack_proxy::authority::AuthorityError) -> HostError {
+    let error = HostError::new(e.to_string());
+    match e.help() {
+        Some(help) => error.with_help(help),
+        None => error,
     }
 }

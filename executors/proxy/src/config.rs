@@ -8,7 +8,7 @@ use aistack_spec::values::{HostRule, PolicyDefault};
 use serde_json::Value;
 
 use crate::destination::Destination;
-use crate::policy::Policy;
+use crate::policy::{Policy, name_matches};
 
 /// A network policy as one listener enforces it.
 #[derive(Debug, Clone)]
@@ -103,8 +103,7 @@ impl Config {
     #[must_use]
     pub fn intercepts(&self, destination: &Destination, port: u16) -> bool {
         let bypassed = match destination {
-            Destination::Name(name) => (self.bypass.iter())
-                .any(|r| r.port.is_none_or(|p| p == port) && r.matches_host(name)),
+            Destination::Name(name) => self.bypass.iter().any(|r| name_matches(r, name, port)),
             Destination::Ip(_) => false,
         };
         !bypassed && self.credential(destination).is_some()
@@ -125,6 +124,14 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Dialling one upstream address.
     pub connect_timeout: Duration,
+}
+
+impl Limits {
+    /// The head limit in force: hyper's read buffer cannot be smaller than 8 KiB.
+    #[must_use]
+    pub fn head_bytes(&self) -> usize {
+        self.max_head_bytes.max(8192)
+    }
 }
 
 impl Default for Limits {

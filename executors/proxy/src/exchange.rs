@@ -76,7 +76,7 @@ pub(crate) async fn handle(
 /// head only loosely: it gives up once the buffer holds that many bytes and no whole head,
 /// but one read can bring in a whole head of up to twice as many.
 fn oversized(limits: &Limits, request: &Request<Incoming>) -> Option<Response<Body>> {
-    let max = limits.max_head_bytes.max(8192);
+    let max = limits.head_bytes();
     // The request line (`METHOD target HTTP/1.1\r\n`), each `name: value\r\n`, and the blank line.
     let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
     let headers: usize = (request.headers().iter())

@@ -22,4 +22,6 @@ mod tunnel;
 pub use config::{Config, Limits};
 pub use destination::{Destination, DestinationError};
 pub use policy::{Decision, Policy, Verdict};
+/// What [`Settings::upstream_tls`] holds, for callers that keep one without naming rustls.
+pub use rustls::ClientConfig;
 pub use server::{Proxy, Settings};

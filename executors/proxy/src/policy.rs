@@ -192,7 +192,8 @@ fn port_matches(rule: &HostRule, port: u16) -> bool {
     rule.port.is_none_or(|p| p == port)
 }
 
-fn name_matches(rule: &HostRule, name: &str, port: u16) -> bool {
+/// Whether `rule` names host `name` on `port` (host and wildcard rules only).
+pub(crate) fn name_matches(rule: &HostRule, name: &str, port: u16) -> bool {
     port_matches(rule, port) && rule.matches_host(name)
 }
 

@@ -216,7 +216,7 @@ pub(crate) fn http1_builder(limits: &Limits) -> http1::Builder {
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_head_bytes.max(8192))
+        .max_buf_size(limits.head_bytes())
         .preserve_header_case(true);
     builder
 }

@@ -9,9 +9,10 @@ use aistack_proxy::Config;
 use aistack_spec::values::PolicyDefault::{Allow, Deny};
 use futures_util::{SinkExt, StreamExt};
 use support::{
-    Harness, SECRET, TestCa, Upstream, curl, policy, raw, read_head, status, with_credential,
+    Harness, SECRET, TestCa, Upstream, ask, closed_within, curl, policy, raw, read_head, status,
+    tunnel, with_credential,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -422,14 +423,8 @@ async fn websocket_upgrades_pass_through_absolute_form_requests() {
 async fn websocket_over_connect_with_a_real_client() {
     let upstream = Upstream::http().await;
     let proxy = Harness::start(&policy(Deny, &["127.0.0.0/8"], &[]), None).await;
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
     let target = format!("127.0.0.1:{}", upstream.port());
-    stream
-        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let stream = tunnel(proxy.addr(), &target).await;
     let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{target}/ws"), stream)
         .await
         .unwrap();
@@ -443,38 +438,20 @@ async fn a_policy_change_keeps_allowed_tunnels_and_closes_the_rest() {
     let upstream = Upstream::http().await;
     let first = policy(Deny, &["127.0.0.0/8"], &[]);
     let proxy = Harness::start(&first, None).await;
-    let open_tunnel = || async {
-        let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
-        let target = format!("127.0.0.1:{}", upstream.port());
-        stream
-            .write_all(format!("CONNECT {target} HTTP/1.1\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let head = read_head(&mut stream).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        stream
-    };
-    let mut tunnel = open_tunnel().await;
-    let ask = |path: &'static str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
+    let target = format!("127.0.0.1:{}", upstream.port());
+    let mut open = tunnel(proxy.addr(), &target).await;
     // A change that still allows the tunnel's address: it goes on.
     let widened = policy(Deny, &["127.0.0.0/8", "example.com"], &[]);
     assert_eq!(proxy.proxy.update(Config::new("agents", &widened)), 0);
-    tunnel.write_all(&ask("/still-open")).await.unwrap();
-    let mut buffer = [0; 512];
-    let n = tunnel.read(&mut buffer).await.unwrap();
-    assert!(
-        buffer[..n].starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buffer[..n])
-    );
+    let (code, body) = ask(&mut open, "/still-open").await;
+    assert_eq!(code, 200, "{body}");
     // A change that denies it: closed, and new requests are refused.
     let narrowed = policy(Deny, &["example.com"], &[]);
     assert_eq!(proxy.proxy.update(Config::new("agents", &narrowed)), 1);
-    let n = tokio::time::timeout(WAIT, tunnel.read(&mut buffer))
-        .await
-        .unwrap()
-        .unwrap_or(0);
-    assert_eq!(n, 0, "the tunnel is closed");
+    assert!(
+        closed_within(&mut open, WAIT).await.is_some(),
+        "the tunnel is closed"
+    );
     let answer = raw(
         proxy.addr(),
         format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", upstream.port()).as_bytes(),
