@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod registry;
+pub mod sandbox;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -193,7 +193,7 @@ fn up_refuses_kinds_without_executors_before_touching_anything() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("Sandboxes are not supported yet"),
+        stderr.contains("Templates from OCI images are not supported yet"),
         "{stderr}"
     );
     assert!(stderr.contains("Nothing was applied"), "{stderr}");

@@ -18,6 +18,7 @@ use aistack_store::{LocalFile, Store};
 use crate::gateways::{GatewaySpec, Gateways};
 use crate::home::Home;
 use crate::proxies::Proxies;
+use crate::sandboxes::{ROOTFS, SOCKET, Sandboxes};
 use crate::serving::model_config;
 use crate::state::ProjectState;
 
@@ -37,6 +38,7 @@ pub struct MachineHost {
     store: Arc<Store>,
     gateways: Arc<Gateways>,
     proxies: Arc<Proxies>,
+    sandboxes: Sandboxes,
     project: String,
     remove_models: bool,
 }
@@ -54,6 +56,7 @@ impl MachineHost {
         remove_models: bool,
     ) -> Self {
         MachineHost {
+            sandboxes: Sandboxes::new(home.clone()),
             home,
             store,
             gateways,
@@ -208,14 +211,8 @@ impl Host for MachineHost {
                 }
             }
             Payload::Proxy { .. } => Ok(()),
-            Payload::Template { .. } => Err(not_yet(
-                step,
-                "Sandbox templates",
-                "Remove `templates:` and `sandboxes:` for now",
-            )),
-            Payload::Sandbox { .. } => {
-                Err(not_yet(step, "Sandboxes", "Remove `sandboxes:` for now"))
-            }
+            Payload::Template { template } => check_template(step, template),
+            Payload::Sandbox { sandbox } => check_sandbox(step, sandbox),
         }
     }
 
@@ -232,8 +229,16 @@ impl Host for MachineHost {
                 return Ok(Outputs::new());
             }
             Payload::Proxy { policy } => return self.listen(desired, policy, None).await,
-            Payload::Template { .. } | Payload::Sandbox { .. } => {
-                return Err(HostError::new(format!("Cannot create `{}`", desired.id)));
+            Payload::Template { template } => {
+                progress.message("importing");
+                let rootfs = (self.sandboxes)
+                    .build_template(&self.project, &desired.id.name, &desired.hash, template)
+                    .await?;
+                let rootfs = rootfs.to_string_lossy().into_owned();
+                return Ok(Outputs::from([(ROOTFS.to_owned(), rootfs)]));
+            }
+            Payload::Sandbox { sandbox } => {
+                return self.start_sandbox(desired, sandbox, progress).await;
             }
         };
         let config = model_config(
@@ -284,7 +289,13 @@ impl Host for MachineHost {
                 self.proxies.stop(&self.project, &current.id.name).await;
                 return Ok(());
             }
-            Kind::Template | Kind::Sandbox => return Ok(()),
+            // A template's tree stays: it is a cache keyed by content that other
+            // projects may share.
+            Kind::Template => return Ok(()),
+            Kind::Sandbox => {
+                progress.message("stopping");
+                return self.sandboxes.remove(&self.project, &current.id.name).await;
+            }
         }
         if !self.remove_models {
             return Ok(());
@@ -307,7 +318,99 @@ impl Host for MachineHost {
     }
 }
 
+/// What the namespace backend cannot do yet is refused before anything runs.
+fn check_template(step: &Step, template: &serde_json::Value) -> Result<(), Unsupported> {
+    if template.pointer("/from/image").is_some() {
+        return Err(not_yet(
+            step,
+            "Templates from OCI images",
+            "Use `from: ./DIR`, a directory holding a root filesystem",
+        ));
+    }
+    if template
+        .get("run")
+        .and_then(|r| r.as_array())
+        .is_some_and(|r| !r.is_empty())
+    {
+        return Err(not_yet(
+            step,
+            "Template build steps (`run:`)",
+            "Build the root filesystem beforehand and point `from:` at it",
+        ));
+    }
+    Ok(())
+}
+
+fn check_sandbox(step: &Step, sandbox: &serde_json::Value) -> Result<(), Unsupported> {
+    let text = |key: &str| {
+        sandbox
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    };
+    let set = |key: &str| match sandbox.get(key) {
+        Some(serde_json::Value::Array(items)) => !items.is_empty(),
+        Some(serde_json::Value::Null) | None => false,
+        Some(_) => true,
+    };
+    let name = &step.id.name;
+    if text("isolation") == "microvm" {
+        return Err(not_yet(
+            step,
+            "MicroVM sandboxes",
+            &format!("Set `sandboxes.{name}.isolation` to `namespace` or `auto`"),
+        ));
+    }
+    if text("agent") != "shell" {
+        return Err(not_yet(
+            step,
+            &format!("Agent `{}` sandboxes", text("agent")),
+            &format!("Set `sandboxes.{name}.agent: shell` for now"),
+        ));
+    }
+    for key in ["network_policy", "models", "ports"] {
+        if set(key) {
+            return Err(not_yet(
+                step,
+                &format!("Sandbox `{key}`"),
+                &format!("Remove `sandboxes.{name}.{key}` for now: the sandbox has no network"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl MachineHost {
+    /// Starts a sandbox on its template's tree (recorded by the template's step, which
+    /// this step depends on).
+    async fn start_sandbox(
+        &self,
+        desired: &Desired,
+        sandbox: &serde_json::Value,
+        progress: &Progress,
+    ) -> Result<Outputs, HostError> {
+        let template = sandbox
+            .get("template")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default();
+        let rootfs = self
+            .sandboxes
+            .template_rootfs(&self.project, template)
+            .ok_or_else(|| HostError {
+                message: format!("Template `{template}` of `{}` is not built", desired.id),
+                help: Some("Run `aistack up` again".to_owned()),
+            })?;
+        progress.message("starting");
+        let socket = self
+            .sandboxes
+            .start(&self.project, &desired.id.name, sandbox, &rootfs)
+            .await?;
+        Ok(Outputs::from([(
+            SOCKET.to_owned(),
+            socket.to_string_lossy().into_owned(),
+        )]))
+    }
+
     /// Runs the proxy of a policy (on `port` when it keeps its recorded one) and records
     /// where it listens.
     async fn listen(

@@ -11,6 +11,7 @@ pub mod gateways;
 pub mod home;
 pub mod host;
 pub mod proxies;
+pub mod sandboxes;
 pub mod server;
 pub mod serving;
 pub mod state;

@@ -1,0 +1,172 @@
+//! `aistack exec NAME -- CMD...`: a command in a running sandbox, straight to its guest
+//! agent's socket (the daemon is not on the path, so a round trip is one connection).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+
+use aistack_daemon::sandboxes::Sandboxes;
+use aistack_sandbox::client::GuestClient;
+use aistack_sandbox::protocol::{Exec, Frame};
+use clap::Args;
+use tokio::io::AsyncReadExt;
+
+use super::home;
+use crate::load::SpecArgs;
+use crate::report::{Failure, Report};
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Pass standard input to the command.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Start the command in the background and return at once.
+    #[arg(short, long)]
+    detach: bool,
+    /// Set an environment variable (`-e KEY=VALUE`; repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside (default: the workspace).
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// User to run as: a name of the sandbox or `UID[:GID]` (default: `agent`).
+    #[arg(short, long)]
+    user: Option<String>,
+    /// The sandbox: its key under `sandboxes:`.
+    name: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// `aistack exec`: exits with the command's code (128 + the signal that ended it).
+pub async fn exec(spec: &SpecArgs, args: ExecArgs) -> Result<ExitCode, Failure> {
+    let loaded = spec.load()?;
+    let spec_doc = &loaded.document.spec;
+    let Some(sandbox) = spec_doc.sandboxes.get(&args.name) else {
+        let names: Vec<_> = spec_doc
+            .sandboxes
+            .keys()
+            .map(|k| format!("`{k}`"))
+            .collect();
+        return Err(Report::new(
+            format!("No sandbox `{}` in the spec", args.name),
+            Some(if names.is_empty() {
+                "Add one under `sandboxes:` and run `aistack up`".to_owned()
+            } else {
+                format!("The spec's sandboxes: {}", names.join(", "))
+            }),
+        )
+        .into());
+    };
+    let workspace = aistack_planner::local_path(&loaded.base_dir, &sandbox.workspace);
+    let mut env: BTreeMap<String, String> = spec_doc
+        .templates
+        .get(&sandbox.template)
+        .map(|t| t.env.clone())
+        .unwrap_or_default();
+    env.extend(sandbox.env.clone());
+    for pair in &args.env {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(Report::new(
+                format!("`-e {pair}` has no `=`"),
+                Some("Write it as `-e KEY=VALUE`".to_owned()),
+            )
+            .into());
+        };
+        env.insert(key.to_owned(), value.to_owned());
+    }
+    let request = Exec {
+        argv: args.command,
+        env,
+        cwd: Some(
+            args.workdir
+                .unwrap_or_else(|| workspace.display().to_string()),
+        ),
+        user: args.user,
+        tty: None,
+        detach: args.detach,
+    };
+    let socket = Sandboxes::socket(&home()?, &loaded.project, &args.name);
+    let client = GuestClient::new(&socket);
+    let guest_failure = |e: aistack_sandbox::client::GuestError| {
+        let help = e.help();
+        let message = match &e {
+            aistack_sandbox::client::GuestError::Unreachable { .. } => {
+                format!("Sandbox `{}` is not running", args.name)
+            }
+            other => other.to_string(),
+        };
+        Failure::from(Report::new(message, help))
+    };
+    let session = client.exec(request).await.map_err(guest_failure)?;
+    if args.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (mut output, mut input) = (session.output, session.input);
+    let (frames, mut to_send) = tokio::sync::mpsc::channel::<Frame>(16);
+    let interactive = args.interactive;
+    let stdin_frames = frames.clone();
+    tokio::spawn(async move {
+        if interactive {
+            let mut stdin = tokio::io::stdin();
+            let mut buffer = vec![0u8; 32 * 1024];
+            while let Ok(n) = stdin.read(&mut buffer).await {
+                if n == 0
+                    || stdin_frames
+                        .send(Frame::Stdin(buffer[..n].to_vec()))
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        let _ = stdin_frames.send(Frame::StdinEof).await;
+    });
+    tokio::spawn(async move {
+        // Ctrl-C goes to the command, as `docker exec` passes it on.
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if frames.send(Frame::Signal(SIGINT)).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(frame) = to_send.recv().await {
+            if input.send(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        match output.next().await {
+            Ok(Some(Frame::Stdout(data))) => write_all(&mut std::io::stdout(), &data),
+            Ok(Some(Frame::Stderr(data))) => write_all(&mut std::io::stderr(), &data),
+            Ok(Some(Frame::Exit(status))) => {
+                return Ok(ExitCode::from(status.shell_code().clamp(0, 255) as u8));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                return Err(Report::new(
+                    format!(
+                        "Lost the connection to sandbox `{}` before the command ended",
+                        args.name
+                    ),
+                    Some(format!(
+                        "`aistack status` shows whether `{}` still runs",
+                        args.name
+                    )),
+                )
+                .into());
+            }
+        }
+    }
+}
+
+fn write_all(out: &mut impl Write, data: &[u8]) {
+    let _ = out.write_all(data);
+    let _ = out.flush();
+}
+
+const SIGINT: i32 = 2;

@@ -1,0 +1,265 @@
+//! The sandboxes the daemon started, on the namespace backend, and their templates.
+//!
+//! A sandbox outlives a daemon restart (its host process is not tied to the daemon), so
+//! the daemon holds nothing it cannot find again: whether a sandbox runs is whether its
+//! guest agent answers on its socket.
+//!
+//! Paths (`AISTACK_HOME`): `templates/<hash>/rootfs` (a template's tree, owners moved
+//! into the sandbox id range), `projects/<p>/sandboxes/<name>/` (the sandbox's own
+//! layer, kept until it is removed), `run/sandbox-<p>-<name>/guest.sock`,
+//! `logs/sandbox-<p>-<name>.log`.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aistack_apply::HostError;
+use aistack_sandbox::cgroup::{DEFAULT_PIDS, Limits};
+use aistack_sandbox::client::GuestClient;
+use aistack_sandbox::idmap::{DEFAULT_BASE, IdRange};
+use aistack_sandbox::namespace::{self, Layout, Spec};
+use aistack_sandbox::rootfs;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::home::Home;
+use crate::state::write_atomically;
+
+/// Output key of a template: its root filesystem.
+pub const ROOTFS: &str = "rootfs";
+/// Output key of a sandbox: its guest agent's socket.
+pub const SOCKET: &str = "socket";
+
+/// How long a stopping sandbox's processes get between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+pub struct Sandboxes {
+    home: Home,
+    range: IdRange,
+}
+
+impl Sandboxes {
+    pub fn new(home: Home) -> Self {
+        Sandboxes {
+            home,
+            range: id_range(),
+        }
+    }
+
+    /// Which tree a project's template uses: `projects/<p>/templates/<name>`, a file
+    /// holding its path, written when the template is built (the project's state records
+    /// the step only after it, and the sandbox steps that follow need it at once).
+    fn template_link(&self, project: &str, name: &str) -> PathBuf {
+        self.home.project(project).join("templates").join(name)
+    }
+
+    pub fn template_rootfs(&self, project: &str, name: &str) -> Option<PathBuf> {
+        let path = fs::read_to_string(self.template_link(project, name)).ok()?;
+        let rootfs = PathBuf::from(path.trim());
+        rootfs.is_dir().then_some(rootfs)
+    }
+
+    /// A template's tree, imported once per hash of its inputs, and linked to the
+    /// project's template name.
+    pub async fn build_template(
+        &self,
+        project: &str,
+        name: &str,
+        hash: &str,
+        template: &Value,
+    ) -> Result<PathBuf, HostError> {
+        let dest = self.home.root().join("templates").join(hash).join("rootfs");
+        if !dest.is_dir() {
+            self.import(&dest, template).await?;
+        }
+        let link = self.template_link(project, name);
+        let written = fs::create_dir_all(link.parent().expect("a parent"))
+            .and_then(|()| write_atomically(&link, dest.to_string_lossy().as_bytes()));
+        written.map_err(|e| HostError::new(format!("Cannot record template `{name}`: {e}")))?;
+        Ok(dest)
+    }
+
+    async fn import(&self, dest: &Path, template: &Value) -> Result<(), HostError> {
+        let source = template
+            .pointer("/from/path")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                HostError::new("Only templates from a local directory can be built yet")
+            })?;
+        let source = PathBuf::from(source);
+        if !source.join("bin").is_dir() && !source.join("usr/bin").is_dir() {
+            return Err(HostError {
+                message: format!(
+                    "`{}` is not a root filesystem (it has no `bin/`)",
+                    source.display()
+                ),
+                help: Some(
+                    "Point `from:` at a directory holding a whole root filesystem".to_owned(),
+                ),
+            });
+        }
+        let range = self.range;
+        let target = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || rootfs::import(&source, &target, range))
+            .await
+            .map_err(|e| HostError::new(format!("The template import stopped: {e}")))?
+            .map_err(|e| HostError::new(format!("Cannot import the template: {e}")))
+    }
+
+    fn layout(&self, project: &str, name: &str) -> Layout {
+        Layout::new(
+            &self.home.project(project).join("sandboxes").join(name),
+            &self.home.run().join(format!("sandbox-{project}-{name}")),
+        )
+    }
+
+    /// The guest agent's socket of a sandbox.
+    pub fn socket(home: &Home, project: &str, name: &str) -> PathBuf {
+        Sandboxes::new(home.clone()).layout(project, name).socket()
+    }
+
+    /// Starts the sandbox unless its agent already answers.
+    pub async fn start(
+        &self,
+        project: &str,
+        name: &str,
+        sandbox: &Value,
+        rootfs: &Path,
+    ) -> Result<PathBuf, HostError> {
+        let layout = self.layout(project, name);
+        let socket = layout.socket();
+        if GuestClient::new(&socket)
+            .is_up(Duration::from_millis(500))
+            .await
+        {
+            return Ok(socket);
+        }
+        let workspace = sandbox
+            .get("workspace")
+            .and_then(Value::as_str)
+            .map(PathBuf::from);
+        let owner = match &workspace {
+            Some(dir) => {
+                let meta = fs::metadata(dir).map_err(|e| HostError {
+                    message: format!("Cannot use the workspace `{}`: {e}", dir.display()),
+                    help: Some("Create the directory, or point `workspace:` at one".to_owned()),
+                })?;
+                (meta.uid(), meta.gid())
+            }
+            None => (0, 0),
+        };
+        let spec = Spec {
+            guest: guest_binary()?,
+            layout,
+            lower: vec![rootfs.to_path_buf()],
+            workspace,
+            hostname: name.to_owned(),
+            range: self.range,
+            owner,
+            limits: Limits {
+                memory: sandbox.get("memory").and_then(Value::as_u64),
+                cpus: sandbox.get("cpus").and_then(Value::as_f64),
+                pids: DEFAULT_PIDS,
+            },
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_id: self.cgroup_id(project, name),
+            log: self.log(project, name),
+        };
+        let _ = fs::create_dir_all(self.home.logs());
+        let mut running = namespace::start(&spec).await.map_err(|e| HostError {
+            help: e.help(),
+            message: aistack_apply::chain(&e),
+        })?;
+        let log = self.log(project, name);
+        let cgroup = running.cgroup.clone();
+        tokio::spawn(async move {
+            let status = running.child.wait().await;
+            let _ = cgroup.remove();
+            tracing::info!(log = %log.display(), ?status, "sandbox ended");
+        });
+        Ok(socket)
+    }
+
+    /// Stops the sandbox and deletes its layer, socket directory and log. Idempotent.
+    pub async fn remove(&self, project: &str, name: &str) -> Result<(), HostError> {
+        let layout = self.layout(project, name);
+        let client = GuestClient::new(&layout.socket());
+        if client.shutdown(STOP_GRACE).await.is_ok() {
+            // The agent exits after its processes; its socket then refuses.
+            let deadline = tokio::time::Instant::now() + STOP_GRACE * 3;
+            while client.is_up(Duration::from_millis(200)).await
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        for dir in [&layout.dir, &layout.control] {
+            match fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(HostError::new(format!(
+                        "Cannot remove `{}`: {e}",
+                        dir.display()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let _ = fs::remove_file(self.log(project, name));
+        Ok(())
+    }
+
+    fn log(&self, project: &str, name: &str) -> PathBuf {
+        self.home
+            .logs()
+            .join(format!("sandbox-{project}-{name}.log"))
+    }
+
+    /// Unique on the host: several homes (tests, users) may have the same project names.
+    fn cgroup_id(&self, project: &str, name: &str) -> String {
+        let home = Sha256::digest(self.home.root().as_os_str().as_encoded_bytes());
+        format!("{project}-{name}-{}", &hex::encode(home)[..12])
+    }
+}
+
+/// The sandbox id range: the daemon user's `/etc/subuid` range, else the default.
+fn id_range() -> IdRange {
+    let uid = rustix::process::getuid().as_raw();
+    let user = std::env::var("USER").unwrap_or_else(|_| {
+        if uid == 0 {
+            "root".into()
+        } else {
+            String::new()
+        }
+    });
+    fs::read_to_string("/etc/subuid")
+        .ok()
+        .and_then(|text| IdRange::from_subid(&text, &user, uid))
+        .unwrap_or(IdRange { base: DEFAULT_BASE })
+}
+
+/// The static guest agent: `AISTACK_GUEST`, else `aistack-guest` beside this binary.
+fn guest_binary() -> Result<PathBuf, HostError> {
+    let path = match std::env::var_os("AISTACK_GUEST").filter(|p| !p.is_empty()) {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("aistack-guest")))
+            .unwrap_or_else(|| PathBuf::from("aistack-guest")),
+    };
+    let help = "Build it with `scripts/build-guest` and set `AISTACK_GUEST` to the path it prints";
+    match aistack_sandbox::guest::is_static(&path) {
+        Ok(true) => Ok(path),
+        Ok(false) => Err(HostError {
+            message: format!(
+                "The guest agent `{}` is not a static binary",
+                path.display()
+            ),
+            help: Some(help.to_owned()),
+        }),
+        Err(e) => Err(HostError {
+            message: format!("Cannot read the guest agent `{}`: {e}", path.display()),
+            help: Some(help.to_owned()),
+        }),
+    }
+}

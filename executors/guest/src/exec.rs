@@ -1,0 +1,233 @@
+//! One exec connection: spawn the command confined, pump its streams as frames, relay
+//! stdin, signals and window sizes, and end with its exit status.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aistack_sandbox::protocol::{self, ExitStatus, Frame, Reply};
+use aistack_sandbox::sys::{self, Confinement};
+
+use crate::server::{self, Mode, Shared};
+use crate::users::{self, AGENT};
+
+/// After the command exits, how long its output may still take to drain: a background
+/// process that keeps the pipe open must not hold the exec open forever.
+const DRAIN: Duration = Duration::from_millis(500);
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub fn run(shared: &Shared, mut stream: UnixStream, request: protocol::Exec) -> io::Result<()> {
+    let started = match start(shared, &request) {
+        Ok(started) => started,
+        Err(e) => return server::reply(&mut stream, &server::error(e.to_string())),
+    };
+    server::reply(&mut stream, &Reply::Started { pid: started.pid })?;
+    if request.detach {
+        return Ok(());
+    }
+    let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let pid = started.pid;
+    let (control, input) = (started.control, started.input);
+    let mut pumps = Vec::new();
+    let mut spawned = crate::thread(move || relay_input(stream, input, control, pid)).map(drop);
+    for (source, frame) in started.outputs {
+        let writer = writer.clone();
+        match crate::thread(move || pump(source, frame, writer)) {
+            Ok(handle) => pumps.push(handle),
+            Err(e) => spawned = Err(e),
+        }
+    }
+    if let Err(e) = spawned {
+        // Without its pumps the command would block on a full pipe: end it.
+        let _ = sys::kill_group(pid, libc::SIGKILL);
+        let message = format!(
+            "aistack-guest: cannot follow the command ({e}): the sandbox is at its process limit\n"
+        );
+        let mut writer = writer.lock().expect("writer lock");
+        let _ = Frame::Stderr(message.into_bytes()).write_to(&mut *writer);
+    }
+    let status = started.exit.recv().unwrap_or(ExitStatus {
+        code: None,
+        signal: Some(libc::SIGKILL),
+    });
+    let deadline = std::time::Instant::now() + DRAIN;
+    for pump in pumps {
+        while !pump.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let mut writer = writer.lock().expect("writer lock");
+    Frame::Exit(status).write_to(&mut *writer)?;
+    writer.shutdown(std::net::Shutdown::Both)
+}
+
+/// A stream of the command and the frame its bytes travel in.
+type Output = (File, fn(Vec<u8>) -> Frame);
+
+struct Started {
+    pid: u32,
+    exit: Receiver<ExitStatus>,
+    input: Option<File>,
+    /// The terminal's controller, for window sizes (TTY mode).
+    control: Option<OwnedFd>,
+    outputs: Vec<Output>,
+}
+
+fn start(shared: &Shared, request: &protocol::Exec) -> io::Result<Started> {
+    let program = request.argv.first().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "No command given; pass one after `--`",
+        )
+    })?;
+    let user = match (&request.user, shared.mode) {
+        (Some(spec), _) => users::resolve(spec)?,
+        (None, Mode::Init) => users::resolve(AGENT)?,
+        (None, Mode::Process) => users::resolve(&format!("{}:{}", current_uid(), current_gid()))?,
+    };
+    let mut command = Command::new(program);
+    command
+        .args(&request.argv[1..])
+        .env_clear()
+        .envs(environment(&request.env, &user))
+        .current_dir(request.cwd.as_deref().unwrap_or(&user.home));
+    let mut outputs: Vec<Output> = Vec::new();
+    let (mut input, mut control) = (None, None);
+    if request.detach {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    } else if let Some(size) = request.tty {
+        let (controller, terminal) = sys::open_pty(size)?;
+        command
+            .stdin(terminal.try_clone()?)
+            .stdout(terminal.try_clone()?)
+            .stderr(terminal);
+        input = Some(File::from(controller.try_clone()?));
+        outputs.push((File::from(controller.try_clone()?), Frame::Stdout));
+        control = Some(controller);
+    } else {
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    }
+    let confinement = Confinement {
+        uid: user.uid,
+        gid: user.gid,
+        groups: vec![user.gid],
+        controlling_tty: request.tty.is_some() && !request.detach,
+        drop_capabilities: user.uid != 0,
+        seccomp: shared.seccomp.clone(),
+    };
+    let (mut child, exit) = shared
+        .children
+        .spawn(request.detach, || {
+            sys::spawn_confined(&mut command, confinement)
+        })
+        .map_err(|e| io::Error::new(e.kind(), format!("Cannot run `{program}`: {e}")))?;
+    drop(command);
+    if let Some(stdin) = child.stdin.take() {
+        input = Some(File::from(OwnedFd::from(stdin)));
+    }
+    if let Some(stdout) = child.stdout.take() {
+        outputs.push((File::from(OwnedFd::from(stdout)), Frame::Stdout));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        outputs.push((File::from(OwnedFd::from(stderr)), Frame::Stderr));
+    }
+    Ok(Started {
+        pid: child.id(),
+        exit: exit.unwrap_or_else(|| std::sync::mpsc::channel().1),
+        input,
+        control,
+        outputs,
+    })
+}
+
+/// The command's environment: what the host sent, with `PATH`, `HOME`, `USER` and
+/// `LOGNAME` filled in when it did not send them.
+fn environment(
+    requested: &BTreeMap<String, String>,
+    user: &users::User,
+) -> BTreeMap<String, String> {
+    let mut env = requested.clone();
+    let defaults = [
+        ("PATH", DEFAULT_PATH),
+        ("HOME", user.home.as_str()),
+        ("USER", user.name.as_str()),
+        ("LOGNAME", user.name.as_str()),
+    ];
+    for (key, value) in defaults {
+        env.entry(key.to_string())
+            .or_insert_with(|| value.to_string());
+    }
+    env
+}
+
+fn current_uid() -> u32 {
+    std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m))
+}
+
+fn current_gid() -> u32 {
+    std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::gid(&m))
+}
+
+fn pump(mut source: File, frame: fn(Vec<u8>) -> Frame, writer: Arc<Mutex<UnixStream>>) {
+    {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match source.read(&mut buffer) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A terminal's controller reads EIO once the last process holding the
+                // terminal has gone.
+                Err(_) => return,
+            };
+            let mut writer = writer.lock().expect("writer lock");
+            if frame(buffer[..n].to_vec()).write_to(&mut *writer).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Relays the host's frames until it closes its side.
+fn relay_input(
+    mut stream: UnixStream,
+    mut input: Option<File>,
+    control: Option<OwnedFd>,
+    pid: u32,
+) {
+    while let Ok(Some(frame)) = Frame::read_from(&mut stream) {
+        match frame {
+            Frame::Stdin(data) => {
+                if let Some(file) = input.as_mut()
+                    && file.write_all(&data).is_err()
+                {
+                    input = None;
+                }
+            }
+            // A terminal has no end of input; its end is the controller's ^D.
+            Frame::StdinEof if control.is_none() => input = None,
+            Frame::Signal(signal) => {
+                let _ = sys::kill_group(pid, signal);
+            }
+            Frame::Resize(size) => {
+                if let Some(controller) = &control {
+                    let _ = sys::set_window_size(controller, size);
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! `aistack-guest`, the guest agent: PID 1 of a sandbox. It reaps orphans, forwards
+//! SIGTERM as a clean shutdown, and serves the guest protocol
+//! (`aistack_sandbox::protocol`) on a unix socket.
+//!
+//! `aistack-guest sandbox` builds a namespace sandbox first (`aistack_sandbox::setup`,
+//! the launch on standard input); `aistack-guest serve SOCKET` serves where it runs
+//! (tests of the protocol; the microVM's init will be the same loop on vsock).
+
+mod children;
+mod exec;
+mod server;
+mod users;
+
+/// Starts a thread, or says why not: in a sandbox at its process limit, thread creation
+/// fails, and the agent must answer that rather than panic.
+pub fn thread(body: impl FnOnce() + Send + 'static) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().spawn(body)
+}
+
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use aistack_sandbox::setup::{self, CONTROL_DIR, GUEST_SOCKET, Launch, READY};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["sandbox"] => sandbox(),
+        ["serve", socket] => serve(Path::new(socket), server::Mode::Process),
+        ["--version"] => {
+            println!("aistack-guest {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        _ => {
+            eprintln!("Usage: aistack-guest sandbox | aistack-guest serve SOCKET");
+            eprintln!("help: the daemon starts this program; it is not run by hand");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aistack-guest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sandbox() -> io::Result<()> {
+    let stdin = io::stdin();
+    let mut input = stdin.lock();
+    let mut line = String::new();
+    input.read_line(&mut line)?;
+    let launch: Launch = serde_json::from_str(&line)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("the launch: {e}")))?;
+    setup::enter(&launch, &mut input, &mut io::stdout())?;
+    users::ensure_agent()?;
+    serve(
+        &PathBuf::from(CONTROL_DIR).join(GUEST_SOCKET),
+        server::Mode::Init,
+    )
+}
+
+fn serve(socket: &Path, mode: server::Mode) -> io::Result<()> {
+    let server = server::Server::bind(socket, mode)?;
+    let mut stdout = io::stdout();
+    writeln!(stdout, "{READY}")?;
+    stdout.flush()?;
+    server.run()
+}

@@ -1,0 +1,162 @@
+//! The accept loop: one thread per connection, one request per connection.
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aistack_sandbox::protocol::{self, Hello, PROTOCOL, Reply, Request};
+use aistack_sandbox::{seccomp, sys};
+
+use crate::children::Children;
+use crate::exec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1 of a sandbox: commands run as `agent` unless told otherwise, and shutdown
+    /// signals the whole PID namespace.
+    Init,
+    /// An ordinary process: commands run as the agent's own user.
+    Process,
+}
+
+pub struct Server {
+    listener: UnixListener,
+    shared: Shared,
+}
+
+/// What every connection's thread needs.
+#[derive(Clone)]
+pub struct Shared {
+    pub mode: Mode,
+    pub children: Children,
+    pub seccomp: Vec<seccompiler::BpfProgram>,
+    started: Instant,
+}
+
+impl Server {
+    pub fn bind(socket: &Path, mode: Mode) -> io::Result<Server> {
+        let _ = fs::remove_file(socket);
+        let listener = UnixListener::bind(socket)
+            .map_err(|e| io::Error::new(e.kind(), format!("binding {}: {e}", socket.display())))?;
+        // Only root of the sandbox (and the host) may connect: a command running as
+        // `agent` must not reach the agent and ask for root.
+        fs::set_permissions(socket, fs::Permissions::from_mode(0o600))?;
+        Ok(Server {
+            listener,
+            shared: Shared {
+                mode,
+                children: Children::default(),
+                seccomp: seccomp::programs(),
+                started: Instant::now(),
+            },
+        })
+    }
+
+    pub fn run(self) -> io::Result<()> {
+        let signals = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+        sys::block_signals(&signals)?;
+        let reaper = self.shared.children.clone();
+        std::thread::spawn(move || reaper.reap());
+        let on_signal = self.shared.clone();
+        std::thread::spawn(move || {
+            if let Ok(signal) = sys::wait_signal(&signals) {
+                eprintln!("aistack-guest: signal {signal}, shutting down");
+                on_signal.shutdown(Duration::from_secs(5));
+            }
+        });
+        for stream in self.listener.incoming() {
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(e) => {
+                    eprintln!("aistack-guest: accept: {e}");
+                    continue;
+                }
+            };
+            let shared = self.shared.clone();
+            let spawned = crate::thread(move || {
+                if let Err(e) = shared.handle(stream) {
+                    eprintln!("aistack-guest: {e}");
+                }
+            });
+            if let Err(e) = spawned {
+                eprintln!("aistack-guest: dropping a connection: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn handle(&self, mut stream: UnixStream) -> io::Result<()> {
+        let line = protocol::read_line(&mut stream)?;
+        let hello: Hello = match serde_json::from_slice(&line) {
+            Ok(hello) => hello,
+            Err(e) => return reply(&mut stream, &error(format!("Unreadable request: {e}"))),
+        };
+        if hello.protocol != PROTOCOL {
+            let message = format!(
+                "The host speaks guest protocol {} and this agent speaks {PROTOCOL}; rebuild the sandbox with the host's `aistack-guest`",
+                hello.protocol
+            );
+            return reply(&mut stream, &error(message));
+        }
+        match hello.request {
+            Request::Health => reply(
+                &mut stream,
+                &Reply::Health {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    protocol: PROTOCOL,
+                    uptime_ms: self.started.elapsed().as_millis() as u64,
+                },
+            ),
+            Request::Exec(request) => exec::run(self, stream, request),
+            Request::Connect { port } => connect(stream, port),
+            Request::Shutdown { grace_ms } => {
+                reply(&mut stream, &Reply::Stopping)?;
+                drop(stream);
+                self.shutdown(Duration::from_millis(grace_ms))
+            }
+        }
+    }
+
+    fn shutdown(&self, grace: Duration) -> ! {
+        self.children.terminate(self.mode == Mode::Init, grace);
+        std::process::exit(0);
+    }
+}
+
+pub fn reply(stream: &mut UnixStream, reply: &Reply) -> io::Result<()> {
+    stream.write_all(&protocol::json_line(reply))
+}
+
+pub fn error(message: String) -> Reply {
+    Reply::Error { message }
+}
+
+/// A port tunnel: this connection spliced to `127.0.0.1:port` inside.
+fn connect(mut stream: UnixStream, port: u16) -> io::Result<()> {
+    let upstream = match TcpStream::connect(("127.0.0.1", port)) {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            let message = format!("Nothing accepts connections on port {port} in the sandbox: {e}");
+            return reply(&mut stream, &error(message));
+        }
+    };
+    reply(&mut stream, &Reply::Connected)?;
+    let (mut from_host, mut to_port) = (stream.try_clone()?, upstream.try_clone()?);
+    let inbound = crate::thread(move || {
+        let _ = io::copy(&mut from_host, &mut to_port);
+        let _ = to_port.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut from_port, mut to_host) = (upstream, stream);
+    let _ = io::copy(&mut from_port, &mut to_host);
+    let _ = to_host.shutdown(std::net::Shutdown::Write);
+    if let Ok(inbound) = inbound {
+        let _ = inbound.join();
+    }
+    Ok(())
+}

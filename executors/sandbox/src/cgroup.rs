@@ -1,0 +1,113 @@
+//! Memory, CPU and process-count limits through the host's cgroup hierarchy: v2 where
+//! `/sys/fs/cgroup` is the unified hierarchy, else the v1 `memory`, `cpu` and `pids`
+//! controllers.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What one sandbox may use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    /// The most processes and threads at once: a fork bomb stops here.
+    pub pids: u64,
+}
+
+/// The default process cap: enough for builds and language servers, small enough that a
+/// fork bomb leaves the host responsive.
+pub const DEFAULT_PIDS: u64 = 2048;
+
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// A sandbox's cgroup: one directory (v2) or one per controller (v1).
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl Cgroup {
+    /// Creates (or reuses) the cgroup `aistack/<id>` and writes its limits.
+    pub fn create(root: &Path, id: &str, limits: Limits) -> io::Result<Cgroup> {
+        if root.join("cgroup.controllers").exists() {
+            Self::create_v2(root, id, limits)
+        } else {
+            Self::create_v1(root, id, limits)
+        }
+    }
+
+    fn create_v2(root: &Path, id: &str, limits: Limits) -> io::Result<Cgroup> {
+        let parent = root.join("aistack");
+        fs::create_dir_all(&parent)?;
+        for dir in [root, parent.as_path()] {
+            // Controllers must be enabled on the way down; one the host lacks is skipped
+            // and its limit is then not applied (the write below fails and says so).
+            for controller in ["+memory", "+cpu", "+pids"] {
+                let _ = fs::write(dir.join("cgroup.subtree_control"), controller);
+            }
+        }
+        let dir = parent.join(id);
+        fs::create_dir_all(&dir)?;
+        if let Some(memory) = limits.memory {
+            write(&dir, "memory.max", &memory.to_string())?;
+            let _ = fs::write(dir.join("memory.swap.max"), "0");
+        }
+        if let Some(cpus) = limits.cpus {
+            let quota = (cpus * CPU_PERIOD_US as f64).round() as u64;
+            write(&dir, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
+        }
+        write(&dir, "pids.max", &limits.pids.to_string())?;
+        Ok(Cgroup { dirs: vec![dir] })
+    }
+
+    fn create_v1(root: &Path, id: &str, limits: Limits) -> io::Result<Cgroup> {
+        let dir = |controller: &str| root.join(controller).join("aistack").join(id);
+        let (memory, cpu, pids) = (dir("memory"), dir("cpu"), dir("pids"));
+        for dir in [&memory, &cpu, &pids] {
+            fs::create_dir_all(dir)?;
+        }
+        if let Some(limit) = limits.memory {
+            write(&memory, "memory.limit_in_bytes", &limit.to_string())?;
+            // Without swap accounting the file is absent and swap is not limited.
+            let _ = fs::write(
+                memory.join("memory.memsw.limit_in_bytes"),
+                limit.to_string(),
+            );
+        }
+        if let Some(cpus) = limits.cpus {
+            let quota = (cpus * CPU_PERIOD_US as f64).round() as u64;
+            write(&cpu, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+            write(&cpu, "cpu.cfs_quota_us", &quota.to_string())?;
+        }
+        write(&pids, "pids.max", &limits.pids.to_string())?;
+        Ok(Cgroup {
+            dirs: vec![memory, cpu, pids],
+        })
+    }
+
+    /// The `cgroup.procs` files a process writes its pid to, to join.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Removes the cgroup once its processes are gone. Idempotent.
+    pub fn remove(&self) -> io::Result<()> {
+        for dir in &self.dirs {
+            match fs::remove_dir(dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
+    fs::write(dir.join(file), value).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot write {value} to {}: {e}", dir.join(file).display()),
+        )
+    })
+}

@@ -1,0 +1,19 @@
+//! Sandboxes: the guest agent protocol (`protocol`), what the agent does to enter a
+//! namespace sandbox (`setup`), the system calls both need (`sys`, the crate's only
+//! `unsafe`), the seccomp filter (`seccomp`), user-namespace id maps (`idmap`), cgroup
+//! limits (`cgroup`), template root filesystems (`rootfs`), and, with the `host`
+//! feature, the host's side: the backends and the agent client.
+
+pub mod cgroup;
+pub mod guest;
+pub mod idmap;
+pub mod protocol;
+pub mod rootfs;
+pub mod seccomp;
+pub mod setup;
+pub mod sys;
+
+#[cfg(feature = "host")]
+pub mod client;
+#[cfg(feature = "host")]
+pub mod namespace;

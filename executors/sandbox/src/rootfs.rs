@@ -1,0 +1,101 @@
+//! Template root filesystems on disk: a directory tree copied in with its owners moved
+//! into the sandbox id range, so that sandbox root owns what image root owned.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
+use std::path::Path;
+
+use crate::idmap::IdRange;
+
+/// Copies the tree at `source` to `dest` (which must not exist), shifting every owner by
+/// `range` (an owner outside the sandbox's ids becomes sandbox root). Special files
+/// (devices, sockets, fifos) are left out: every sandbox gets its own `/dev`. The copy
+/// is made beside `dest` and renamed into place, so `dest` is whole or absent.
+pub fn import(source: &Path, dest: &Path, range: IdRange) -> io::Result<()> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent)?;
+    let staging = tempdir_in(parent)?;
+    let tree = staging.join("rootfs");
+    copy_tree(source, &tree, range)?;
+    fs::rename(&tree, dest)?;
+    fs::remove_dir(&staging)?;
+    Ok(())
+}
+
+fn tempdir_in(parent: &Path) -> io::Result<std::path::PathBuf> {
+    for attempt in 0..100u32 {
+        let dir = parent.join(format!(".import-{}-{attempt}", std::process::id()));
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // A killed import leaves its staging directory; the next import of the
+                // same process id clears it.
+                fs::remove_dir_all(&dir)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("no free staging directory"))
+}
+
+fn copy_tree(source: &Path, dest: &Path, range: IdRange) -> io::Result<()> {
+    let meta = fs::symlink_metadata(source)?;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        symlink(fs::read_link(source)?, dest)?;
+    } else if kind.is_dir() {
+        fs::create_dir(dest)?;
+        for entry in fs::read_dir(source)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &dest.join(entry.file_name()), range)?;
+        }
+        fs::set_permissions(dest, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    } else if kind.is_file() {
+        fs::copy(source, dest)?;
+    } else {
+        return Ok(());
+    }
+    let owner = |id: u32| range.host_id(id).unwrap_or(range.base);
+    lchown(dest, Some(owner(meta.uid())), Some(owner(meta.gid())))?;
+    if kind.is_file() {
+        // chown clears set-uid bits; the mode goes back after it.
+        fs::set_permissions(dest, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_is_copied_whole_with_owners_shifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("src");
+        fs::create_dir_all(source.join("bin")).unwrap();
+        fs::write(source.join("bin/tool"), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(source.join("bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
+        symlink("tool", source.join("bin/alias")).unwrap();
+        let dest = dir.path().join("templates/abc/rootfs");
+        let range = IdRange { base: 3_000_000 };
+        import(&source, &dest, range).unwrap();
+        let tool = fs::metadata(dest.join("bin/tool")).unwrap();
+        assert_eq!(tool.mode() & 0o777, 0o755);
+        assert_eq!(
+            fs::read_link(dest.join("bin/alias")).unwrap(),
+            Path::new("tool")
+        );
+        if rustix_is_root() {
+            assert_eq!(tool.uid(), 3_000_000 + fs::metadata(&source).unwrap().uid());
+        }
+        let leftovers: Vec<_> = fs::read_dir(dest.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "only the tree itself is left");
+    }
+
+    fn rustix_is_root() -> bool {
+        fs::metadata("/proc/self")
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false)
+    }
+}

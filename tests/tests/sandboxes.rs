@@ -1,0 +1,175 @@
+//! Sandboxes through the real binary: `up` imports a busybox template and starts a
+//! namespace sandbox, `aistack exec` runs commands in it with the command's exit code,
+//! a killed guest agent is repaired by the next `up` with the sandbox's files kept, and
+//! `down` removes it.
+
+use std::fs;
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use aistack_tests::sandbox::{busybox_rootfs, guest_bin};
+use aistack_tests::{TestEnv, wait_for};
+
+const SPEC: &str = "version: 1
+name: sbx
+templates:
+  base:
+    from: ./rootfs
+    env: { GREETING: hello }
+sandboxes:
+  box:
+    template: base
+    agent: shell
+    memory: 256MiB
+    cpus: 1
+    env: { WHO: sandbox }
+";
+
+/// Takes the sandbox down even when an assertion fails: a sandbox outlives the daemon.
+struct Down<'a>(&'a TestEnv);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["down"]);
+    }
+}
+
+fn env() -> TestEnv {
+    let mut env = TestEnv::new();
+    env.set_var("AISTACK_GUEST", guest_bin());
+    busybox_rootfs(&env.project().join("rootfs"));
+    env.write("aistack.yaml", &env.spec(SPEC));
+    env
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_owned()
+}
+
+/// The host pids of processes running the guest agent for this test's home.
+fn guest_pids(env: &TestEnv) -> Vec<i32> {
+    let guest = guest_bin().to_string_lossy().into_owned();
+    let home = format!("AISTACK_HOME={}\0", env.home().display());
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = fs::read(entry.path().join("environ")).unwrap_or_default();
+        let mine = String::from_utf8_lossy(&environ).contains(&home);
+        if String::from_utf8_lossy(&cmdline).starts_with(&guest) && mine {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn up_exec_repair_and_down() {
+    let env = env();
+    let _down = Down(&env);
+    env.ok(&["up"]);
+
+    let out = env.run(&[
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING $WHO from $(pwd) as $(id -un); exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    let project = env.project().canonicalize().unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        format!("hello sandbox from {} as agent", project.display())
+    );
+
+    let mut cat = env
+        .cmd(&[
+            "exec",
+            "-i",
+            "-e",
+            "EXTRA=1",
+            "-u",
+            "root",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "cat; echo $EXTRA $(id -u)",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cat.stdin.take().unwrap().write_all(b"piped\n").unwrap();
+    let out = cat.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "piped\n1 0");
+
+    // The workspace is the project directory; a file in the sandbox's own layer too.
+    env.ok(&[
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > note && echo layer > /home/agent/layer",
+    ]);
+    assert_eq!(
+        fs::read_to_string(env.project().join("note")).unwrap(),
+        "kept\n"
+    );
+
+    // Killing the guest agent ends the sandbox; the next `up` starts it again.
+    let pids = guest_pids(&env);
+    assert!(!pids.is_empty(), "the guest agent runs");
+    for pid in &pids {
+        aistack_tests::terminate(*pid, rustix::process::Signal::KILL);
+    }
+    assert!(wait_for(Duration::from_secs(10), || guest_pids(&env).is_empty()));
+    let failed = env.run(&["exec", "box", "--", "true"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        text(&failed.stderr).contains("Sandbox `box` is not running"),
+        "{}",
+        text(&failed.stderr)
+    );
+    let plan = env.ok(&["plan"]);
+    assert!(plan.contains("+ sandbox box"), "{plan}");
+    env.ok(&["up"]);
+    let out = env.run(&[
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "cat note /home/agent/layer",
+    ]);
+    assert_eq!(text(&out.stdout), "kept\nlayer", "{}", text(&out.stderr));
+
+    env.ok(&["down"]);
+    assert!(wait_for(Duration::from_secs(10), || guest_pids(&env).is_empty()));
+    assert!(!env.home().join("projects/sbx/sandboxes/box").exists());
+    assert_eq!(
+        fs::read_to_string(env.project().join("note")).unwrap(),
+        "kept\n"
+    );
+}
+
+#[test]
+fn what_the_namespace_backend_cannot_do_yet_is_refused_before_anything_runs() {
+    let env = env();
+    let spec = SPEC.replace("agent: shell", "agent: claude");
+    env.write("aistack.yaml", &env.spec(&spec));
+    let out = env.run(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("Agent `claude` sandboxes are not supported yet"),
+        "{stderr}"
+    );
+    assert!(guest_pids(&env).is_empty());
+}
