@@ -57,6 +57,7 @@ async fn main() {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_id: format!("bench-{}-{round}", std::process::id()),
             log: dir.path().join("guest.log"),
+            network: None,
         };
         let started = Instant::now();
         let mut running = namespace::start(&spec).await.expect("the sandbox starts");

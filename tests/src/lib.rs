@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod registry;
 pub mod sandbox;
+pub mod upstream;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,12 +12,24 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The repository root.
+/// The repository root: the workspace above the package cargo runs the test of (read at
+/// run time: a build shared by two checkouts must not drive the other one), else this
+/// crate's parent.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_owned()
+    let running = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let workspace = running.and_then(|dir| {
+        dir.ancestors()
+            .find(|d| {
+                fs::read_to_string(d.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]"))
+            })
+            .map(Path::to_path_buf)
+    });
+    workspace.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ has a parent")
+            .to_owned()
+    })
 }
 
 /// The `aistack` binary of this workspace in the profile of the running test or bench

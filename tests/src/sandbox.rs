@@ -9,16 +9,23 @@ use std::sync::OnceLock;
 use crate::repo_root;
 
 /// The static `aistack-guest` (`AISTACK_GUEST` overrides), built once per process by
-/// `scripts/build-guest`.
+/// `scripts/build-guest`, in the profile of the running test or bench.
 pub fn guest_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(bin) = std::env::var_os("AISTACK_GUEST").filter(|b| !b.is_empty()) {
             return PathBuf::from(bin);
         }
-        let out = Command::new(repo_root().join("scripts/build-guest"))
-            .output()
-            .expect("scripts/build-guest runs");
+        let exe = std::env::current_exe().expect("test binary path");
+        let release = exe
+            .ancestors()
+            .nth(2)
+            .is_some_and(|p| p.ends_with("release"));
+        let mut build = Command::new(repo_root().join("scripts/build-guest"));
+        if release {
+            build.arg("--release");
+        }
+        let out = build.output().expect("scripts/build-guest runs");
         assert!(
             out.status.success(),
             "building the guest agent failed: {}",

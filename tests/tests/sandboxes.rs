@@ -173,3 +173,81 @@ fn what_the_namespace_backend_cannot_do_yet_is_refused_before_anything_runs() {
     );
     assert!(guest_pids(&env).is_empty());
 }
+
+/// The only way out is the sandbox's policy: allowed requests pass through the proxy
+/// (found through the variables every command gets), others get its 403, direct
+/// connections fail, and the network log names the sandbox.
+#[test]
+fn the_network_is_the_policy_proxy() {
+    let port = aistack_tests::upstream::upstream();
+    let env = env();
+    let spec = format!(
+        "{SPEC}    network_policy: local\nnetwork_policies:\n  local:\n    default: deny\n    allow: [\"127.0.0.1/32:{port}\"]\n"
+    );
+    env.write("aistack.yaml", &env.spec(&spec));
+    let _down = Down(&env);
+    env.ok(&["up"]);
+
+    let fetch = format!("wget -q -O - http://127.0.0.1:{port}/through-the-proxy");
+    let out = env.run(&["exec", "box", "--", "sh", "-c", &fetch]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("GET /through-the-proxy HTTP/1.1"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let denied = env.run(&[
+        "exec",
+        "box",
+        "--",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://127.0.0.2:9/",
+    ]);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(
+        text(&denied.stderr).contains("403"),
+        "{}",
+        text(&denied.stderr)
+    );
+
+    let direct = format!("env -u http_proxy wget -q -O - http://127.0.0.1:{port}/direct");
+    let out = env.run(&["exec", "box", "--", "sh", "-c", &direct]);
+    assert_ne!(out.status.code(), Some(0), "a direct connection must fail");
+
+    let vars = env.ok(&[
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "echo $HTTPS_PROXY $https_proxy $SSL_CERT_FILE; grep -c BEGIN $NODE_EXTRA_CA_CERTS",
+    ]);
+    assert_eq!(
+        vars.trim(),
+        "http://127.0.0.1:3128 http://127.0.0.1:3128 /etc/ssl/certs/aistack-bundle.pem\n1"
+    );
+
+    // The log's writer batches lines; it holds both decisions within moments.
+    let decided = |entries: &[serde_json::Value]| {
+        entries
+            .iter()
+            .any(|e| e["decision"] == "allow" && e["source"] == "box")
+            && entries
+                .iter()
+                .any(|e| e["decision"] == "deny" && e["host"] == "127.0.0.2")
+    };
+    let mut log = String::new();
+    let found = wait_for(Duration::from_secs(5), || {
+        log = env.ok(&["network", "log", "box", "--json"]);
+        let entries: Vec<serde_json::Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        decided(&entries)
+    });
+    assert!(found, "{log}");
+}

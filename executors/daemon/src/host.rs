@@ -38,7 +38,7 @@ pub struct MachineHost {
     store: Arc<Store>,
     gateways: Arc<Gateways>,
     proxies: Arc<Proxies>,
-    sandboxes: Sandboxes,
+    sandboxes: Arc<Sandboxes>,
     project: String,
     remove_models: bool,
 }
@@ -52,11 +52,12 @@ impl MachineHost {
         store: Arc<Store>,
         gateways: Arc<Gateways>,
         proxies: Arc<Proxies>,
+        sandboxes: Arc<Sandboxes>,
         project: &str,
         remove_models: bool,
     ) -> Self {
         MachineHost {
-            sandboxes: Sandboxes::new(home.clone()),
+            sandboxes,
             home,
             store,
             gateways,
@@ -294,6 +295,7 @@ impl Host for MachineHost {
             Kind::Template => return Ok(()),
             Kind::Sandbox => {
                 progress.message("stopping");
+                self.proxies.detach(&self.project, &current.id.name).await;
                 return self.sandboxes.remove(&self.project, &current.id.name).await;
             }
         }
@@ -368,12 +370,12 @@ fn check_sandbox(step: &Step, sandbox: &serde_json::Value) -> Result<(), Unsuppo
             &format!("Set `sandboxes.{name}.agent: shell` for now"),
         ));
     }
-    for key in ["network_policy", "models", "ports"] {
+    for key in ["models", "ports"] {
         if set(key) {
             return Err(not_yet(
                 step,
                 &format!("Sandbox `{key}`"),
-                &format!("Remove `sandboxes.{name}.{key}` for now: the sandbox has no network"),
+                &format!("Remove `sandboxes.{name}.{key}` for now"),
             ));
         }
     }
@@ -400,10 +402,18 @@ impl MachineHost {
                 message: format!("Template `{template}` of `{}` is not built", desired.id),
                 help: Some("Run `aistack up` again".to_owned()),
             })?;
+        let proxy = match sandbox.get("network_policy").and_then(|p| p.as_str()) {
+            Some(policy) => Some(
+                self.proxies
+                    .attach(&self.project, policy, &desired.id.name)
+                    .await?,
+            ),
+            None => None,
+        };
         progress.message("starting");
         let socket = self
             .sandboxes
-            .start(&self.project, &desired.id.name, sandbox, &rootfs)
+            .start(&self.project, &desired.id.name, sandbox, &rootfs, proxy)
             .await?;
         Ok(Outputs::from([(
             SOCKET.to_owned(),
@@ -469,7 +479,8 @@ mod tests {
         let store = Arc::new(Store::open(&home.models()).unwrap());
         let gateways = Arc::new(Gateways::new("aistack".into(), home.run(), home.logs()));
         let proxies = Arc::new(Proxies::new(home.clone()));
-        let host = MachineHost::new(home, store, gateways, proxies, "demo", false);
+        let sandboxes = Arc::new(Sandboxes::new(home.clone()));
+        let host = MachineHost::new(home, store, gateways, proxies, sandboxes, "demo", false);
         let model = || Payload::LocalModel { files: Vec::new() };
         let engine = || Payload::Engine {
             model: "chat".into(),

@@ -29,6 +29,7 @@ use tokio::net::UnixListener;
 
 use crate::gateways::{Gateways, applied_gateway};
 use crate::proxies::Proxies;
+use crate::sandboxes::Sandboxes;
 use crate::state::ProjectState;
 
 pub use home::Home;
@@ -115,13 +116,15 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     let program = std::env::current_exe().map_err(prepare(PathBuf::from("/proc/self/exe")))?;
     let gateways = Arc::new(Gateways::new(program, run_dir.clone(), home.logs()));
     let proxies = Arc::new(Proxies::new(home.clone()));
-    readopt(&home, &store, &gateways, &proxies).await;
+    let sandboxes = Arc::new(Sandboxes::new(home.clone()));
+    readopt(&home, &store, &gateways, &proxies, &sandboxes).await;
 
     let app = server::App::new(
         home.clone(),
         store,
         Arc::clone(&gateways),
         Arc::clone(&proxies),
+        sandboxes,
     );
     let served = axum::serve(listener, app.router())
         .with_graceful_shutdown(shutdown_signal())
@@ -137,10 +140,57 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
 }
 
 /// Serves again what the projects' records say was applied, after a daemon restart.
-async fn readopt(home: &Home, store: &Arc<Store>, gateways: &Arc<Gateways>, proxies: &Proxies) {
+async fn readopt(
+    home: &Home,
+    store: &Arc<Store>,
+    gateways: &Arc<Gateways>,
+    proxies: &Proxies,
+    sandboxes: &Sandboxes,
+) {
     for project in ProjectState::projects(home) {
         readopt_proxies(home, proxies, &project).await;
+        readopt_sandboxes(home, proxies, sandboxes, &project).await;
         readopt_project(home, store, gateways, &project).await;
+    }
+}
+
+/// Gives the running sandboxes of `project` with a policy their way out again: their own
+/// proxy listener and the forwarder of their `proxy.sock` live in the daemon, while the
+/// sandboxes outlive it. A sandbox that no longer runs is left to the next `up`.
+async fn readopt_sandboxes(home: &Home, proxies: &Proxies, sandboxes: &Sandboxes, project: &str) {
+    let Ok(state) = ProjectState::load(home, project) else {
+        return;
+    };
+    for sandbox in state
+        .resources
+        .iter()
+        .filter(|r| r.id.kind == Kind::Sandbox)
+    {
+        let Some(policy) = sandbox
+            .fields
+            .get("network_policy")
+            .and_then(|p| p.as_str())
+        else {
+            continue;
+        };
+        let name = &sandbox.id.name;
+        let layout = sandboxes.layout_of(project, name);
+        let client = aistack_sandbox::client::GuestClient::new(&layout.socket());
+        if !client.is_up(std::time::Duration::from_millis(500)).await {
+            continue;
+        }
+        let forwarded = match proxies.attach(project, policy, name).await {
+            Ok(address) => sandboxes.forward(project, name, &layout, address),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = forwarded {
+            tracing::warn!(
+                project,
+                "{}: network not restored: {}",
+                sandbox.id,
+                e.message
+            );
+        }
     }
 }
 

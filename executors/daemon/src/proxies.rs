@@ -41,6 +41,15 @@ struct Inner {
     secrets: BTreeMap<String, Arc<RwLock<BTreeMap<String, String>>>>,
     /// How intercepted upstreams are verified, shared by every listener.
     upstream_tls: Option<Arc<aistack_proxy::ClientConfig>>,
+    /// The payload each policy was last applied with, by project then policy.
+    payloads: BTreeMap<String, BTreeMap<String, Value>>,
+    /// The policy of each sandbox with a listener of its own, by project then sandbox.
+    attached: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The key of a sandbox's own listener among a project's (policy names hold no `:`).
+fn sandbox_key(sandbox: &str) -> String {
+    format!("sandbox:{sandbox}")
 }
 
 /// What a project's listeners share.
@@ -92,7 +101,8 @@ impl Proxies {
 
     /// Makes `project`'s listener for policy `name` enforce `payload` (a plan's `proxy`
     /// payload): starts it on loopback (on `port` when re-adopting a recorded one, else any
-    /// free port), or, when it runs, swaps its policy in place. Returns where it listens.
+    /// free port), or, when it runs, swaps its policy in place, and with it the policy of
+    /// every sandbox attached to it. Returns where it listens.
     pub async fn apply(
         &self,
         project: &str,
@@ -100,13 +110,77 @@ impl Proxies {
         payload: &Value,
         port: Option<u16>,
     ) -> Result<SocketAddr, HostError> {
-        let config = Config::from_payload(name, payload).map_err(|e| {
+        let address = self.listen(project, name, name, payload, port).await?;
+        let sandboxes: Vec<String> = {
+            let mut inner = self.inner.lock().await;
+            let payloads = inner.payloads.entry(project.to_owned()).or_default();
+            payloads.insert(name.to_owned(), payload.clone());
+            (inner.attached.get(project).into_iter().flatten())
+                .filter(|(_, policy)| *policy == name)
+                .map(|(sandbox, _)| sandbox.clone())
+                .collect()
+        };
+        for sandbox in sandboxes {
+            self.listen(project, &sandbox_key(&sandbox), &sandbox, payload, None)
+                .await?;
+        }
+        Ok(address)
+    }
+
+    /// A listener of `sandbox`'s own under `policy`: the network log names the sandbox,
+    /// and a change of the policy reaches it. The policy's listener must run.
+    pub async fn attach(
+        &self,
+        project: &str,
+        policy: &str,
+        sandbox: &str,
+    ) -> Result<SocketAddr, HostError> {
+        let payload = {
+            let mut inner = self.inner.lock().await;
+            let payload = (inner.payloads.get(project))
+                .and_then(|p| p.get(policy))
+                .cloned()
+                .ok_or_else(|| {
+                    HostError::new(format!(
+                        "The proxy of `network_policies.{policy}` does not run"
+                    ))
+                    .with_help("Run `aistack up`")
+                })?;
+            let attached = inner.attached.entry(project.to_owned()).or_default();
+            attached.insert(sandbox.to_owned(), policy.to_owned());
+            payload
+        };
+        self.listen(project, &sandbox_key(sandbox), sandbox, &payload, None)
+            .await
+    }
+
+    /// Stops `sandbox`'s own listener.
+    pub async fn detach(&self, project: &str, sandbox: &str) {
+        let mut inner = self.inner.lock().await;
+        if let Some(attached) = inner.attached.get_mut(project) {
+            attached.remove(sandbox);
+        }
+        drop(inner);
+        self.stop(project, &sandbox_key(sandbox)).await;
+    }
+
+    /// Starts or updates the listener `key` of `project`, its log lines naming `source`.
+    async fn listen(
+        &self,
+        project: &str,
+        key: &str,
+        source: &str,
+        payload: &Value,
+        port: Option<u16>,
+    ) -> Result<SocketAddr, HostError> {
+        let name = source;
+        let config = Config::from_payload(source, payload).map_err(|e| {
             HostError::new(format!("The plan's policy `{name}` is not readable: {e}"))
                 .with_help("Plan again with this version of aistack: run `aistack up`")
         })?;
         let handles = self.project(project).await?;
         let mut inner = self.inner.lock().await;
-        if let Some(proxy) = inner.running.get(project).and_then(|p| p.get(name)) {
+        if let Some(proxy) = inner.running.get(project).and_then(|p| p.get(key)) {
             let closed = proxy.update(config);
             if closed > 0 {
                 tracing::info!(
@@ -156,7 +230,7 @@ impl Proxies {
             .running
             .entry(project.to_owned())
             .or_default()
-            .insert(name.to_owned(), proxy);
+            .insert(key.to_owned(), proxy);
         Ok(address)
     }
 

@@ -9,9 +9,12 @@
 //! layer, kept until it is removed), `run/sandbox-<p>-<name>/guest.sock`,
 //! `logs/sandbox-<p>-<name>.log`.
 
+use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::net::SocketAddr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use aistack_apply::HostError;
@@ -20,6 +23,7 @@ use aistack_sandbox::client::GuestClient;
 use aistack_sandbox::idmap::{DEFAULT_BASE, IdRange};
 use aistack_sandbox::namespace::{self, Layout, Spec};
 use aistack_sandbox::rootfs;
+use aistack_sandbox::setup::{Network, PROXY_SOCKET};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -37,6 +41,8 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 pub struct Sandboxes {
     home: Home,
     range: IdRange,
+    /// The host end of each networked sandbox's proxy socket, by project and sandbox.
+    forwarders: Mutex<HashMap<(String, String), tokio::task::JoinHandle<()>>>,
 }
 
 impl Sandboxes {
@@ -44,6 +50,7 @@ impl Sandboxes {
         Sandboxes {
             home,
             range: id_range(),
+            forwarders: Mutex::default(),
         }
     }
 
@@ -119,22 +126,46 @@ impl Sandboxes {
         Sandboxes::new(home.clone()).layout(project, name).socket()
     }
 
-    /// Starts the sandbox unless its agent already answers.
+    /// A sandbox's directories.
+    pub fn layout_of(&self, project: &str, name: &str) -> Layout {
+        self.layout(project, name)
+    }
+
+    /// Starts the sandbox unless its agent already answers. A sandbox with a policy gets
+    /// its way out: `proxy.sock` in its control directory, forwarded to `proxy`, its own
+    /// listener of the policy's proxy.
     pub async fn start(
         &self,
         project: &str,
         name: &str,
         sandbox: &Value,
         rootfs: &Path,
+        proxy: Option<SocketAddr>,
     ) -> Result<PathBuf, HostError> {
         let layout = self.layout(project, name);
         let socket = layout.socket();
+        if let Some(proxy) = proxy {
+            self.forward(project, name, &layout, proxy)?;
+        }
         if GuestClient::new(&socket)
             .is_up(Duration::from_millis(500))
             .await
         {
             return Ok(socket);
         }
+        let network = match proxy {
+            Some(_) => {
+                let ca = self.home.project(project).join("ca.pem");
+                let ca_pem = fs::read_to_string(&ca).map_err(|e| {
+                    HostError::new(format!(
+                        "Cannot read the project CA `{}`: {e}",
+                        ca.display()
+                    ))
+                })?;
+                Some(Network { ca_pem })
+            }
+            None => None,
+        };
         let workspace = sandbox
             .get("workspace")
             .and_then(Value::as_str)
@@ -165,6 +196,7 @@ impl Sandboxes {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_id: self.cgroup_id(project, name),
             log: self.log(project, name),
+            network,
         };
         let _ = fs::create_dir_all(self.home.logs());
         let mut running = namespace::start(&spec).await.map_err(|e| HostError {
@@ -181,8 +213,58 @@ impl Sandboxes {
         Ok(socket)
     }
 
+    /// Serves `proxy.sock` of a sandbox: each connection is spliced to `proxy`. Replaces
+    /// a forwarder of an earlier start.
+    pub fn forward(
+        &self,
+        project: &str,
+        name: &str,
+        layout: &Layout,
+        proxy: SocketAddr,
+    ) -> Result<(), HostError> {
+        let cannot = |e: std::io::Error| {
+            HostError::new(format!(
+                "Cannot serve the proxy socket of sandbox `{name}`: {e}"
+            ))
+        };
+        layout.prepare(self.range).map_err(cannot)?;
+        let path = layout.control.join(PROXY_SOCKET);
+        let _ = fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).map_err(cannot)?;
+        // Only sandbox root (the agent) may use it.
+        chown(&path, Some(self.range.base), Some(self.range.base)).map_err(cannot)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(cannot)?;
+        let task = tokio::spawn(async move {
+            while let Ok((mut inside, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(proxy).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inside, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        let key = (project.to_owned(), name.to_owned());
+        let mut forwarders = self
+            .forwarders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = forwarders.insert(key, task) {
+            old.abort();
+        }
+        Ok(())
+    }
+
     /// Stops the sandbox and deletes its layer, socket directory and log. Idempotent.
     pub async fn remove(&self, project: &str, name: &str) -> Result<(), HostError> {
+        let key = (project.to_owned(), name.to_owned());
+        let forwarder = (self
+            .forwarders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+        .remove(&key);
+        if let Some(forwarder) = forwarder {
+            forwarder.abort();
+        }
         let layout = self.layout(project, name);
         let client = GuestClient::new(&layout.socket());
         if client.shutdown(STOP_GRACE).await.is_ok() {

@@ -20,6 +20,7 @@ use crate::gateways::Gateways;
 use crate::home::Home;
 use crate::host::MachineHost;
 use crate::proxies::Proxies;
+use crate::sandboxes::Sandboxes;
 use crate::state::ProjectState;
 use crate::status::{project_status, serving_status};
 
@@ -33,6 +34,7 @@ pub struct App {
     store: Arc<Store>,
     gateways: Arc<Gateways>,
     proxies: Arc<Proxies>,
+    sandboxes: Arc<Sandboxes>,
     projects: Arc<Mutex<HashMap<String, Arc<ProjectSlot>>>>,
 }
 
@@ -50,12 +52,14 @@ impl App {
         store: Arc<Store>,
         gateways: Arc<Gateways>,
         proxies: Arc<Proxies>,
+        sandboxes: Arc<Sandboxes>,
     ) -> Self {
         App {
             home,
             store,
             gateways,
             proxies,
+            sandboxes,
             projects: Arc::default(),
         }
     }
@@ -246,6 +250,7 @@ async fn apply_plan(
         Arc::clone(&app.store),
         Arc::clone(&app.gateways),
         Arc::clone(&app.proxies),
+        Arc::clone(&app.sandboxes),
         &plan.project,
         remove_models,
     );

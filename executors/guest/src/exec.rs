@@ -24,6 +24,20 @@ const DRAIN: Duration = Duration::from_millis(500);
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub fn run(shared: &Shared, mut stream: UnixStream, request: protocol::Exec) -> io::Result<()> {
+    // The threads that follow the command start before it does: a command that forks
+    // up to the sandbox's process limit at once must not leave none for them.
+    let workers = if request.detach { 0 } else { 3 };
+    let workers = match (0..workers)
+        .map(|_| Worker::start())
+        .collect::<io::Result<Vec<_>>>()
+    {
+        Ok(workers) => workers,
+        Err(e) => {
+            let message =
+                format!("Cannot follow a command ({e}): the sandbox is at its process limit");
+            return server::reply(&mut stream, &server::error(message));
+        }
+    };
     let started = match start(shared, &request) {
         Ok(started) => started,
         Err(e) => return server::reply(&mut stream, &server::error(e.to_string())),
@@ -35,23 +49,14 @@ pub fn run(shared: &Shared, mut stream: UnixStream, request: protocol::Exec) -> 
     let writer = Arc::new(Mutex::new(stream.try_clone()?));
     let pid = started.pid;
     let (control, input) = (started.control, started.input);
+    let mut workers = workers.into_iter();
     let mut pumps = Vec::new();
-    let mut spawned = crate::thread(move || relay_input(stream, input, control, pid)).map(drop);
-    for (source, frame) in started.outputs {
-        let writer = writer.clone();
-        match crate::thread(move || pump(source, frame, writer)) {
-            Ok(handle) => pumps.push(handle),
-            Err(e) => spawned = Err(e),
-        }
+    if let Some(relay) = workers.next() {
+        relay.run(move || relay_input(stream, input, control, pid));
     }
-    if let Err(e) = spawned {
-        // Without its pumps the command would block on a full pipe: end it.
-        let _ = sys::kill_group(pid, libc::SIGKILL);
-        let message = format!(
-            "aistack-guest: cannot follow the command ({e}): the sandbox is at its process limit\n"
-        );
-        let mut writer = writer.lock().expect("writer lock");
-        let _ = Frame::Stderr(message.into_bytes()).write_to(&mut *writer);
+    for ((source, frame), worker) in started.outputs.into_iter().zip(workers) {
+        let writer = writer.clone();
+        pumps.push(worker.run(move || pump(source, frame, writer)));
     }
     let status = started.exit.recv().unwrap_or(ExitStatus {
         code: None,
@@ -66,6 +71,29 @@ pub fn run(shared: &Shared, mut stream: UnixStream, request: protocol::Exec) -> 
     let mut writer = writer.lock().expect("writer lock");
     Frame::Exit(status).write_to(&mut *writer)?;
     writer.shutdown(std::net::Shutdown::Both)
+}
+
+/// A thread started ahead of its work; one given no work ends.
+struct Worker {
+    job: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Worker {
+    fn start() -> io::Result<Worker> {
+        let (job, jobs) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let handle = crate::thread(move || {
+            if let Ok(job) = jobs.recv() {
+                job();
+            }
+        })?;
+        Ok(Worker { job, handle })
+    }
+
+    fn run(self, job: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+        let _ = self.job.send(Box::new(job));
+        self.handle
+    }
 }
 
 /// A stream of the command and the frame its bytes travel in.
@@ -96,7 +124,7 @@ fn start(shared: &Shared, request: &protocol::Exec) -> io::Result<Started> {
     command
         .args(&request.argv[1..])
         .env_clear()
-        .envs(environment(&request.env, &user))
+        .envs(environment(&request.env, &shared.env, &user))
         .current_dir(request.cwd.as_deref().unwrap_or(&user.home));
     let mut outputs: Vec<Output> = Vec::new();
     let (mut input, mut control) = (None, None);
@@ -153,13 +181,17 @@ fn start(shared: &Shared, request: &protocol::Exec) -> io::Result<Started> {
     })
 }
 
-/// The command's environment: what the host sent, with `PATH`, `HOME`, `USER` and
-/// `LOGNAME` filled in when it did not send them.
+/// The command's environment: what the host sent, with the sandbox's own variables and
+/// `PATH`, `HOME`, `USER` and `LOGNAME` filled in when it did not send them.
 fn environment(
     requested: &BTreeMap<String, String>,
+    sandbox: &[(String, String)],
     user: &users::User,
 ) -> BTreeMap<String, String> {
     let mut env = requested.clone();
+    for (key, value) in sandbox {
+        env.entry(key.clone()).or_insert_with(|| value.clone());
+    }
     let defaults = [
         ("PATH", DEFAULT_PATH),
         ("HOME", user.home.as_str()),

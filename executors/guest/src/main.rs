@@ -8,6 +8,7 @@
 
 mod children;
 mod exec;
+mod network;
 mod server;
 mod users;
 
@@ -21,13 +22,13 @@ use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use aistack_sandbox::setup::{self, CONTROL_DIR, GUEST_SOCKET, Launch, READY};
+use aistack_sandbox::setup::{self, CONTROL_DIR, GUEST_SOCKET, Launch, Network, READY};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["sandbox"] => sandbox(),
-        ["serve", socket] => serve(Path::new(socket), server::Mode::Process),
+        ["serve", socket] => serve(Path::new(socket), server::Mode::Process, Vec::new()),
         ["--version"] => {
             println!("aistack-guest {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -56,14 +57,19 @@ fn sandbox() -> io::Result<()> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("the launch: {e}")))?;
     setup::enter(&launch, &mut input, &mut io::stdout())?;
     users::ensure_agent()?;
-    serve(
-        &PathBuf::from(CONTROL_DIR).join(GUEST_SOCKET),
-        server::Mode::Init,
-    )
+    let env = match &launch.network {
+        Some(net) => {
+            network::start(net)?;
+            Network::env()
+        }
+        None => Vec::new(),
+    };
+    let socket = PathBuf::from(CONTROL_DIR).join(GUEST_SOCKET);
+    serve(&socket, server::Mode::Init, env)
 }
 
-fn serve(socket: &Path, mode: server::Mode) -> io::Result<()> {
-    let server = server::Server::bind(socket, mode)?;
+fn serve(socket: &Path, mode: server::Mode, env: Vec<(String, String)>) -> io::Result<()> {
+    let server = server::Server::bind(socket, mode, env)?;
     let mut stdout = io::stdout();
     writeln!(stdout, "{READY}")?;
     stdout.flush()?;

@@ -34,11 +34,13 @@ pub struct Shared {
     pub mode: Mode,
     pub children: Children,
     pub seccomp: Vec<seccompiler::BpfProgram>,
+    /// Variables every command gets unless its request sets them (the proxy's).
+    pub env: Vec<(String, String)>,
     started: Instant,
 }
 
 impl Server {
-    pub fn bind(socket: &Path, mode: Mode) -> io::Result<Server> {
+    pub fn bind(socket: &Path, mode: Mode, env: Vec<(String, String)>) -> io::Result<Server> {
         let _ = fs::remove_file(socket);
         let listener = UnixListener::bind(socket)
             .map_err(|e| io::Error::new(e.kind(), format!("binding {}: {e}", socket.display())))?;
@@ -51,6 +53,7 @@ impl Server {
                 mode,
                 children: Children::default(),
                 seccomp: seccomp::programs(),
+                env,
                 started: Instant::now(),
             },
         })

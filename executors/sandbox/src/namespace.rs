@@ -41,7 +41,8 @@ impl Layout {
     }
 
     /// Creates the directories, owned by sandbox root. The upper layer survives restarts.
-    fn prepare(&self, range: IdRange) -> io::Result<()> {
+    /// Idempotent.
+    pub fn prepare(&self, range: IdRange) -> io::Result<()> {
         for (dir, mode) in [
             (self.dir.join("upper"), 0o755),
             (self.dir.join("work"), 0o700),
@@ -76,6 +77,7 @@ pub struct Spec {
     pub cgroup_id: String,
     /// Where the agent's own messages go.
     pub log: PathBuf,
+    pub network: Option<crate::setup::Network>,
 }
 
 /// A started sandbox: the host process that lives as long as it does.
@@ -137,6 +139,7 @@ pub async fn start(spec: &Spec) -> Result<Running, StartError> {
         control: spec.layout.control.clone(),
         hostname: spec.hostname.clone(),
         cgroup_procs: cgroup.procs_files(),
+        network: spec.network.clone(),
     };
     let _ = fs::remove_file(spec.layout.socket());
     let log = fs::OpenOptions::new()

@@ -23,6 +23,43 @@ pub const CONTROL_DIR: &str = "/run/aistack";
 /// The agent's socket, in the control directory.
 pub const GUEST_SOCKET: &str = "guest.sock";
 
+/// The port inside on which the agent takes proxy connections to the host's policy proxy.
+pub const PROXY_PORT: u16 = 3128;
+/// The host's end of those connections, in the control directory.
+pub const PROXY_SOCKET: &str = "proxy.sock";
+/// The project CA, alone (`NODE_EXTRA_CA_CERTS` adds it to Node's own roots).
+pub const CA_FILE: &str = "/usr/local/share/ca-certificates/aistack.crt";
+/// The template's roots plus the project CA (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`).
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/aistack-bundle.pem";
+/// Where Debian-like templates keep their roots; the project CA is appended there too.
+pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The network of a sandbox: the policy proxy, and the CA it intercepts with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Network {
+    /// The project CA, PEM.
+    pub ca_pem: String,
+}
+
+impl Network {
+    /// What every command of the sandbox gets: the proxy in both spellings (curl and
+    /// busybox read the lower-case ones), and the CA for the clients that read a variable.
+    pub fn env() -> Vec<(String, String)> {
+        let proxy = format!("http://127.0.0.1:{PROXY_PORT}");
+        let mut env = Vec::new();
+        for key in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            env.push((key.to_owned(), proxy.clone()));
+        }
+        for key in ["NO_PROXY", "no_proxy"] {
+            env.push((key.to_owned(), "localhost,127.0.0.1,::1".to_owned()));
+        }
+        env.push(("SSL_CERT_FILE".to_owned(), CA_BUNDLE.to_owned()));
+        env.push(("REQUESTS_CA_BUNDLE".to_owned(), CA_BUNDLE.to_owned()));
+        env.push(("NODE_EXTRA_CA_CERTS".to_owned(), CA_FILE.to_owned()));
+        env
+    }
+}
+
 /// Everything the agent needs to build the sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Launch {
@@ -40,6 +77,9 @@ pub struct Launch {
     pub hostname: String,
     /// `cgroup.procs` files to join before anything else.
     pub cgroup_procs: Vec<PathBuf>,
+    /// No network at all (only `lo`) when absent.
+    #[serde(default)]
+    pub network: Option<Network>,
 }
 
 /// Handshake lines.

@@ -81,6 +81,7 @@ async fn start(limits: Limits) -> Sandbox {
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         cgroup_id: format!("test-{id}"),
         log: dir.path().join("guest.log"),
+        network: None,
     };
     let running = match namespace::start(&spec).await {
         Ok(running) => running,
