@@ -251,3 +251,89 @@ fn the_network_is_the_policy_proxy() {
     });
     assert!(found, "{log}");
 }
+
+/// A loopback stand-in of an API that records the request heads it receives and answers
+/// `ok`; it serves for at most two minutes.
+fn recording_upstream() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
+            let Ok((stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            stream.set_nonblocking(false).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            seen.lock().unwrap().push(head);
+            let mut stream = stream;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (port, heads)
+}
+
+/// The proxy injects the policy's credential: the stand-in API receives the real key, and
+/// nothing in the sandbox holds it (environment, files, any process's `/proc`).
+#[test]
+fn the_api_key_reaches_the_api_and_never_the_sandbox() {
+    const KEY: &str = "sk-sandbox-e2e-7c41a9-secret";
+    let (port, heads) = recording_upstream();
+    let mut env = env();
+    env.set_var("STANDIN_API_KEY", KEY);
+    let spec = format!(
+        "{SPEC}    network_policy: api\nnetwork_policies:\n  api:\n    default: deny\n    allow: [\"127.0.0.1/32:{port}\"]\n    credentials:\n      - {{ host: 127.0.0.1, header: x-api-key, from_env: STANDIN_API_KEY }}\n"
+    );
+    env.write("aistack.yaml", &env.spec(&spec));
+    let _down = Down(&env);
+    env.ok(&["up"]);
+    let call = format!(
+        "wget -q -O - --header 'x-api-key: placeholder' http://127.0.0.1:{port}/v1/messages"
+    );
+    let out = env.run(&["exec", "box", "--", "sh", "-c", &call]);
+    assert_eq!(text(&out.stdout), "ok", "{}", text(&out.stderr));
+    let received = heads.lock().unwrap().join("\n");
+    assert!(
+        received
+            .to_lowercase()
+            .contains(&format!("x-api-key: {KEY}")),
+        "{received}"
+    );
+    assert!(
+        !received.contains("placeholder"),
+        "the proxy replaces the header: {received}"
+    );
+
+    // The search must not carry the key itself: the shell joins it from two halves.
+    let (first, second) = KEY.split_at(12);
+    let search = format!(
+        "env; cat /proc/*/environ /proc/*/cmdline; k={first}; k=${{k}}{second}; \
+         grep -rlsF \"$k\" /bin /etc /home /root /run /tmp /usr /var {workspace} && echo FOUND; true",
+        workspace = env.project().canonicalize().unwrap().display()
+    );
+    for user in ["agent", "root"] {
+        let out = env.run(&["exec", "-u", user, "box", "--", "sh", "-c", &search]);
+        let seen = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !seen.contains(KEY),
+            "the key is visible to {user} inside: {seen}"
+        );
+    }
+}
