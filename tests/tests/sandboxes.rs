@@ -337,3 +337,39 @@ fn the_api_key_reaches_the_api_and_never_the_sandbox() {
         );
     }
 }
+
+/// `ports:` publishes a sandbox port on the host through the agent's tunnel, and a
+/// restarted daemon publishes it again.
+#[test]
+fn a_published_port_reaches_a_server_inside() {
+    let host_port = aistack_tests::free_port();
+    let env = env();
+    let spec = format!("{SPEC}    ports: [\"127.0.0.1:{host_port}:3000\"]\n");
+    env.write("aistack.yaml", &env.spec(&spec));
+    let _down = Down(&env);
+    env.ok(&["up"]);
+    let serve = "mkdir -p /tmp/www && echo served-inside > /tmp/www/index.html && httpd -p 127.0.0.1:3000 -h /tmp/www";
+    env.ok(&["exec", "box", "--", "sh", "-c", serve]);
+    let get = || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", host_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).ok()?;
+        answer.contains("served-inside").then_some(())
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || get().is_some()),
+        "the published port answers"
+    );
+
+    let daemon = env.daemon_pid().expect("the daemon runs");
+    aistack_tests::terminate(daemon, rustix::process::Signal::KILL);
+    assert!(aistack_tests::wait_gone(daemon, Duration::from_secs(10)));
+    env.ok(&["up"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || get().is_some()),
+        "published again: {}",
+        fs::read_to_string(env.home().join("logs/daemon.log")).unwrap_or_default()
+    );
+}

@@ -80,12 +80,14 @@ async fn converge(home: &Home, spec: &SpecArgs, options: UpOptions) -> Result<Ex
     print!("{}", plan.render_text());
     let serves = !loaded.document.spec.models.is_empty();
     let proxies = !loaded.document.spec.network_policies.is_empty();
+    let sandboxes = !loaded.document.spec.sandboxes.is_empty();
     if !plan.is_empty() {
         apply(home, plan, false, options.quiet, secrets).await?;
-    } else if serves || proxies {
-        // Nothing to change, but the models must be served and the proxies listen: this
-        // starts the daemon if the machine restarted (it re-serves what was applied) and
-        // hands over the keys and credentials, which live only in the daemon's memory.
+    } else if serves || proxies || sandboxes {
+        // Nothing to change, but the models must be served, the proxies listen and the
+        // sandboxes' ports and proxy sockets be served: this starts the daemon if it is
+        // not running (it re-serves what was applied) and hands over the keys and
+        // credentials, which live only in the daemon's memory.
         hand_over(home, plan, secrets).await?;
     }
     if !(serves || proxies) {

@@ -370,7 +370,7 @@ fn check_sandbox(step: &Step, sandbox: &serde_json::Value) -> Result<(), Unsuppo
             &format!("Set `sandboxes.{name}.agent: shell` for now"),
         ));
     }
-    for key in ["models", "ports"] {
+    for key in ["models"] {
         if set(key) {
             return Err(not_yet(
                 step,

@@ -154,9 +154,9 @@ async fn readopt(
     }
 }
 
-/// Gives the running sandboxes of `project` with a policy their way out again: their own
-/// proxy listener and the forwarder of their `proxy.sock` live in the daemon, while the
-/// sandboxes outlive it. A sandbox that no longer runs is left to the next `up`.
+/// Gives the running sandboxes of `project` their channels again: their published ports,
+/// their own proxy listener and the forwarder of their `proxy.sock` live in the daemon,
+/// while the sandboxes outlive it. A sandbox that no longer runs is left to the next `up`.
 async fn readopt_sandboxes(home: &Home, proxies: &Proxies, sandboxes: &Sandboxes, project: &str) {
     let Ok(state) = ProjectState::load(home, project) else {
         return;
@@ -166,27 +166,30 @@ async fn readopt_sandboxes(home: &Home, proxies: &Proxies, sandboxes: &Sandboxes
         .iter()
         .filter(|r| r.id.kind == Kind::Sandbox)
     {
-        let Some(policy) = sandbox
-            .fields
-            .get("network_policy")
-            .and_then(|p| p.as_str())
-        else {
-            continue;
-        };
         let name = &sandbox.id.name;
         let layout = sandboxes.layout_of(project, name);
         let client = aistack_sandbox::client::GuestClient::new(&layout.socket());
         if !client.is_up(std::time::Duration::from_millis(500)).await {
             continue;
         }
-        let forwarded = match proxies.attach(project, policy, name).await {
-            Ok(address) => sandboxes.forward(project, name, &layout, address),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = forwarded {
+        let fields = serde_json::Value::Object(
+            (sandbox.fields.iter())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+        let mut restored = sandboxes
+            .publish(project, name, &fields, &layout.socket())
+            .await;
+        if let Some(policy) = fields.get("network_policy").and_then(|p| p.as_str()) {
+            restored = match (restored, proxies.attach(project, policy, name).await) {
+                (Ok(()), Ok(address)) => sandboxes.forward(project, name, &layout, address),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+        }
+        if let Err(e) = restored {
             tracing::warn!(
                 project,
-                "{}: network not restored: {}",
+                "{}: channels not restored: {}",
                 sandbox.id,
                 e.message
             );

@@ -24,6 +24,7 @@ use aistack_sandbox::idmap::{DEFAULT_BASE, IdRange};
 use aistack_sandbox::namespace::{self, Layout, Spec};
 use aistack_sandbox::rootfs;
 use aistack_sandbox::setup::{Network, PROXY_SOCKET};
+use aistack_spec::values::PortMapping;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -38,11 +39,15 @@ pub const SOCKET: &str = "socket";
 /// How long a stopping sandbox's processes get between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
+/// A task serving one of a sandbox's channels on the host.
+type Channel = tokio::task::JoinHandle<()>;
+
 pub struct Sandboxes {
     home: Home,
     range: IdRange,
-    /// The host end of each networked sandbox's proxy socket, by project and sandbox.
-    forwarders: Mutex<HashMap<(String, String), tokio::task::JoinHandle<()>>>,
+    /// The host side of each sandbox's channels (its proxy socket, its published ports),
+    /// by project and sandbox.
+    tasks: Mutex<HashMap<(String, String), Vec<Channel>>>,
 }
 
 impl Sandboxes {
@@ -50,7 +55,7 @@ impl Sandboxes {
         Sandboxes {
             home,
             range: id_range(),
-            forwarders: Mutex::default(),
+            tasks: Mutex::default(),
         }
     }
 
@@ -144,9 +149,18 @@ impl Sandboxes {
     ) -> Result<PathBuf, HostError> {
         let layout = self.layout(project, name);
         let socket = layout.socket();
+        if GuestClient::new(&socket)
+            .is_up(Duration::from_millis(500))
+            .await
+            && self.has_channels(project, name)
+        {
+            return Ok(socket);
+        }
+        self.close_channels(project, name);
         if let Some(proxy) = proxy {
             self.forward(project, name, &layout, proxy)?;
         }
+        self.publish(project, name, sandbox, &socket).await?;
         if GuestClient::new(&socket)
             .is_up(Duration::from_millis(500))
             .await
@@ -243,28 +257,73 @@ impl Sandboxes {
                 });
             }
         });
-        let key = (project.to_owned(), name.to_owned());
-        let mut forwarders = self
-            .forwarders
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(old) = forwarders.insert(key, task) {
-            old.abort();
+        self.keep(project, name, task);
+        Ok(())
+    }
+
+    /// Publishes the sandbox's `ports`: a host listener per mapping whose every
+    /// connection is tunnelled to the sandbox port through the agent (`connect`).
+    pub async fn publish(
+        &self,
+        project: &str,
+        name: &str,
+        sandbox: &Value,
+        socket: &Path,
+    ) -> Result<(), HostError> {
+        let mappings = (sandbox
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten())
+        .filter_map(Value::as_str)
+        .filter_map(|text| text.parse::<PortMapping>().ok());
+        for mapping in mappings {
+            let address = SocketAddr::new(mapping.host_ip, mapping.host_port);
+            let listener = bind_retrying(address).await.map_err(|e| HostError {
+                message: format!("Cannot publish `{mapping}` of sandbox `{name}`: {e}"),
+                help: Some(format!(
+                    "Stop what listens on `{address}`, or publish another host port in `sandboxes.{name}.ports`"
+                )),
+            })?;
+            let client = GuestClient::new(socket);
+            let port = mapping.sandbox_port;
+            let task = tokio::spawn(async move {
+                while let Ok((mut outside, _)) = listener.accept().await {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        if let Ok(mut inside) = client.connect(port).await {
+                            let _ = tokio::io::copy_bidirectional(&mut outside, &mut inside).await;
+                        }
+                    });
+                }
+            });
+            self.keep(project, name, task);
         }
         Ok(())
     }
 
+    fn keep(&self, project: &str, name: &str, task: Channel) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (project.to_owned(), name.to_owned());
+        tasks.entry(key).or_default().push(task);
+    }
+
+    fn has_channels(&self, project: &str, name: &str) -> bool {
+        let tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        tasks.contains_key(&(project.to_owned(), name.to_owned()))
+    }
+
+    fn close_channels(&self, project: &str, name: &str) {
+        let key = (project.to_owned(), name.to_owned());
+        let tasks = (self.tasks.lock().unwrap_or_else(PoisonError::into_inner)).remove(&key);
+        for task in tasks.into_iter().flatten() {
+            task.abort();
+        }
+    }
+
     /// Stops the sandbox and deletes its layer, socket directory and log. Idempotent.
     pub async fn remove(&self, project: &str, name: &str) -> Result<(), HostError> {
-        let key = (project.to_owned(), name.to_owned());
-        let forwarder = (self
-            .forwarders
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner))
-        .remove(&key);
-        if let Some(forwarder) = forwarder {
-            forwarder.abort();
-        }
+        self.close_channels(project, name);
         let layout = self.layout(project, name);
         let client = GuestClient::new(&layout.socket());
         if client.shutdown(STOP_GRACE).await.is_ok() {
@@ -301,6 +360,23 @@ impl Sandboxes {
     fn cgroup_id(&self, project: &str, name: &str) -> String {
         let home = Sha256::digest(self.home.root().as_os_str().as_encoded_bytes());
         format!("{project}-{name}-{}", &hex::encode(home)[..12])
+    }
+}
+
+/// Binds `address`, retrying for a second: a listener of the sandbox's previous start may
+/// still be closing.
+async fn bind_retrying(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match tokio::net::TcpListener::bind(address).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
     }
 }
 
