@@ -18,6 +18,7 @@ mod exec;
 mod model;
 mod network;
 mod run;
+mod sandbox;
 mod status;
 
 pub use apply::{UpOptions, down, up};
@@ -27,6 +28,7 @@ pub use exec::{ExecArgs, exec};
 pub use model::{ModelCommand, model};
 pub use network::{NetworkCommand, network};
 pub use run::run;
+pub use sandbox::{SandboxCommand, sandbox};
 pub use status::status;
 
 /// `aistack validate`.

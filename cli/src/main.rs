@@ -116,6 +116,9 @@ enum Command {
     /// What the network policies' proxies let through and refused.
     #[command(subcommand)]
     Network(commands::NetworkCommand),
+    /// The project's sandboxes.
+    #[command(subcommand)]
+    Sandbox(commands::SandboxCommand),
     /// Run a command in a running sandbox; exits with the command's code.
     Exec(commands::ExecArgs),
     /// Run the runtime in the foreground.
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
             Command::Logs { name, follow } => commands::logs(&spec, name.as_deref(), follow).await,
             Command::Run { model, prompt } => commands::run(&spec, &model, prompt).await,
             Command::Schema => commands::schema(),
+            Command::Sandbox(command) => commands::sandbox(&spec, command).await,
             Command::Exec(args) => commands::exec(&spec, args).await,
             Command::Daemon => commands::daemon().await,
             Command::Engine(args) => commands::engine(args).await,

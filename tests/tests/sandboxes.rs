@@ -150,6 +150,25 @@ fn up_exec_repair_and_down() {
     ]);
     assert_eq!(text(&out.stdout), "kept\nlayer", "{}", text(&out.stderr));
 
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["sandbox", "ls", "--json"])).unwrap();
+    assert_eq!(listed[0]["name"], "box");
+    assert_eq!(listed[0]["state"], "running");
+    // `sandbox stop` ends its processes and keeps its files; `up` starts it again.
+    env.ok(&["sandbox", "stop", "box"]);
+    assert!(wait_for(Duration::from_secs(10), || guest_pids(&env).is_empty()));
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["sandbox", "ls", "--json"])).unwrap();
+    assert_eq!(listed[0]["state"], "stopped");
+    let log = env.ok(&["sandbox", "logs", "box"]);
+    assert!(log.contains("aistack-guest: shutting down"), "{log}");
+    env.ok(&["up"]);
+    let out = env.run(&["exec", "box", "--", "cat", "/home/agent/layer"]);
+    assert_eq!(text(&out.stdout), "layer", "{}", text(&out.stderr));
+    let missing = env.run(&["sandbox", "logs", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("No sandbox `nope` in project `sbx`"));
+
     env.ok(&["down"]);
     assert!(wait_for(Duration::from_secs(10), || guest_pids(&env).is_empty()));
     assert!(!env.home().join("projects/sbx/sandboxes/box").exists());

@@ -351,9 +351,12 @@ impl Sandboxes {
     }
 
     fn log(&self, project: &str, name: &str) -> PathBuf {
-        self.home
-            .logs()
-            .join(format!("sandbox-{project}-{name}.log"))
+        Sandboxes::log_path(&self.home, project, name)
+    }
+
+    /// The guest agent's log of a sandbox.
+    pub fn log_path(home: &Home, project: &str, name: &str) -> PathBuf {
+        home.logs().join(format!("sandbox-{project}-{name}.log"))
     }
 
     /// Unique on the host: several homes (tests, users) may have the same project names.

@@ -67,7 +67,7 @@ impl Server {
         let on_signal = self.shared.clone();
         std::thread::spawn(move || {
             if let Ok(signal) = sys::wait_signal(&signals) {
-                eprintln!("aistack-guest: signal {signal}, shutting down");
+                eprintln!("aistack-guest: signal {signal}");
                 on_signal.shutdown(Duration::from_secs(5));
             }
         });
@@ -127,6 +127,7 @@ impl Shared {
     }
 
     fn shutdown(&self, grace: Duration) -> ! {
+        eprintln!("aistack-guest: shutting down");
         self.children.terminate(self.mode == Mode::Init, grace);
         std::process::exit(0);
     }

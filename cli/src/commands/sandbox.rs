@@ -1,0 +1,126 @@
+//! `aistack sandbox …`: the project's sandboxes, from its record and their agents.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use aistack_daemon::sandboxes::{SOCKET, Sandboxes};
+use aistack_daemon::state::ProjectState;
+use aistack_planner::Kind;
+use aistack_sandbox::client::GuestClient;
+use clap::Subcommand;
+
+use super::home;
+use crate::load::SpecArgs;
+use crate::report::{Failure, Report};
+
+/// The `sandbox` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// List the project's sandboxes and whether they run.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a sandbox's processes; its files stay, and `aistack up` starts it again.
+    Stop {
+        /// The sandbox: its key under `sandboxes:`.
+        name: String,
+    },
+    /// Print a sandbox's guest agent log.
+    Logs {
+        /// The sandbox: its key under `sandboxes:`.
+        name: String,
+    },
+}
+
+/// `aistack sandbox …`.
+pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCode, Failure> {
+    let home = home()?;
+    let project = spec.project_without_spec()?;
+    let state = ProjectState::load(&home, &project)?;
+    let recorded: Vec<_> = (state.resources.iter())
+        .filter(|r| r.id.kind == Kind::Sandbox)
+        .collect();
+    match command {
+        SandboxCommand::Ls { json } => {
+            let mut rows = Vec::new();
+            for sandbox in recorded {
+                let socket = Sandboxes::socket(&home, &project, &sandbox.id.name);
+                let up = GuestClient::new(&socket)
+                    .is_up(Duration::from_millis(500))
+                    .await;
+                let field = |key: &str| sandbox.fields.get(key).cloned().unwrap_or_default();
+                rows.push(serde_json::json!({
+                    "name": sandbox.id.name,
+                    "state": if up { "running" } else { "stopped" },
+                    "template": field("template"),
+                    "agent": field("agent"),
+                    "isolation": "namespace",
+                    "workspace": field("workspace"),
+                    "network_policy": field("network_policy"),
+                }));
+            }
+            let mut out = std::io::stdout();
+            if json {
+                let _ = writeln!(out, "{}", serde_json::Value::Array(rows));
+            } else if rows.is_empty() {
+                eprintln!(
+                    "No sandboxes in project `{project}`; add one under `sandboxes:` and run `aistack up`"
+                );
+            } else {
+                for row in rows {
+                    let text = |key: &str| row[key].as_str().unwrap_or("-").to_owned();
+                    let _ = writeln!(
+                        out,
+                        "{:<16} {:<8} {:<10} {:<8} {}",
+                        text("name"),
+                        text("state"),
+                        text("isolation"),
+                        text("agent"),
+                        text("workspace")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SandboxCommand::Stop { name } => {
+            let sandbox = find(&recorded, &name, &project)?;
+            let socket = sandbox.outputs.get(SOCKET).map(std::path::PathBuf::from);
+            let socket = socket.unwrap_or_else(|| Sandboxes::socket(&home, &project, &name));
+            let client = GuestClient::new(&socket);
+            if client.shutdown(Duration::from_secs(3)).await.is_err() {
+                eprintln!("Sandbox `{name}` is not running");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SandboxCommand::Logs { name } => {
+            find(&recorded, &name, &project)?;
+            let path = Sandboxes::log_path(&home, &project, &name);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn find<'a>(
+    recorded: &[&'a aistack_planner::Applied],
+    name: &str,
+    project: &str,
+) -> Result<&'a aistack_planner::Applied, Failure> {
+    recorded
+        .iter()
+        .copied()
+        .find(|r| r.id.name == name)
+        .ok_or_else(|| {
+            Failure::from(Report::new(
+                format!("No sandbox `{name}` in project `{project}`"),
+                Some(
+                    "`aistack sandbox ls` lists them; `aistack up` creates those of the spec"
+                        .to_owned(),
+                ),
+            ))
+        })
+}
