@@ -154,6 +154,9 @@ fn up_exec_repair_and_down() {
         serde_json::from_str(&env.ok(&["sandbox", "ls", "--json"])).unwrap();
     assert_eq!(listed[0]["name"], "box");
     assert_eq!(listed[0]["state"], "running");
+    assert_eq!(listed[0]["isolation"], "namespace");
+    let reason = listed[0]["isolation_reason"].as_str().unwrap();
+    assert!(reason.starts_with("auto: "), "{reason}");
     // `sandbox stop` ends its processes and keeps its files; `up` starts it again.
     env.ok(&["sandbox", "stop", "box"]);
     assert!(wait_for(Duration::from_secs(10), || guest_pids(&env).is_empty()));

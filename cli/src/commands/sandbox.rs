@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use aistack_daemon::sandboxes::{SOCKET, Sandboxes};
+use aistack_daemon::sandboxes::{ISOLATION, ISOLATION_REASON, SOCKET, Sandboxes};
 use aistack_daemon::state::ProjectState;
 use aistack_planner::Kind;
 use aistack_sandbox::client::GuestClient;
@@ -52,12 +52,14 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
                     .is_up(Duration::from_millis(500))
                     .await;
                 let field = |key: &str| sandbox.fields.get(key).cloned().unwrap_or_default();
+                let output = |key: &str| sandbox.outputs.get(key).cloned().unwrap_or_default();
                 rows.push(serde_json::json!({
                     "name": sandbox.id.name,
                     "state": if up { "running" } else { "stopped" },
                     "template": field("template"),
                     "agent": field("agent"),
-                    "isolation": "namespace",
+                    "isolation": output(ISOLATION),
+                    "isolation_reason": output(ISOLATION_REASON),
                     "workspace": field("workspace"),
                     "network_policy": field("network_policy"),
                 }));

@@ -18,7 +18,7 @@ use aistack_store::{LocalFile, Store};
 use crate::gateways::{GatewaySpec, Gateways};
 use crate::home::Home;
 use crate::proxies::Proxies;
-use crate::sandboxes::{ROOTFS, SOCKET, Sandboxes};
+use crate::sandboxes::{ISOLATION, ISOLATION_REASON, ROOTFS, SOCKET, Sandboxes};
 use crate::serving::model_config;
 use crate::state::ProjectState;
 
@@ -415,10 +415,19 @@ impl MachineHost {
             .sandboxes
             .start(&self.project, &desired.id.name, sandbox, &rootfs, proxy)
             .await?;
-        Ok(Outputs::from([(
-            SOCKET.to_owned(),
-            socket.to_string_lossy().into_owned(),
-        )]))
+        let requested = sandbox
+            .get("isolation")
+            .and_then(|i| i.as_str())
+            .unwrap_or("auto");
+        let choice = aistack_sandbox::isolation::choose(
+            requested,
+            aistack_sandbox::isolation::Host::probe(),
+        );
+        Ok(Outputs::from([
+            (SOCKET.to_owned(), socket.to_string_lossy().into_owned()),
+            (ISOLATION.to_owned(), choice.backend.to_owned()),
+            (ISOLATION_REASON.to_owned(), choice.reason),
+        ]))
     }
 
     /// Runs the proxy of a policy (on `port` when it keeps its recorded one) and records

@@ -35,6 +35,9 @@ use crate::state::write_atomically;
 pub const ROOTFS: &str = "rootfs";
 /// Output key of a sandbox: its guest agent's socket.
 pub const SOCKET: &str = "socket";
+/// Output keys of a sandbox: the backend it runs on, and why.
+pub const ISOLATION: &str = "isolation";
+pub const ISOLATION_REASON: &str = "isolation_reason";
 
 /// How long a stopping sandbox's processes get between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);

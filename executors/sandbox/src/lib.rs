@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod guest;
 pub mod idmap;
+pub mod isolation;
 pub mod protocol;
 pub mod rootfs;
 pub mod seccomp;
