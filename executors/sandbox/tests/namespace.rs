@@ -23,6 +23,14 @@ struct Sandbox {
     client: GuestClient,
 }
 
+/// A failed assertion must not leave the sandbox running: its host process going takes
+/// PID 1 with it.
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.running.child.start_kill();
+    }
+}
+
 impl Sandbox {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("guest.log")).unwrap_or_default()
