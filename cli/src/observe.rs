@@ -24,7 +24,7 @@ pub async fn observe(
     pull: bool,
 ) -> Result<Observed, Failure> {
     let mut observed = ProjectState::load(home, project)?.observed();
-    forget_stopped_sandboxes(&mut observed, spec).await;
+    forget_stopped_sandboxes(home, project, &mut observed, spec).await;
     // Projects sharing a listener must agree on its settings; an unreadable record of
     // another project is that project's problem, not this plan's.
     for other in ProjectState::projects(home) {
@@ -127,21 +127,20 @@ fn local_file(cache: &mut DigestCache, path: &Path) -> LocalFile {
 /// A recorded sandbox the spec still wants whose guest agent does not answer (killed,
 /// or the machine restarted) is not there: the plan creates it again, on its kept layer.
 /// One the spec no longer wants stays recorded, so that its removal cleans up.
-async fn forget_stopped_sandboxes(observed: &mut Observed, spec: &Spec) {
+async fn forget_stopped_sandboxes(
+    home: &Home,
+    project: &str,
+    observed: &mut Observed,
+    spec: &Spec,
+) {
     let mut stopped = Vec::new();
-    for (id, applied) in &observed.resources {
+    for id in observed.resources.keys() {
         if id.kind != aistack_planner::Kind::Sandbox || !spec.sandboxes.contains_key(&id.name) {
             continue;
         }
-        let socket = applied.outputs.get(aistack_daemon::sandboxes::SOCKET);
-        let up = match socket {
-            Some(socket) => {
-                let client = aistack_sandbox::client::GuestClient::new(Path::new(socket));
-                client.is_up(std::time::Duration::from_millis(500)).await
-            }
-            None => false,
-        };
-        if !up {
+        let socket = aistack_daemon::sandboxes::Sandboxes::socket(home, project, &id.name);
+        let client = aistack_sandbox::client::GuestClient::new(&socket);
+        if !client.is_up(std::time::Duration::from_millis(500)).await {
             stopped.push(id.clone());
         }
     }

@@ -32,6 +32,20 @@ pub fn repo_root() -> PathBuf {
     })
 }
 
+/// `target/<profile>/`: tests and benches run from its `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_owned()
+}
+
+/// Whether the running test or bench is a release build (binaries it builds match it).
+pub fn is_release() -> bool {
+    profile_dir().file_name().is_some_and(|n| n == "release")
+}
+
 /// The `aistack` binary of this workspace in the profile of the running test or bench
 /// (`AISTACK_BIN` overrides), built once per process so that a run never exercises a stale
 /// binary.
@@ -41,20 +55,13 @@ pub fn aistack_bin() -> &'static Path {
         if let Some(bin) = std::env::var_os("AISTACK_BIN") {
             return PathBuf::from(bin);
         }
-        // Tests and benches run from target/<profile>/deps/; the binary sits in
-        // target/<profile>/.
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let profile_dir = profile_dir();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
         build
             .args(["build", "--quiet", "-p", "aistack", "--bin", "aistack"])
             .current_dir(repo_root());
-        if release {
+        if is_release() {
             build.arg("--release");
         }
         assert!(

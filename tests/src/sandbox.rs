@@ -16,13 +16,8 @@ pub fn guest_bin() -> &'static Path {
         if let Some(bin) = std::env::var_os("AISTACK_GUEST").filter(|b| !b.is_empty()) {
             return PathBuf::from(bin);
         }
-        let exe = std::env::current_exe().expect("test binary path");
-        let release = exe
-            .ancestors()
-            .nth(2)
-            .is_some_and(|p| p.ends_with("release"));
         let mut build = Command::new(repo_root().join("scripts/build-guest"));
-        if release {
+        if crate::is_release() {
             build.arg("--release");
         }
         let out = build.output().expect("scripts/build-guest runs");

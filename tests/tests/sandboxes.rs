@@ -43,6 +43,16 @@ fn env() -> TestEnv {
     env
 }
 
+/// `aistack exec box -- sh -c SCRIPT`.
+fn sh(env: &TestEnv, script: &str) -> std::process::Output {
+    env.run(&["exec", "box", "--", "sh", "-c", script])
+}
+
+/// The same, asserting success; its stdout.
+fn sh_ok(env: &TestEnv, script: &str) -> String {
+    env.ok(&["exec", "box", "--", "sh", "-c", script])
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).trim().to_owned()
 }
@@ -72,14 +82,7 @@ fn up_exec_repair_and_down() {
     let _down = Down(&env);
     env.ok(&["up"]);
 
-    let out = env.run(&[
-        "exec",
-        "box",
-        "--",
-        "sh",
-        "-c",
-        "echo $GREETING $WHO from $(pwd) as $(id -un); exit 5",
-    ]);
+    let out = sh(&env, "echo $GREETING $WHO from $(pwd) as $(id -un); exit 5");
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     let project = env.project().canonicalize().unwrap();
     assert_eq!(
@@ -110,14 +113,7 @@ fn up_exec_repair_and_down() {
     assert_eq!(text(&out.stdout), "piped\n1 0");
 
     // The workspace is the project directory; a file in the sandbox's own layer too.
-    env.ok(&[
-        "exec",
-        "box",
-        "--",
-        "sh",
-        "-c",
-        "echo kept > note && echo layer > /home/agent/layer",
-    ]);
+    sh_ok(&env, "echo kept > note && echo layer > /home/agent/layer");
     assert_eq!(
         fs::read_to_string(env.project().join("note")).unwrap(),
         "kept\n"
@@ -140,14 +136,7 @@ fn up_exec_repair_and_down() {
     let plan = env.ok(&["plan"]);
     assert!(plan.contains("+ sandbox box"), "{plan}");
     env.ok(&["up"]);
-    let out = env.run(&[
-        "exec",
-        "box",
-        "--",
-        "sh",
-        "-c",
-        "cat note /home/agent/layer",
-    ]);
+    let out = sh(&env, "cat note /home/agent/layer");
     assert_eq!(text(&out.stdout), "kept\nlayer", "{}", text(&out.stderr));
 
     let listed: serde_json::Value =
@@ -211,7 +200,7 @@ fn the_network_is_the_policy_proxy() {
     env.ok(&["up"]);
 
     let fetch = format!("wget -q -O - http://127.0.0.1:{port}/through-the-proxy");
-    let out = env.run(&["exec", "box", "--", "sh", "-c", &fetch]);
+    let out = sh(&env, &fetch);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).starts_with("GET /through-the-proxy HTTP/1.1"),
@@ -237,17 +226,13 @@ fn the_network_is_the_policy_proxy() {
     );
 
     let direct = format!("env -u http_proxy wget -q -O - http://127.0.0.1:{port}/direct");
-    let out = env.run(&["exec", "box", "--", "sh", "-c", &direct]);
+    let out = sh(&env, &direct);
     assert_ne!(out.status.code(), Some(0), "a direct connection must fail");
 
-    let vars = env.ok(&[
-        "exec",
-        "box",
-        "--",
-        "sh",
-        "-c",
+    let vars = sh_ok(
+        &env,
         "echo $HTTPS_PROXY $https_proxy $SSL_CERT_FILE; grep -c BEGIN $NODE_EXTRA_CA_CERTS",
-    ]);
+    );
     assert_eq!(
         vars.trim(),
         "http://127.0.0.1:3128 http://127.0.0.1:3128 /etc/ssl/certs/aistack-bundle.pem\n1"
@@ -329,7 +314,7 @@ fn the_api_key_reaches_the_api_and_never_the_sandbox() {
     let call = format!(
         "wget -q -O - --header 'x-api-key: placeholder' http://127.0.0.1:{port}/v1/messages"
     );
-    let out = env.run(&["exec", "box", "--", "sh", "-c", &call]);
+    let out = sh(&env, &call);
     assert_eq!(text(&out.stdout), "ok", "{}", text(&out.stderr));
     let received = heads.lock().unwrap().join("\n");
     assert!(
@@ -371,7 +356,7 @@ fn a_published_port_reaches_a_server_inside() {
     let _down = Down(&env);
     env.ok(&["up"]);
     let serve = "mkdir -p /tmp/www && echo served-inside > /tmp/www/index.html && httpd -p 127.0.0.1:3000 -h /tmp/www";
-    env.ok(&["exec", "box", "--", "sh", "-c", serve]);
+    sh_ok(&env, serve);
     let get = || {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", host_port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use aistack_daemon::sandboxes::{ISOLATION, ISOLATION_REASON, SOCKET, Sandboxes};
+use aistack_daemon::sandboxes::{ISOLATION, ISOLATION_REASON, Sandboxes};
 use aistack_daemon::state::ProjectState;
 use aistack_planner::Kind;
 use aistack_sandbox::client::GuestClient;
@@ -88,10 +88,8 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         SandboxCommand::Stop { name } => {
-            let sandbox = find(&recorded, &name, &project)?;
-            let socket = sandbox.outputs.get(SOCKET).map(std::path::PathBuf::from);
-            let socket = socket.unwrap_or_else(|| Sandboxes::socket(&home, &project, &name));
-            let client = GuestClient::new(&socket);
+            find(&recorded, &name, &project)?;
+            let client = GuestClient::new(&Sandboxes::socket(&home, &project, &name));
             if client.shutdown(Duration::from_secs(3)).await.is_err() {
                 eprintln!("Sandbox `{name}` is not running");
             }

@@ -329,11 +329,7 @@ fn check_template(step: &Step, template: &serde_json::Value) -> Result<(), Unsup
             "Use `from: ./DIR`, a directory holding a root filesystem",
         ));
     }
-    if template
-        .get("run")
-        .and_then(|r| r.as_array())
-        .is_some_and(|r| !r.is_empty())
-    {
+    if non_empty_list(template, "run") {
         return Err(not_yet(
             step,
             "Template build steps (`run:`)",
@@ -343,17 +339,16 @@ fn check_template(step: &Step, template: &serde_json::Value) -> Result<(), Unsup
     Ok(())
 }
 
+fn non_empty_list(value: &serde_json::Value, key: &str) -> bool {
+    (value.get(key).and_then(|v| v.as_array())).is_some_and(|items| !items.is_empty())
+}
+
 fn check_sandbox(step: &Step, sandbox: &serde_json::Value) -> Result<(), Unsupported> {
     let text = |key: &str| {
         sandbox
             .get(key)
             .and_then(|v| v.as_str())
             .unwrap_or_default()
-    };
-    let set = |key: &str| match sandbox.get(key) {
-        Some(serde_json::Value::Array(items)) => !items.is_empty(),
-        Some(serde_json::Value::Null) | None => false,
-        Some(_) => true,
     };
     let name = &step.id.name;
     if text("isolation") == "microvm" {
@@ -370,14 +365,12 @@ fn check_sandbox(step: &Step, sandbox: &serde_json::Value) -> Result<(), Unsuppo
             &format!("Set `sandboxes.{name}.agent: shell` for now"),
         ));
     }
-    for key in ["models"] {
-        if set(key) {
-            return Err(not_yet(
-                step,
-                &format!("Sandbox `{key}`"),
-                &format!("Remove `sandboxes.{name}.{key}` for now"),
-            ));
-        }
+    if non_empty_list(sandbox, "models") {
+        return Err(not_yet(
+            step,
+            "Sandbox `models`",
+            &format!("Remove `sandboxes.{name}.models` for now"),
+        ));
     }
     Ok(())
 }

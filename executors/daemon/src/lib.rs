@@ -167,16 +167,12 @@ async fn readopt_sandboxes(home: &Home, proxies: &Proxies, sandboxes: &Sandboxes
         .filter(|r| r.id.kind == Kind::Sandbox)
     {
         let name = &sandbox.id.name;
-        let layout = sandboxes.layout_of(project, name);
+        let layout = Sandboxes::layout_in(home, project, name);
         let client = aistack_sandbox::client::GuestClient::new(&layout.socket());
         if !client.is_up(std::time::Duration::from_millis(500)).await {
             continue;
         }
-        let fields = serde_json::Value::Object(
-            (sandbox.fields.iter())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        );
+        let fields = recorded_payload(sandbox);
         let mut restored = sandboxes
             .publish(project, name, &fields, &layout.socket())
             .await;
@@ -197,6 +193,13 @@ async fn readopt_sandboxes(home: &Home, proxies: &Proxies, sandboxes: &Sandboxes
     }
 }
 
+/// A record's fields as the JSON object its plan payload was (proxy and sandbox payloads
+/// are their fields).
+fn recorded_payload(applied: &aistack_planner::Applied) -> serde_json::Value {
+    let fields = applied.fields.iter().map(|(k, v)| (k.clone(), v.clone()));
+    serde_json::Value::Object(fields.collect())
+}
+
 /// Starts again, each on its recorded port, the proxies `project`'s record says were
 /// applied and that do not run. Credential values come with the next `up`. A port now
 /// taken is logged and tried again by the next apply.
@@ -208,11 +211,7 @@ pub(crate) async fn readopt_proxies(home: &Home, proxies: &Proxies, project: &st
         if proxies.is_running(project, &proxy.id.name).await {
             continue;
         }
-        let policy = serde_json::Value::Object(
-            (proxy.fields.iter())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        );
+        let policy = recorded_payload(proxy);
         let port = host::recorded_port(proxy);
         if let Err(e) = proxies.apply(project, &proxy.id.name, &policy, port).await {
             tracing::warn!(project, "{}: not restarted: {}", proxy.id, e.message);

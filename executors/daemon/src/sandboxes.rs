@@ -123,20 +123,20 @@ impl Sandboxes {
     }
 
     fn layout(&self, project: &str, name: &str) -> Layout {
+        Sandboxes::layout_in(&self.home, project, name)
+    }
+
+    /// A sandbox's directories under `home`.
+    pub fn layout_in(home: &Home, project: &str, name: &str) -> Layout {
         Layout::new(
-            &self.home.project(project).join("sandboxes").join(name),
-            &self.home.run().join(format!("sandbox-{project}-{name}")),
+            &home.project(project).join("sandboxes").join(name),
+            &home.run().join(format!("sandbox-{project}-{name}")),
         )
     }
 
     /// The guest agent's socket of a sandbox.
     pub fn socket(home: &Home, project: &str, name: &str) -> PathBuf {
-        Sandboxes::new(home.clone()).layout(project, name).socket()
-    }
-
-    /// A sandbox's directories.
-    pub fn layout_of(&self, project: &str, name: &str) -> Layout {
-        self.layout(project, name)
+        Sandboxes::layout_in(home, project, name).socket()
     }
 
     /// Starts the sandbox unless its agent already answers. A sandbox with a policy gets
@@ -152,11 +152,10 @@ impl Sandboxes {
     ) -> Result<PathBuf, HostError> {
         let layout = self.layout(project, name);
         let socket = layout.socket();
-        if GuestClient::new(&socket)
+        let up = GuestClient::new(&socket)
             .is_up(Duration::from_millis(500))
-            .await
-            && self.has_channels(project, name)
-        {
+            .await;
+        if up && self.has_channels(project, name) {
             return Ok(socket);
         }
         self.close_channels(project, name);
@@ -164,10 +163,7 @@ impl Sandboxes {
             self.forward(project, name, &layout, proxy)?;
         }
         self.publish(project, name, sandbox, &socket).await?;
-        if GuestClient::new(&socket)
-            .is_up(Duration::from_millis(500))
-            .await
-        {
+        if up {
             return Ok(socket);
         }
         let network = match proxy {

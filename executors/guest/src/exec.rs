@@ -118,7 +118,7 @@ fn start(shared: &Shared, request: &protocol::Exec) -> io::Result<Started> {
     let user = match (&request.user, shared.mode) {
         (Some(spec), _) => users::resolve(spec)?,
         (None, Mode::Init) => users::resolve(AGENT)?,
-        (None, Mode::Process) => users::resolve(&format!("{}:{}", current_uid(), current_gid()))?,
+        (None, Mode::Process) => users::resolve(&own_ids())?,
     };
     let mut command = Command::new(program);
     command
@@ -205,12 +205,10 @@ fn environment(
     env
 }
 
-fn current_uid() -> u32 {
-    std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m))
-}
-
-fn current_gid() -> u32 {
-    std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::gid(&m))
+/// The agent's own `UID:GID` (a process's `/proc/self` belongs to its ids).
+fn own_ids() -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or("0:0".to_owned(), |m| format!("{}:{}", m.uid(), m.gid()))
 }
 
 fn pump(mut source: File, frame: fn(Vec<u8>) -> Frame, writer: Arc<Mutex<UnixStream>>) {

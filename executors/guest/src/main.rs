@@ -19,6 +19,8 @@ pub fn thread(body: impl FnOnce() + Send + 'static) -> io::Result<std::thread::J
 }
 
 use std::io::{self, BufRead, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -46,6 +48,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Copies both ways between a host connection and a TCP connection inside until each
+/// side has ended, passing each end of stream on (a port tunnel, a proxy connection).
+pub fn splice(host: UnixStream, inside: TcpStream) -> io::Result<()> {
+    let (mut from_host, mut to_inside) = (host.try_clone()?, inside.try_clone()?);
+    let inbound = thread(move || {
+        let _ = io::copy(&mut from_host, &mut to_inside);
+        let _ = to_inside.shutdown(Shutdown::Write);
+    });
+    let (mut from_inside, mut to_host) = (inside, host);
+    let _ = io::copy(&mut from_inside, &mut to_host);
+    let _ = to_host.shutdown(Shutdown::Write);
+    if let Ok(inbound) = inbound {
+        let _ = inbound.join();
+    }
+    Ok(())
 }
 
 fn sandbox() -> io::Result<()> {

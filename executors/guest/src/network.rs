@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -34,18 +34,8 @@ fn forward(client: TcpStream) {
             return;
         }
     };
-    let (Ok(mut from_client), Ok(mut to_host)) = (client.try_clone(), host.try_clone()) else {
-        return;
-    };
-    let upstream = crate::thread(move || {
-        let _ = io::copy(&mut from_client, &mut to_host);
-        let _ = to_host.shutdown(Shutdown::Write);
-    });
-    let (mut from_host, mut to_client) = (host, client);
-    let _ = io::copy(&mut from_host, &mut to_client);
-    let _ = to_client.shutdown(Shutdown::Write);
-    if let Ok(upstream) = upstream {
-        let _ = upstream.join();
+    if let Err(e) = crate::splice(host, client) {
+        eprintln!("aistack-guest: a proxy connection: {e}");
     }
 }
 

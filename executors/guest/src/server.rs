@@ -151,16 +151,5 @@ fn connect(mut stream: UnixStream, port: u16) -> io::Result<()> {
         }
     };
     reply(&mut stream, &Reply::Connected)?;
-    let (mut from_host, mut to_port) = (stream.try_clone()?, upstream.try_clone()?);
-    let inbound = crate::thread(move || {
-        let _ = io::copy(&mut from_host, &mut to_port);
-        let _ = to_port.shutdown(std::net::Shutdown::Write);
-    });
-    let (mut from_port, mut to_host) = (upstream, stream);
-    let _ = io::copy(&mut from_port, &mut to_host);
-    let _ = to_host.shutdown(std::net::Shutdown::Write);
-    if let Ok(inbound) = inbound {
-        let _ = inbound.join();
-    }
-    Ok(())
+    crate::splice(stream, upstream)
 }
