@@ -20,6 +20,7 @@ mod network;
 mod run;
 mod sandbox;
 mod status;
+mod template;
 
 pub use apply::{UpOptions, down, up};
 pub use daemon::{daemon, logs};
@@ -30,6 +31,7 @@ pub use network::{NetworkCommand, network};
 pub use run::run;
 pub use sandbox::{SandboxCommand, sandbox};
 pub use status::status;
+pub use template::{TemplateCommand, template};
 
 /// `aistack validate`.
 pub fn validate(spec: &SpecArgs) -> Result<ExitCode, Failure> {

@@ -119,6 +119,9 @@ enum Command {
     /// The project's sandboxes.
     #[command(subcommand)]
     Sandbox(commands::SandboxCommand),
+    /// The project's sandbox templates.
+    #[command(subcommand)]
+    Template(commands::TemplateCommand),
     /// Run a command in a running sandbox; exits with the command's code.
     Exec(commands::ExecArgs),
     /// Run the runtime in the foreground.
@@ -165,6 +168,7 @@ fn main() -> ExitCode {
             Command::Run { model, prompt } => commands::run(&spec, &model, prompt).await,
             Command::Schema => commands::schema(),
             Command::Sandbox(command) => commands::sandbox(&spec, command).await,
+            Command::Template(command) => commands::template(&spec, command).await,
             Command::Exec(args) => commands::exec(&spec, args).await,
             Command::Daemon => commands::daemon().await,
             Command::Engine(args) => commands::engine(args).await,

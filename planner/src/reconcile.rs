@@ -563,7 +563,7 @@ impl Reconciler<'_> {
         let fields = fields([
             ("from", from),
             ("run", to_value(&template.run)),
-            ("env", to_value(&template.env)),
+            ("env", to_value(self.template_env(key))),
             ("network_policy", to_value(&template.network_policy)),
             ("parent", parent),
         ]);
@@ -599,6 +599,8 @@ impl Reconciler<'_> {
                 .map(|m| ResourceId::new(Kind::Model, m)),
         );
         let workspace = normalise(self.base_dir, &sandbox.workspace);
+        let mut env = self.template_env(&sandbox.template);
+        env.extend(sandbox.env.clone());
         let fields = fields([
             ("template", to_value(&sandbox.template)),
             ("agent", to_value(sandbox.agent)),
@@ -610,7 +612,7 @@ impl Reconciler<'_> {
             ("network_policy", to_value(&sandbox.network_policy)),
             ("models", to_value(&sandbox.models)),
             ("ports", to_value(&sandbox.ports)),
-            ("env", to_value(&sandbox.env)),
+            ("env", to_value(env)),
         ]);
         let payload = Payload::Sandbox {
             sandbox: object(&fields),
@@ -623,6 +625,29 @@ impl Reconciler<'_> {
             depends_on,
             payload,
         )
+    }
+
+    /// A template's variables over those of the templates it is built `from:`, as an image
+    /// inherits its base's `ENV`.
+    fn template_env(&self, key: &str) -> BTreeMap<String, String> {
+        let mut chain = Vec::new();
+        let mut next = Some(key);
+        while let Some(name) = next.filter(|n| !chain.contains(n)) {
+            chain.push(name);
+            next = match self.spec.templates.get(name).map(|t| &t.from) {
+                Some(TemplateFrom::Template(parent)) => Some(parent.as_str()),
+                _ => None,
+            };
+        }
+        let mut env = BTreeMap::new();
+        for template in chain
+            .iter()
+            .rev()
+            .filter_map(|n| self.spec.templates.get(*n))
+        {
+            env.extend(template.env.clone());
+        }
+        env
     }
 
     fn reconcile_removals(&mut self) {

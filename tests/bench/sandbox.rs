@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use aistack_sandbox::cgroup::{DEFAULT_PIDS, Limits};
+use aistack_sandbox::cgroup::Limits;
 use aistack_sandbox::client::GuestClient;
 use aistack_sandbox::idmap::{DEFAULT_BASE, IdRange};
 use aistack_sandbox::namespace::{self, Layout, Spec};
@@ -49,15 +49,12 @@ async fn main() {
             hostname: "bench".into(),
             range,
             owner: (0, 0),
-            limits: Limits {
-                memory: None,
-                cpus: None,
-                pids: DEFAULT_PIDS,
-            },
+            limits: Limits::default(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_id: format!("bench-{}-{round}", std::process::id()),
             log: dir.path().join("guest.log"),
             network: None,
+            env: Vec::new(),
         };
         let started = Instant::now();
         let mut running = namespace::start(&spec).await.expect("the sandbox starts");

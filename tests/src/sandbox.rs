@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::repo_root;
+use sha2::Digest as _;
+
+use crate::{TestEnv, repo_root};
 
 /// The static `aistack-guest` (`AISTACK_GUEST` overrides), built once per process by
 /// `scripts/build-guest`, in the profile of the running test or bench.
@@ -53,4 +55,129 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     fs::write(dir.join("etc/group"), "root:x:0:\n").unwrap();
     fs::create_dir_all(dir.join("root")).unwrap();
     dir.to_path_buf()
+}
+
+/// Pushes a container image to `dest` (`HOST:PORT/REPO:TAG`, plain HTTP) with `skopeo`:
+/// one gzip layer per directory of `layers`, bottom first, each made by GNU tar as image
+/// builders make them (numeric owners; whiteouts are files named `.wh.NAME`).
+pub fn push_image(layers: &[&Path], dest: &str) {
+    let layout = tempfile::tempdir().unwrap();
+    let blobs = layout.path().join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let hex = hex::encode(sha2::Sha256::digest(bytes));
+        fs::write(blobs.join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let mut descriptors = Vec::new();
+    let mut diff_ids = Vec::new();
+    for dir in layers {
+        let tar = Command::new("tar")
+            .args(["--numeric-owner", "-C"])
+            .arg(dir)
+            .args(["-cf", "-", "."])
+            .output()
+            .expect("tar runs");
+        assert!(
+            tar.status.success(),
+            "tar: {}",
+            String::from_utf8_lossy(&tar.stderr)
+        );
+        diff_ids.push(format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(&tar.stdout))
+        ));
+        let mut gzip = Command::new("gzip")
+            .arg("-c")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("gzip runs");
+        let mut stdin = gzip.stdin.take().unwrap();
+        let input = tar.stdout.clone();
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+        let compressed = gzip.wait_with_output().unwrap().stdout;
+        writer.join().unwrap().unwrap();
+        let (digest, size) = put(&compressed);
+        descriptors.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest,
+            "size": size
+        }));
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}
+    });
+    let (config_digest, config_size) = put(&serde_json::to_vec(&config).unwrap());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size
+        },
+        "layers": descriptors
+    });
+    let (manifest_digest, manifest_size) = put(&serde_json::to_vec(&manifest).unwrap());
+    fs::write(
+        layout.path().join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": "image"}
+        }]
+    });
+    fs::write(
+        layout.path().join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let auth = tempfile::NamedTempFile::new().unwrap();
+    fs::write(auth.path(), r#"{"auths":{}}"#).unwrap();
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:image", layout.path().display()))
+        .arg(format!("docker://{dest}"))
+        .env("REGISTRY_AUTH_FILE", auth.path())
+        .output()
+        .expect("skopeo is installed (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Debian bookworm minbase tree that `scripts/fetch-debian` makes once with
+/// debootstrap (kept in `AISTACK_CACHE`).
+pub fn debian_rootfs() -> PathBuf {
+    let out = Command::new(repo_root().join("scripts/fetch-debian"))
+        .output()
+        .expect("scripts/fetch-debian runs");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-debian failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
+}
+
+/// Takes a test's sandboxes down even when an assertion fails: a sandbox outlives the
+/// daemon and the test.
+pub struct Down<'a>(pub &'a TestEnv);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["down"]);
+    }
 }

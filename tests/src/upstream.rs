@@ -52,3 +52,47 @@ fn serve(stream: TcpStream) {
         }
     }
 }
+
+/// The request heads a [`recording`] stand-in received, in order.
+pub type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A stand-in of an API on loopback address `ip` that records the head of each request
+/// and answers `status` (`"200 OK"`) with `body`, closing the connection; it serves for
+/// at most five minutes.
+pub fn recording(ip: &str, status: &str, body: &str) -> (u16, Heads) {
+    let listener = TcpListener::bind((ip, 0)).expect("bind the stand-in");
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let heads = Heads::default();
+    let seen = heads.clone();
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline {
+            let Ok((stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            stream.set_nonblocking(false).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            seen.lock().unwrap().push(head);
+            let mut stream = stream;
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    (port, heads)
+}

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use aistack_tests::sandbox::{busybox_rootfs, guest_bin};
+use aistack_tests::sandbox::{Down, busybox_rootfs, guest_bin};
 use aistack_tests::{TestEnv, wait_for};
 
 const SPEC: &str = "version: 1
@@ -25,15 +25,6 @@ sandboxes:
     cpus: 1
     env: { WHO: sandbox }
 ";
-
-/// Takes the sandbox down even when an assertion fails: a sandbox outlives the daemon.
-struct Down<'a>(&'a TestEnv);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.run(&["down"]);
-    }
-}
 
 fn env() -> TestEnv {
     let mut env = TestEnv::new();
@@ -139,6 +130,31 @@ fn up_exec_repair_and_down() {
     let out = sh(&env, "cat note /home/agent/layer");
     assert_eq!(text(&out.stdout), "kept\nlayer", "{}", text(&out.stderr));
 
+    // `-t` runs the command on a terminal of its own; `sandbox run` starts the agent
+    // (here the shell, reading its commands from a pipe).
+    assert_eq!(
+        env.ok(&["exec", "-t", "box", "--", "tty"]).trim(),
+        "/dev/pts/0"
+    );
+    assert_eq!(
+        text(&env.run(&["exec", "box", "--", "tty"]).stdout),
+        "not a tty"
+    );
+    let mut run = env
+        .cmd(&["sandbox", "run", "box"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    run.stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo agent in $(pwd); exit 4\n")
+        .unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(text(&out.stdout), format!("agent in {}", project.display()));
+
     let listed: serde_json::Value =
         serde_json::from_str(&env.ok(&["sandbox", "ls", "--json"])).unwrap();
     assert_eq!(listed[0]["name"], "box");
@@ -146,6 +162,11 @@ fn up_exec_repair_and_down() {
     assert_eq!(listed[0]["isolation"], "namespace");
     let reason = listed[0]["isolation_reason"].as_str().unwrap();
     assert!(reason.starts_with("auto: "), "{reason}");
+    let status = env.status();
+    let shown = (status["resources"].as_array().unwrap().iter())
+        .find(|r| r["kind"] == "sandbox")
+        .unwrap();
+    assert_eq!(shown["detail"], format!("namespace ({reason})"), "{status}");
     // `sandbox stop` ends its processes and keeps its files; `up` starts it again.
     env.ok(&["sandbox", "stop", "box"]);
     assert!(wait_for(Duration::from_secs(10), || guest_pids(&env).is_empty()));
@@ -170,8 +191,10 @@ fn up_exec_repair_and_down() {
     );
 }
 
+/// An agent the template does not contain fails `up` before the sandbox starts, naming
+/// the build step that installs it.
 #[test]
-fn what_the_namespace_backend_cannot_do_yet_is_refused_before_anything_runs() {
+fn an_agent_the_template_lacks_names_its_install_step() {
     let env = env();
     let spec = SPEC.replace("agent: shell", "agent: claude");
     env.write("aistack.yaml", &env.spec(&spec));
@@ -179,10 +202,111 @@ fn what_the_namespace_backend_cannot_do_yet_is_refused_before_anything_runs() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("Agent `claude` sandboxes are not supported yet"),
+        stderr.contains("Agent `claude` of sandbox `box` is not installed in template `base`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("help: Add the step that installs it to `templates.base.run`: `npm install -g @anthropic-ai/claude-code`"),
         "{stderr}"
     );
     assert!(guest_pids(&env).is_empty());
+}
+
+/// A sandbox reaches the models it lists at `models.aistack.internal` through its proxy,
+/// with `CHAT_URL` and `CHAT_MODEL` set and the gateway's key added by the proxy; a model
+/// it does not list is refused and left out of listings, and nothing else is reachable.
+#[test]
+fn listed_models_are_reachable_inside_and_no_others() {
+    const KEY: &str = "gw-key-sandbox-5d1e0b";
+    let mut env = env();
+    env.set_var("GATEWAY_KEY", KEY);
+    env.link_model("smollm2.gguf");
+    let spec = format!(
+        "version: 1\nname: sbx\ngateway: {{ listen: 127.0.0.1:{port}, api_key_env: GATEWAY_KEY }}\n\
+         models:\n  chat: {{ source: ./models/smollm2.gguf, context_size: 512 }}\n  \
+         other: {{ source: ./models/smollm2.gguf, context_size: 512, mode: embedding }}\n\
+         {rest}    models: [chat]\n",
+        port = env.gateway_port(),
+        rest = SPEC.split_once("name: sbx\n").unwrap().1,
+    );
+    env.write("aistack.yaml", &spec);
+    let _down = Down(&env);
+    env.ok(&["up"]);
+
+    assert_eq!(
+        sh_ok(&env, "echo $CHAT_URL $CHAT_MODEL"),
+        "http://models.aistack.internal/engines/v1/ chat\n"
+    );
+    let listed = sh_ok(&env, "wget -q -O - ${CHAT_URL}models");
+    assert!(listed.contains("\"id\":\"chat\""), "{listed}");
+    assert!(!listed.contains("other"), "{listed}");
+    // busybox's wget sends GET through a proxy whatever `--post-data` says, so the posts
+    // are written out for busybox's nc, to the proxy port the variables name.
+    let post = |path: &str, body: &str| {
+        let head = format!(
+            "POST http://models.aistack.internal{path} HTTP/1.1\\r\\nHost: models.aistack.internal\\r\\n\
+             Content-Type: application/json\\r\\nContent-Length: {}\\r\\nConnection: close\\r\\n\\r\\n",
+            body.len()
+        );
+        let script = format!("printf '{head}%s' '{body}' | nc 127.0.0.1 ${{http_proxy##*:}}");
+        let out = sh_ok(&env, &script);
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        (
+            head.lines().next().unwrap_or_default().to_owned(),
+            body.to_owned(),
+        )
+    };
+    let (status, chat) = post(
+        "/engines/v1/chat/completions",
+        r#"{"model":"chat","messages":[{"role":"user","content":"Hi"}],"max_tokens":3}"#,
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK", "{chat}");
+    let chat: serde_json::Value = serde_json::from_str(&chat).unwrap();
+    assert_eq!(chat["model"], "chat", "{chat}");
+    assert_eq!(chat["choices"][0]["finish_reason"], "length", "{chat}");
+
+    let (status, refusal) = post("/v1/embeddings", r#"{"model":"other","input":"x"}"#);
+    assert_eq!(status, "HTTP/1.1 403 Forbidden", "{refusal}");
+    assert!(
+        refusal
+            .contains("Model `other` is not listed in this sandbox's `models:` (listed: `chat`)"),
+        "{refusal}"
+    );
+    let admin = sh(&env, "wget -q -O - http://models.aistack.internal/metrics");
+    assert_eq!(
+        admin.status.code(),
+        Some(1),
+        "the gateway's metrics stay outside"
+    );
+    let elsewhere = sh(&env, "wget -S -O - http://127.0.0.2:9/");
+    assert!(
+        text(&elsewhere.stderr).contains("403"),
+        "a sandbox without a policy reaches only its models: {}",
+        text(&elsewhere.stderr)
+    );
+    let out = env.run(&[
+        "exec",
+        "-u",
+        "root",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "env; cat /proc/*/environ",
+    ]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(KEY),
+        "the gateway key is inside"
+    );
+
+    // Outside, the same gateway still serves the other model.
+    let port = env.gateway_port();
+    let models = std::process::Command::new("curl")
+        .args(["-s", "-H", &format!("authorization: Bearer {KEY}")])
+        .arg(format!("http://127.0.0.1:{port}/v1/models"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&models.stdout).contains("other"));
 }
 
 /// The only way out is the sandbox's policy: allowed requests pass through the proxy
@@ -259,50 +383,12 @@ fn the_network_is_the_policy_proxy() {
     assert!(found, "{log}");
 }
 
-/// A loopback stand-in of an API that records the request heads it receives and answers
-/// `ok`; it serves for at most two minutes.
-fn recording_upstream() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{BufRead, BufReader};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = heads.clone();
-    std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while std::time::Instant::now() < deadline {
-            let Ok((stream, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            stream.set_nonblocking(false).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                head.push_str(&line);
-            }
-            seen.lock().unwrap().push(head);
-            let mut stream = stream;
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
-    (port, heads)
-}
-
 /// The proxy injects the policy's credential: the stand-in API receives the real key, and
 /// nothing in the sandbox holds it (environment, files, any process's `/proc`).
 #[test]
 fn the_api_key_reaches_the_api_and_never_the_sandbox() {
     const KEY: &str = "sk-sandbox-e2e-7c41a9-secret";
-    let (port, heads) = recording_upstream();
+    let (port, heads) = aistack_tests::upstream::recording("127.0.0.1", "200 OK", "ok");
     let mut env = env();
     env.set_var("STANDIN_API_KEY", KEY);
     let spec = format!(
@@ -379,4 +465,111 @@ fn a_published_port_reaches_a_server_inside() {
         "published again: {}",
         fs::read_to_string(env.home().join("logs/daemon.log")).unwrap_or_default()
     );
+}
+
+/// Templates build on each other: `run:` steps write a layer of their own (a removal
+/// too), a template `from:` another sees both, an unchanged template is not built again,
+/// and a failing step fails `up` with its exit code and output.
+#[test]
+fn run_steps_build_cached_layers() {
+    let env = env();
+    let spec = "version: 1
+name: sbx
+templates:
+  base:
+    from: ./rootfs
+    run: [\"echo built > /etc/built\", \"rm /bin/vi\"]
+    env: { STAGE: base }
+  child:
+    from: base
+    run: [\"echo $$STAGE-child > /etc/child\"]
+sandboxes:
+  box:
+    template: child
+    agent: shell
+";
+    env.write("aistack.yaml", &env.spec(spec));
+    let _down = Down(&env);
+    env.ok(&["up"]);
+    assert_eq!(
+        sh_ok(
+            &env,
+            "cat /etc/built /etc/child; test -e /bin/vi || echo no-vi"
+        ),
+        "built\nbase-child\nno-vi\n",
+        "a template's steps see the `env:` of the templates it is built from"
+    );
+    assert!(env.ok(&["plan"]).contains("No changes."));
+    let log = fs::read_to_string(env.home().join("logs/template-sbx-base.log")).unwrap();
+    assert_eq!(log.matches("$ echo built").count(), 1, "{log}");
+    // The host tree the template came from is untouched.
+    assert!(env.project().join("rootfs/bin/vi").exists());
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["template", "ls", "--json"])).unwrap();
+    let child = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "child")
+        .unwrap();
+    assert_eq!(child["steps"], 1);
+    assert_eq!(child["layers"].as_array().unwrap().len(), 3, "{child}");
+    let used = env.run(&["template", "rm", "child"]);
+    assert_eq!(used.status.code(), Some(1));
+    assert!(text(&used.stderr).contains("Template `child` is used by `sandbox box`"));
+    // `sandbox rm` drops the sandbox and its own files; `template rm` the built layers.
+    sh_ok(&env, "echo mine > /home/agent/own");
+    assert!(env.ok(&["sandbox", "rm", "box"]).contains("- sandbox box"));
+    assert!(!env.home().join("projects/sbx/sandboxes/box").exists());
+    env.ok(&["template", "rm", "child"]);
+    let layer = child["layers"][0].as_str().unwrap();
+    assert!(!std::path::Path::new(layer).exists(), "{layer}");
+    env.ok(&["up"]);
+    assert_eq!(
+        sh(&env, "cat /home/agent/own").status.code(),
+        Some(1),
+        "a new sandbox"
+    );
+    assert_eq!(sh_ok(&env, "cat /etc/child"), "base-child\n");
+
+    let failing = spec.replace("rm /bin/vi", "echo oops >&2; exit 3");
+    env.write("aistack.yaml", &env.spec(&failing));
+    let out = env.run(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("Step 2 of template `base` failed (exit 3): `echo oops >&2; exit 3`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("oops"), "{stderr}");
+    assert!(
+        stderr.contains("help: Fix the step in `templates.base.run`"),
+        "{stderr}"
+    );
+}
+
+/// `from:` an image in a registry: its layers are applied in order, whiteouts included.
+#[test]
+fn a_template_from_an_image_applies_its_layers() {
+    let registry = aistack_tests::registry::Registry::start();
+    let env = env();
+    let upper = env.project().join("upper");
+    fs::create_dir_all(upper.join("etc")).unwrap();
+    fs::create_dir_all(upper.join("bin")).unwrap();
+    fs::write(upper.join("etc/motd"), "from the image\n").unwrap();
+    fs::write(upper.join("bin/.wh.vi"), "").unwrap();
+    let image = format!("{}/sandbox/busybox:1", registry.addr());
+    aistack_tests::sandbox::push_image(&[&env.project().join("rootfs"), &upper], &image);
+    let spec = SPEC.replace("from: ./rootfs", &format!("from: {image}"));
+    env.write("aistack.yaml", &env.spec(&spec));
+    let _down = Down(&env);
+    env.ok(&["up"]);
+    assert_eq!(
+        sh_ok(&env, "cat /etc/motd; test -e /bin/vi || echo no-vi; id -un"),
+        "from the image\nno-vi\nagent\n"
+    );
+    // The image is in the store, not among the models.
+    let models = env.ok(&["model", "ls"]);
+    assert!(!models.contains("busybox"), "{models}");
 }

@@ -73,6 +73,23 @@ pub async fn down(spec: &SpecArgs, models: bool) -> Result<ExitCode, Failure> {
     apply(&home, plan, models, false, Secrets::default()).await
 }
 
+/// Removes one applied resource of the project (`sandbox rm`), as `down` removes them all.
+pub async fn remove(
+    spec: &SpecArgs,
+    id: &aistack_planner::ResourceId,
+) -> Result<ExitCode, Failure> {
+    let home = home()?;
+    let project = spec.project_without_spec()?;
+    let mut observed = aistack_daemon::state::ProjectState::load(&home, &project)?.observed();
+    observed.resources.retain(|recorded, _| recorded == id);
+    let plan = aistack_planner::reconcile_down(&project, &observed);
+    print!("{}", plan.render_text());
+    if plan.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    apply(&home, plan, false, false, Secrets::default()).await
+}
+
 async fn converge(home: &Home, spec: &SpecArgs, options: UpOptions) -> Result<ExitCode, Failure> {
     let loaded = spec.load()?;
     let secrets = secrets(&loaded)?;

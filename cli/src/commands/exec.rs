@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use aistack_daemon::sandboxes::Sandboxes;
 use aistack_sandbox::client::GuestClient;
-use aistack_sandbox::protocol::{Exec, Frame};
+use aistack_sandbox::protocol::{Exec, Frame, WindowSize};
 use clap::Args;
 use tokio::io::AsyncReadExt;
 
@@ -20,6 +20,9 @@ pub struct ExecArgs {
     /// Pass standard input to the command.
     #[arg(short, long)]
     interactive: bool,
+    /// Run the command on a terminal (with `-i`, an interactive program's).
+    #[arg(short, long)]
+    tty: bool,
     /// Start the command in the background and return at once.
     #[arg(short, long)]
     detach: bool,
@@ -60,12 +63,8 @@ pub async fn exec(spec: &SpecArgs, args: ExecArgs) -> Result<ExitCode, Failure> 
         .into());
     };
     let workspace = aistack_planner::local_path(&loaded.base_dir, &sandbox.workspace);
-    let mut env: BTreeMap<String, String> = spec_doc
-        .templates
-        .get(&sandbox.template)
-        .map(|t| t.env.clone())
-        .unwrap_or_default();
-    env.extend(sandbox.env.clone());
+    // The sandbox's own variables (`env:`, its models', its agent's) are its guest's.
+    let mut env = BTreeMap::new();
     for pair in &args.env {
         let Some((key, value)) = pair.split_once('=') else {
             return Err(Report::new(
@@ -84,28 +83,42 @@ pub async fn exec(spec: &SpecArgs, args: ExecArgs) -> Result<ExitCode, Failure> 
                 .unwrap_or_else(|| workspace.display().to_string()),
         ),
         user: args.user,
-        tty: None,
+        tty: args.tty.then(window_size),
         detach: args.detach,
     };
     let socket = Sandboxes::socket(&home()?, &loaded.project, &args.name);
-    let client = GuestClient::new(&socket);
+    session(&socket, &args.name, request, args.interactive).await
+}
+
+/// Runs `request` in sandbox `name` through its agent's `socket`, passing standard input
+/// when `interactive`, and on a terminal of this one, put in raw mode, when the request
+/// asks for one. Exits with the command's code (128 + the signal that ended it).
+pub async fn session(
+    socket: &std::path::Path,
+    name: &str,
+    request: Exec,
+    interactive: bool,
+) -> Result<ExitCode, Failure> {
+    let client = GuestClient::new(socket);
     let guest_failure = |e: aistack_sandbox::client::GuestError| {
         let help = e.help();
         let message = match &e {
             aistack_sandbox::client::GuestError::Unreachable { .. } => {
-                format!("Sandbox `{}` is not running", args.name)
+                format!("Sandbox `{name}` is not running")
             }
             other => other.to_string(),
         };
         Failure::from(Report::new(message, help))
     };
+    let detach = request.detach;
+    let tty = request.tty.is_some();
     let session = client.exec(request).await.map_err(guest_failure)?;
-    if args.detach {
+    if detach {
         return Ok(ExitCode::SUCCESS);
     }
+    let _raw = (tty && interactive).then(RawMode::enter).flatten();
     let (mut output, mut input) = (session.output, session.input);
     let (frames, mut to_send) = tokio::sync::mpsc::channel::<Frame>(16);
-    let interactive = args.interactive;
     let stdin_frames = frames.clone();
     tokio::spawn(async move {
         if interactive {
@@ -124,8 +137,23 @@ pub async fn exec(spec: &SpecArgs, args: ExecArgs) -> Result<ExitCode, Failure> 
         }
         let _ = stdin_frames.send(Frame::StdinEof).await;
     });
+    if tty {
+        let resizes = frames.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut changes) = signal(SignalKind::window_change()) else {
+                return;
+            };
+            while changes.recv().await.is_some() {
+                if resizes.send(Frame::Resize(window_size())).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     tokio::spawn(async move {
-        // Ctrl-C goes to the command, as `docker exec` passes it on.
+        // Ctrl-C goes to the command, as `docker exec` passes it on (on a raw terminal it
+        // arrives as a byte instead).
         while tokio::signal::ctrl_c().await.is_ok() {
             if frames.send(Frame::Signal(SIGINT)).await.is_err() {
                 break;
@@ -149,18 +177,49 @@ pub async fn exec(spec: &SpecArgs, args: ExecArgs) -> Result<ExitCode, Failure> 
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => {
                 return Err(Report::new(
-                    format!(
-                        "Lost the connection to sandbox `{}` before the command ended",
-                        args.name
-                    ),
+                    format!("Lost the connection to sandbox `{name}` before the command ended"),
                     Some(format!(
-                        "`aistack status` shows whether `{}` still runs",
-                        args.name
+                        "`aistack status` shows whether `{name}` still runs"
                     )),
                 )
                 .into());
             }
         }
+    }
+}
+
+/// The size of this terminal (80×24 when standard output is not one).
+pub fn window_size() -> WindowSize {
+    match rustix::termios::tcgetwinsize(std::io::stdout()) {
+        Ok(size) if size.ws_row > 0 && size.ws_col > 0 => WindowSize {
+            rows: size.ws_row,
+            cols: size.ws_col,
+        },
+        _ => WindowSize { rows: 24, cols: 80 },
+    }
+}
+
+/// This terminal in raw mode until dropped: keys go to the sandbox's terminal as typed.
+struct RawMode(rustix::termios::Termios);
+
+impl RawMode {
+    fn enter() -> Option<RawMode> {
+        let stdin = std::io::stdin();
+        let saved = rustix::termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw).ok()?;
+        Some(RawMode(saved))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.0,
+        );
     }
 }
 

@@ -28,6 +28,16 @@ pub enum SandboxCommand {
         /// The sandbox: its key under `sandboxes:`.
         name: String,
     },
+    /// Start a sandbox's agent on this terminal (its command and `args`, in the workspace).
+    Run {
+        /// The sandbox: its key under `sandboxes:`.
+        name: String,
+    },
+    /// Remove a sandbox and its own files (the workspace stays); `aistack up` makes it anew.
+    Rm {
+        /// The sandbox: its key under `sandboxes:`.
+        name: String,
+    },
     /// Print a sandbox's guest agent log.
     Logs {
         /// The sandbox: its key under `sandboxes:`.
@@ -94,6 +104,38 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
                 eprintln!("Sandbox `{name}` is not running");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        SandboxCommand::Run { name } => {
+            let recorded = find(&recorded, &name, &project)?;
+            let field = |key: &str| recorded.fields.get(key).cloned().unwrap_or_default();
+            let agent = field("agent").as_str().unwrap_or("shell").to_owned();
+            let profile = aistack_sandbox::agents::profile(&agent).ok_or_else(|| {
+                Report::new(
+                    format!("Sandbox `{name}` records an unknown agent `{agent}`"),
+                    Some("Run `aistack up` with this version of aistack".to_owned()),
+                )
+            })?;
+            let mut argv = vec![profile.command.to_owned()];
+            let args = field("args");
+            argv.extend(
+                (args.as_array().into_iter().flatten())
+                    .filter_map(|a| a.as_str().map(str::to_owned)),
+            );
+            let terminal = rustix::termios::isatty(std::io::stdin());
+            let request = aistack_sandbox::protocol::Exec {
+                argv,
+                env: Default::default(),
+                cwd: field("workspace").as_str().map(str::to_owned),
+                user: None,
+                tty: terminal.then(super::exec::window_size),
+                detach: false,
+            };
+            let socket = Sandboxes::socket(&home, &project, &name);
+            super::exec::session(&socket, &name, request, true).await
+        }
+        SandboxCommand::Rm { name } => {
+            let recorded = find(&recorded, &name, &project)?;
+            super::apply::remove(spec, &recorded.id).await
         }
         SandboxCommand::Logs { name } => {
             find(&recorded, &name, &project)?;

@@ -307,6 +307,18 @@ impl Gateways {
         Some((gateway.addr(), models))
     }
 
+    /// Where this machine dials `project`'s gateway (loopback for a wildcard `listen`),
+    /// and the variable holding its key, if it has one.
+    pub async fn endpoint(&self, project: &str) -> Option<(SocketAddr, Option<String>)> {
+        let inner = self.inner.lock().await;
+        let spec = inner.projects.get(project)?;
+        let mut address = inner.listeners.get(&spec.listen)?.addr();
+        if address.ip().is_unspecified() {
+            address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Some((address, spec.api_key_env().map(str::to_owned)))
+    }
+
     /// Stops every listener and its engines (the daemon is stopping).
     pub async fn shutdown(&self) {
         let listeners = std::mem::take(&mut self.inner.lock().await.listeners);

@@ -17,8 +17,8 @@ use aistack_store::{LocalFile, Store};
 
 use crate::gateways::{GatewaySpec, Gateways};
 use crate::home::Home;
-use crate::proxies::Proxies;
-use crate::sandboxes::{ISOLATION, ISOLATION_REASON, ROOTFS, SOCKET, Sandboxes};
+use crate::proxies::{Access, ModelAccess, Proxies};
+use crate::sandboxes::{Base, ISOLATION, ISOLATION_REASON, ROOTFS, SOCKET, Sandboxes};
 use crate::serving::model_config;
 use crate::state::ProjectState;
 
@@ -174,6 +174,99 @@ impl MachineHost {
     }
 }
 
+impl MachineHost {
+    /// A template's layers: the ones built from the same inputs before, else its base (a
+    /// directory imported, an image pulled through the store, another template's layers)
+    /// and its `run:` steps, in a build sandbox under the template's own policy.
+    async fn build_template(
+        &self,
+        desired: &Desired,
+        template: &serde_json::Value,
+        progress: &Progress,
+    ) -> Result<Outputs, HostError> {
+        let (project, name) = (&self.project, &desired.id.name);
+        let cached = (self.sandboxes).cached_template(project, name, &desired.hash)?;
+        let layers = match cached {
+            Some(layers) => layers,
+            None => {
+                let text = |pointer: &str| template.pointer(pointer).and_then(|v| v.as_str());
+                let base = if let Some(path) = text("/from/path") {
+                    Base::Dir(path.into())
+                } else if let Some(parent) = text("/from/template") {
+                    Base::Layers(self.sandboxes.template_layers(project, parent).ok_or_else(
+                        || {
+                            HostError::new(format!(
+                                "Template `{parent}`, the base of `{name}`, is not built"
+                            ))
+                            .with_help("Run `aistack up` again")
+                        },
+                    )?)
+                } else if let Some(image) = text("/from/image") {
+                    Base::Image(self.pull_image(image, progress).await?)
+                } else {
+                    return Err(HostError::new(format!(
+                        "The plan's template `{name}` has no `from`"
+                    ))
+                    .with_help("Plan again with this version of aistack: run `aistack up`"));
+                };
+                let steps = non_empty_list(template, "run");
+                let key = format!("template:{name}");
+                let build = match template.get("network_policy").and_then(|p| p.as_str()) {
+                    Some(policy) if steps => {
+                        let access = Access {
+                            policy: Some(policy.to_owned()),
+                            models: None,
+                        };
+                        Some(self.proxies.attach(project, &key, access).await?)
+                    }
+                    _ => None,
+                };
+                progress.message(if steps { "building" } else { "importing" });
+                let built = (self.sandboxes)
+                    .build_template(project, name, &desired.hash, base, template, build)
+                    .await;
+                if build.is_some() {
+                    self.proxies.detach(project, &key).await;
+                }
+                built?
+            }
+        };
+        let layers = (layers.iter().map(|l| l.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(":");
+        Ok(Outputs::from([(ROOTFS.to_owned(), layers)]))
+    }
+
+    /// Pulls a template's image through the store; its layer blobs, bottom first.
+    async fn pull_image(
+        &self,
+        image: &str,
+        progress: &Progress,
+    ) -> Result<Vec<(std::path::PathBuf, bool)>, HostError> {
+        let oci = OciRef::parse_image(image).map_err(|e| HostError {
+            message: format!("Invalid image reference `{image}`: {}", e.reason),
+            help: Some(e.help),
+        })?;
+        progress.message("pulling");
+        let mut report = |p: PullProgress| progress.part_bytes(p.layer, p.done, p.total);
+        let pulled = registry::pull_image(&self.store, &oci, &PullOptions::default(), &mut report)
+            .await
+            .map_err(|e| HostError {
+                help: e.help(),
+                message: chain(&e),
+            })?;
+        (pulled.layers.iter())
+            .map(|layer| {
+                let blob = self.store.blob_path(&layer.digest).map_err(host_error)?;
+                Ok((
+                    blob,
+                    aistack_store::artifact::IMAGE_LAYER_GZIP.contains(&layer.media_type.as_str()),
+                ))
+            })
+            .collect()
+    }
+}
+
 fn model_outputs(manifest: String, size: u64) -> Outputs {
     Outputs::from([
         (MANIFEST.to_owned(), manifest),
@@ -212,7 +305,7 @@ impl Host for MachineHost {
                 }
             }
             Payload::Proxy { .. } => Ok(()),
-            Payload::Template { template } => check_template(step, template),
+            Payload::Template { .. } => Ok(()),
             Payload::Sandbox { sandbox } => check_sandbox(step, sandbox),
         }
     }
@@ -231,12 +324,7 @@ impl Host for MachineHost {
             }
             Payload::Proxy { policy } => return self.listen(desired, policy, None).await,
             Payload::Template { template } => {
-                progress.message("importing");
-                let rootfs = (self.sandboxes)
-                    .build_template(&self.project, &desired.id.name, &desired.hash, template)
-                    .await?;
-                let rootfs = rootfs.to_string_lossy().into_owned();
-                return Ok(Outputs::from([(ROOTFS.to_owned(), rootfs)]));
+                return self.build_template(desired, template, progress).await;
             }
             Payload::Sandbox { sandbox } => {
                 return self.start_sandbox(desired, sandbox, progress).await;
@@ -320,25 +408,6 @@ impl Host for MachineHost {
     }
 }
 
-/// What the namespace backend cannot do yet is refused before anything runs.
-fn check_template(step: &Step, template: &serde_json::Value) -> Result<(), Unsupported> {
-    if template.pointer("/from/image").is_some() {
-        return Err(not_yet(
-            step,
-            "Templates from OCI images",
-            "Use `from: ./DIR`, a directory holding a root filesystem",
-        ));
-    }
-    if non_empty_list(template, "run") {
-        return Err(not_yet(
-            step,
-            "Template build steps (`run:`)",
-            "Build the root filesystem beforehand and point `from:` at it",
-        ));
-    }
-    Ok(())
-}
-
 fn non_empty_list(value: &serde_json::Value, key: &str) -> bool {
     (value.get(key).and_then(|v| v.as_array())).is_some_and(|items| !items.is_empty())
 }
@@ -358,21 +427,39 @@ fn check_sandbox(step: &Step, sandbox: &serde_json::Value) -> Result<(), Unsuppo
             &format!("Set `sandboxes.{name}.isolation` to `namespace` or `auto`"),
         ));
     }
-    if text("agent") != "shell" {
-        return Err(not_yet(
-            step,
-            &format!("Agent `{}` sandboxes", text("agent")),
-            &format!("Set `sandboxes.{name}.agent: shell` for now"),
-        ));
-    }
-    if non_empty_list(sandbox, "models") {
-        return Err(not_yet(
-            step,
-            "Sandbox `models`",
-            &format!("Remove `sandboxes.{name}.models` for now"),
-        ));
-    }
     Ok(())
+}
+
+/// How a sandbox goes out: its policy, and its models on the project's gateway; `None`
+/// when it reaches nothing at all.
+pub(crate) async fn access(
+    gateways: &Gateways,
+    project: &str,
+    name: &str,
+    sandbox: &serde_json::Value,
+) -> Result<Option<Access>, HostError> {
+    let policy = (sandbox.get("network_policy").and_then(|p| p.as_str())).map(str::to_owned);
+    let models: Vec<String> = (sandbox.get("models").and_then(|m| m.as_array()))
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_str().map(str::to_owned))
+        .collect();
+    let models = if models.is_empty() {
+        None
+    } else {
+        let (gateway, key_env) = gateways.endpoint(project).await.ok_or_else(|| {
+            HostError::new(format!(
+                "The gateway of project `{project}` is not running, so sandbox `{name}` cannot reach its models"
+            ))
+            .with_help("Run `aistack up` again; see `aistack logs` if it fails")
+        })?;
+        Some(ModelAccess {
+            gateway,
+            key_env,
+            models,
+        })
+    };
+    Ok((policy.is_some() || models.is_some()).then_some(Access { policy, models }))
 }
 
 impl MachineHost {
@@ -388,17 +475,18 @@ impl MachineHost {
             .get("template")
             .and_then(|t| t.as_str())
             .unwrap_or_default();
-        let rootfs = self
+        let layers = self
             .sandboxes
-            .template_rootfs(&self.project, template)
+            .template_layers(&self.project, template)
             .ok_or_else(|| HostError {
                 message: format!("Template `{template}` of `{}` is not built", desired.id),
                 help: Some("Run `aistack up` again".to_owned()),
             })?;
-        let proxy = match sandbox.get("network_policy").and_then(|p| p.as_str()) {
-            Some(policy) => Some(
+        let access = access(&self.gateways, &self.project, &desired.id.name, sandbox).await?;
+        let proxy = match access {
+            Some(access) => Some(
                 self.proxies
-                    .attach(&self.project, policy, &desired.id.name)
+                    .attach(&self.project, &desired.id.name, access)
                     .await?,
             ),
             None => None,
@@ -406,7 +494,7 @@ impl MachineHost {
         progress.message("starting");
         let socket = self
             .sandboxes
-            .start(&self.project, &desired.id.name, sandbox, &rootfs, proxy)
+            .start(&self.project, &desired.id.name, sandbox, &layers, proxy)
             .await?;
         let requested = sandbox
             .get("isolation")
@@ -523,7 +611,13 @@ mod tests {
         assert_eq!(image.message, "Image models are not supported yet");
         let proxy = Payload::Proxy { policy: json!({}) };
         assert!(host.check(&step(Kind::Proxy, "", "", proxy)).is_ok());
-        let sandbox = Payload::Sandbox { sandbox: json!({}) };
-        assert!(host.check(&step(Kind::Sandbox, "", "", sandbox)).is_err());
+        let agent = Payload::Sandbox {
+            sandbox: json!({"agent": "claude"}),
+        };
+        assert!(host.check(&step(Kind::Sandbox, "", "", agent)).is_ok());
+        let microvm = Payload::Sandbox {
+            sandbox: json!({"isolation": "microvm"}),
+        };
+        assert!(host.check(&step(Kind::Sandbox, "", "", microvm)).is_err());
     }
 }

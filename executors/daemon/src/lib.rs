@@ -149,15 +149,21 @@ async fn readopt(
 ) {
     for project in ProjectState::projects(home) {
         readopt_proxies(home, proxies, &project).await;
-        readopt_sandboxes(home, proxies, sandboxes, &project).await;
         readopt_project(home, store, gateways, &project).await;
+        readopt_sandboxes(home, gateways, proxies, sandboxes, &project).await;
     }
 }
 
 /// Gives the running sandboxes of `project` their channels again: their published ports,
 /// their own proxy listener and the forwarder of their `proxy.sock` live in the daemon,
 /// while the sandboxes outlive it. A sandbox that no longer runs is left to the next `up`.
-async fn readopt_sandboxes(home: &Home, proxies: &Proxies, sandboxes: &Sandboxes, project: &str) {
+async fn readopt_sandboxes(
+    home: &Home,
+    gateways: &Gateways,
+    proxies: &Proxies,
+    sandboxes: &Sandboxes,
+    project: &str,
+) {
     let Ok(state) = ProjectState::load(home, project) else {
         return;
     };
@@ -176,8 +182,13 @@ async fn readopt_sandboxes(home: &Home, proxies: &Proxies, sandboxes: &Sandboxes
         let mut restored = sandboxes
             .publish(project, name, &fields, &layout.socket())
             .await;
-        if let Some(policy) = fields.get("network_policy").and_then(|p| p.as_str()) {
-            restored = match (restored, proxies.attach(project, policy, name).await) {
+        let attached = match host::access(gateways, project, name, &fields).await {
+            Ok(Some(access)) => Some(proxies.attach(project, name, access).await),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        };
+        if let Some(attached) = attached {
+            restored = match (restored, attached) {
                 (Ok(()), Ok(address)) => sandboxes.forward(project, name, &layout, address),
                 (Err(e), _) | (_, Err(e)) => Err(e),
             };

@@ -12,10 +12,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use aistack_apply::HostError;
+use aistack_gateway::SCOPE_HEADER;
 use aistack_proxy::authority::{Authority, upstream_config};
 use aistack_proxy::netlog::{self, NetworkLog};
 use aistack_proxy::resolve::SystemResolver;
-use aistack_proxy::{Config, Limits, Proxy, Settings};
+use aistack_proxy::{Config, Destination, Limits, Proxy, Route, Settings};
+use aistack_spec::model::Credential;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -43,8 +45,57 @@ struct Inner {
     upstream_tls: Option<Arc<aistack_proxy::ClientConfig>>,
     /// The payload each policy was last applied with, by project then policy.
     payloads: BTreeMap<String, BTreeMap<String, Value>>,
-    /// The policy of each sandbox with a listener of its own, by project then sandbox.
-    attached: BTreeMap<String, BTreeMap<String, String>>,
+    /// How each sandbox with a listener of its own goes out, by project then sandbox.
+    attached: BTreeMap<String, BTreeMap<String, Access>>,
+}
+
+/// A sandbox's way out: its policy (none: deny everything), and its models.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Access {
+    pub policy: Option<String>,
+    pub models: Option<ModelAccess>,
+}
+
+/// The models a sandbox reaches at [`MODELS_HOST`], on its project's gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelAccess {
+    /// Where this machine dials the gateway.
+    pub gateway: SocketAddr,
+    /// The variable holding the gateway's key, which the proxy sends (`x-api-key`).
+    pub key_env: Option<String>,
+    /// The names listed in the sandbox's `models:`.
+    pub models: Vec<String>,
+}
+
+/// The name under which a sandbox reaches its models (DESIGN §7).
+pub const MODELS_HOST: &str = "models.aistack.internal";
+
+/// What a sandbox without a policy may reach: nothing but its models.
+fn deny_all() -> Value {
+    serde_json::json!({"default": "deny"})
+}
+
+/// The listener's view of `payload` for `source`, with the models route of a sandbox
+/// that lists models.
+fn config(source: &str, payload: &Value, models: Option<&ModelAccess>) -> Result<Config, String> {
+    let mut config = Config::from_payload(source, payload)?;
+    if let Some(access) = models {
+        config.routes.push(Route {
+            host: MODELS_HOST.to_owned(),
+            address: access.gateway,
+            headers: vec![(SCOPE_HEADER.to_owned(), access.models.join(","))],
+        });
+        if let Some(key_env) = &access.key_env {
+            let credential = Credential {
+                host: MODELS_HOST.to_owned(),
+                header: "x-api-key".to_owned(),
+                from_env: key_env.clone(),
+            };
+            let host = Destination::Name(MODELS_HOST.to_owned());
+            config.credentials.push((host, credential));
+        }
+    }
+    Ok(config)
 }
 
 /// The key of a sandbox's own listener among a project's (policy names hold no `:`).
@@ -110,47 +161,54 @@ impl Proxies {
         payload: &Value,
         port: Option<u16>,
     ) -> Result<SocketAddr, HostError> {
-        let address = self.listen(project, name, name, payload, port).await?;
-        let sandboxes: Vec<String> = {
+        let address = self
+            .listen(project, name, config(name, payload, None), port)
+            .await?;
+        let sandboxes: Vec<(String, Access)> = {
             let mut inner = self.inner.lock().await;
             let payloads = inner.payloads.entry(project.to_owned()).or_default();
             payloads.insert(name.to_owned(), payload.clone());
             (inner.attached.get(project).into_iter().flatten())
-                .filter(|(_, policy)| *policy == name)
-                .map(|(sandbox, _)| sandbox.clone())
+                .filter(|(_, access)| access.policy.as_deref() == Some(name))
+                .map(|(sandbox, access)| (sandbox.clone(), access.clone()))
                 .collect()
         };
-        for sandbox in sandboxes {
-            self.listen(project, &sandbox_key(&sandbox), &sandbox, payload, None)
+        for (sandbox, access) in sandboxes {
+            let config = config(&sandbox, payload, access.models.as_ref());
+            self.listen(project, &sandbox_key(&sandbox), config, None)
                 .await?;
         }
         Ok(address)
     }
 
-    /// A listener of `sandbox`'s own under `policy`: the network log names the sandbox,
-    /// and a change of the policy reaches it. The policy's listener must run.
+    /// A listener of `sandbox`'s own: the network log names the sandbox, a change of its
+    /// policy reaches it, and its models are routed. The policy's listener must run.
     pub async fn attach(
         &self,
         project: &str,
-        policy: &str,
         sandbox: &str,
+        access: Access,
     ) -> Result<SocketAddr, HostError> {
-        let payload = {
+        let config = {
             let mut inner = self.inner.lock().await;
-            let payload = (inner.payloads.get(project))
-                .and_then(|p| p.get(policy))
-                .cloned()
-                .ok_or_else(|| {
-                    HostError::new(format!(
-                        "The proxy of `network_policies.{policy}` does not run"
-                    ))
-                    .with_help("Run `aistack up`")
-                })?;
+            let payload = match &access.policy {
+                None => deny_all(),
+                Some(policy) => (inner.payloads.get(project))
+                    .and_then(|p| p.get(policy))
+                    .cloned()
+                    .ok_or_else(|| {
+                        HostError::new(format!(
+                            "The proxy of `network_policies.{policy}` does not run"
+                        ))
+                        .with_help("Run `aistack up`")
+                    })?,
+            };
+            let config = config(sandbox, &payload, access.models.as_ref());
             let attached = inner.attached.entry(project.to_owned()).or_default();
-            attached.insert(sandbox.to_owned(), policy.to_owned());
-            payload
+            attached.insert(sandbox.to_owned(), access);
+            config
         };
-        self.listen(project, &sandbox_key(sandbox), sandbox, &payload, None)
+        self.listen(project, &sandbox_key(sandbox), config, None)
             .await
     }
 
@@ -164,20 +222,21 @@ impl Proxies {
         self.stop(project, &sandbox_key(sandbox)).await;
     }
 
-    /// Starts or updates the listener `key` of `project`, its log lines naming `source`.
+    /// Starts or updates the listener `key` of `project` to enforce `config` (the plan's
+    /// payload, read).
     async fn listen(
         &self,
         project: &str,
         key: &str,
-        source: &str,
-        payload: &Value,
+        config: Result<Config, String>,
         port: Option<u16>,
     ) -> Result<SocketAddr, HostError> {
-        let name = source;
-        let config = Config::from_payload(source, payload).map_err(|e| {
-            HostError::new(format!("The plan's policy `{name}` is not readable: {e}"))
+        let config = config.map_err(|e| {
+            HostError::new(format!("The plan's policy of `{key}` is not readable: {e}"))
                 .with_help("Plan again with this version of aistack: run `aistack up`")
         })?;
+        let source = config.source.clone();
+        let name = source.as_str();
         let handles = self.project(project).await?;
         let mut inner = self.inner.lock().await;
         if let Some(proxy) = inner.running.get(project).and_then(|p| p.get(key)) {

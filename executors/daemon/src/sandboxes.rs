@@ -9,7 +9,7 @@
 //! layer, kept until it is removed), `run/sandbox-<p>-<name>/guest.sock`,
 //! `logs/sandbox-<p>-<name>.log`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
@@ -18,17 +18,20 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use aistack_apply::HostError;
+use aistack_sandbox::agents;
 use aistack_sandbox::cgroup::{DEFAULT_PIDS, Limits};
 use aistack_sandbox::client::GuestClient;
 use aistack_sandbox::idmap::{DEFAULT_BASE, IdRange};
 use aistack_sandbox::namespace::{self, Layout, Spec};
+use aistack_sandbox::protocol::Exec;
 use aistack_sandbox::rootfs;
-use aistack_sandbox::setup::{Network, PROXY_SOCKET};
+use aistack_sandbox::setup::{CA_BUNDLE, CA_FILE, Network, PROXY_SOCKET, SYSTEM_BUNDLE};
 use aistack_spec::values::PortMapping;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::home::Home;
+use crate::proxies::MODELS_HOST;
 use crate::state::write_atomically;
 
 /// Output key of a template: its root filesystem.
@@ -62,47 +65,98 @@ impl Sandboxes {
         }
     }
 
-    /// Which tree a project's template uses: `projects/<p>/templates/<name>`, a file
-    /// holding its path, written when the template is built (the project's state records
-    /// the step only after it, and the sandbox steps that follow need it at once).
+    /// Which layers a project's template uses: `projects/<p>/templates/<name>`, a file
+    /// holding their paths, top first, one per line, written when the template is built
+    /// (the project's state records the step only after it, and the sandbox steps that
+    /// follow need it at once).
     fn template_link(&self, project: &str, name: &str) -> PathBuf {
         self.home.project(project).join("templates").join(name)
     }
 
-    pub fn template_rootfs(&self, project: &str, name: &str) -> Option<PathBuf> {
-        let path = fs::read_to_string(self.template_link(project, name)).ok()?;
-        let rootfs = PathBuf::from(path.trim());
-        rootfs.is_dir().then_some(rootfs)
+    /// A template's layers, top first, if it is built and they are all there.
+    pub fn template_layers(&self, project: &str, name: &str) -> Option<Vec<PathBuf>> {
+        read_layers(&self.template_link(project, name))
     }
 
-    /// A template's tree, imported once per hash of its inputs, and linked to the
-    /// project's template name.
+    /// The layers of the template built from inputs hashing to `hash`, if it is built;
+    /// they are linked to the project's template `name` too.
+    pub fn cached_template(
+        &self,
+        project: &str,
+        name: &str,
+        hash: &str,
+    ) -> Result<Option<Vec<PathBuf>>, HostError> {
+        let Some(layers) = read_layers(&self.template_dir(hash).join("layers")) else {
+            return Ok(None);
+        };
+        self.link_template(project, name, &layers)?;
+        Ok(Some(layers))
+    }
+
+    fn template_dir(&self, hash: &str) -> PathBuf {
+        self.home.root().join("templates").join(hash)
+    }
+
+    fn link_template(
+        &self,
+        project: &str,
+        name: &str,
+        layers: &[PathBuf],
+    ) -> Result<(), HostError> {
+        let text = (layers.iter())
+            .map(|l| format!("{}\n", l.display()))
+            .collect::<String>();
+        let link = self.template_link(project, name);
+        let written = fs::create_dir_all(link.parent().expect("a parent"))
+            .and_then(|()| write_atomically(&link, text.as_bytes()));
+        written.map_err(|e| HostError::new(format!("Cannot record template `{name}`: {e}")))
+    }
+
+    /// Builds a template whose inputs hash to `hash`: its base tree, then its `run:` steps
+    /// in a build sandbox (their changes become a layer of its own). `build` is the
+    /// sandbox's way out (the template's policy), if it has one. The layers are recorded
+    /// only once all of them are there, so a killed build is done again, whole.
     pub async fn build_template(
         &self,
         project: &str,
         name: &str,
         hash: &str,
+        base: Base,
         template: &Value,
-    ) -> Result<PathBuf, HostError> {
-        let dest = self.home.root().join("templates").join(hash).join("rootfs");
-        if !dest.is_dir() {
-            self.import(&dest, template).await?;
+        build: Option<SocketAddr>,
+    ) -> Result<Vec<PathBuf>, HostError> {
+        let dir = self.template_dir(hash);
+        let mut layers = match base {
+            Base::Dir(source) => {
+                let rootfs = dir.join("rootfs");
+                if !rootfs.is_dir() {
+                    self.import(&rootfs, source).await?;
+                }
+                vec![rootfs]
+            }
+            Base::Image(blobs) => {
+                let rootfs = dir.join("rootfs");
+                if !rootfs.is_dir() {
+                    self.unpack(&rootfs, blobs).await?;
+                }
+                vec![rootfs]
+            }
+            Base::Layers(layers) => layers,
+        };
+        if (template.get("run").and_then(Value::as_array)).is_some_and(|r| !r.is_empty()) {
+            let layer = (self.run_steps(project, name, &dir, &layers, template, build)).await?;
+            layers.insert(0, layer);
         }
-        let link = self.template_link(project, name);
-        let written = fs::create_dir_all(link.parent().expect("a parent"))
-            .and_then(|()| write_atomically(&link, dest.to_string_lossy().as_bytes()));
-        written.map_err(|e| HostError::new(format!("Cannot record template `{name}`: {e}")))?;
-        Ok(dest)
+        let text = (layers.iter())
+            .map(|l| format!("{}\n", l.display()))
+            .collect::<String>();
+        write_atomically(&dir.join("layers"), text.as_bytes())
+            .map_err(|e| HostError::new(format!("Cannot record template `{name}`: {e}")))?;
+        self.link_template(project, name, &layers)?;
+        Ok(layers)
     }
 
-    async fn import(&self, dest: &Path, template: &Value) -> Result<(), HostError> {
-        let source = template
-            .pointer("/from/path")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                HostError::new("Only templates from a local directory can be built yet")
-            })?;
-        let source = PathBuf::from(source);
+    async fn import(&self, dest: &Path, source: PathBuf) -> Result<(), HostError> {
         if !source.join("bin").is_dir() && !source.join("usr/bin").is_dir() {
             return Err(HostError {
                 message: format!(
@@ -120,6 +174,185 @@ impl Sandboxes {
             .await
             .map_err(|e| HostError::new(format!("The template import stopped: {e}")))?
             .map_err(|e| HostError::new(format!("Cannot import the template: {e}")))
+    }
+
+    /// Applies an image's layers (blob files, gzip or not), bottom first, into `dest`,
+    /// made beside it and renamed into place.
+    async fn unpack(&self, dest: &Path, blobs: Vec<(PathBuf, bool)>) -> Result<(), HostError> {
+        let range = self.range;
+        let target = dest.to_path_buf();
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let staging = target.with_extension("unpacking");
+            if staging.exists() {
+                fs::remove_dir_all(&staging)?;
+            }
+            fs::create_dir_all(&staging)?;
+            for (blob, gzip) in &blobs {
+                let file = fs::File::open(blob)?;
+                aistack_sandbox::layers::apply(
+                    std::io::BufReader::new(file),
+                    *gzip,
+                    &staging,
+                    range,
+                )?;
+            }
+            fs::rename(&staging, &target)
+        });
+        unpacked
+            .await
+            .map_err(|e| HostError::new(format!("The image unpacking stopped: {e}")))?
+            .map_err(|e| {
+                HostError::new(format!("Cannot unpack the template's image: {e}"))
+                    .with_help("Check that `from:` names a Linux container image")
+            })
+    }
+
+    /// Runs a template's steps, as root, in a sandbox of its layers, and returns the
+    /// layer they wrote. A failed step fails the build with its output's last lines.
+    async fn run_steps(
+        &self,
+        project: &str,
+        name: &str,
+        dir: &Path,
+        lower: &[PathBuf],
+        template: &Value,
+        build: Option<SocketAddr>,
+    ) -> Result<PathBuf, HostError> {
+        let steps: Vec<&str> = (template.get("run").and_then(Value::as_array))
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let staging = dir.join("build");
+        if staging.exists() {
+            fs::remove_dir_all(&staging).map_err(|e| {
+                HostError::new(format!("Cannot clear an earlier build of `{name}`: {e}"))
+            })?;
+        }
+        let hash = dir
+            .file_name()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let short = &hash[..hash.len().min(12)];
+        let layout = Layout::new(&staging, &self.home.run().join(format!("build-{short}")));
+        let key = format!("template:{name}");
+        self.close_channels(project, &key);
+        let network = match build {
+            Some(proxy) => {
+                self.forward(project, &key, &layout, proxy)?;
+                Some(self.network(project)?)
+            }
+            None => None,
+        };
+        let env = (template
+            .get("env")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten())
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+        .collect();
+        let log = self
+            .home
+            .logs()
+            .join(format!("template-{project}-{name}.log"));
+        let spec = Spec {
+            guest: guest_binary()?,
+            layout: layout.clone(),
+            lower: lower.to_vec(),
+            workspace: None,
+            hostname: format!("build-{name}"),
+            range: self.range,
+            owner: (0, 0),
+            limits: Limits::default(),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_id: format!("aistack-build-{short}"),
+            log: log.clone(),
+            network,
+            env,
+        };
+        let _ = fs::create_dir_all(self.home.logs());
+        let mut running = namespace::start(&spec).await.map_err(|e| HostError {
+            help: e.help(),
+            message: aistack_apply::chain(&e),
+        })?;
+        let client = GuestClient::new(&layout.socket());
+        let mut failure = None;
+        for (number, step) in steps.iter().enumerate() {
+            let exec = Exec {
+                argv: vec!["sh".to_owned(), "-c".to_owned(), (*step).to_owned()],
+                env: BTreeMap::new(),
+                cwd: Some("/".to_owned()),
+                user: Some("root".to_owned()),
+                tty: None,
+                detach: false,
+            };
+            let output = client.output(exec).await;
+            let mut record = format!("$ {step}\n");
+            let ok = match &output {
+                Ok(out) => {
+                    record.push_str(&String::from_utf8_lossy(&out.stdout));
+                    record.push_str(&String::from_utf8_lossy(&out.stderr));
+                    out.status.is_some_and(|s| s.shell_code() == 0)
+                }
+                Err(e) => {
+                    record.push_str(&format!("{e}\n"));
+                    false
+                }
+            };
+            append(&log, &record);
+            if !ok {
+                let code = (output.as_ref().ok().and_then(|o| o.status))
+                    .map_or("no exit status".to_owned(), |s| {
+                        format!("exit {}", s.shell_code())
+                    });
+                let tail = last_lines(&record, 5);
+                failure = Some(
+                    HostError::new(format!(
+                        "Step {} of template `{name}` failed ({code}): `{step}`: {tail}",
+                        number + 1
+                    ))
+                    .with_help(format!(
+                        "Fix the step in `templates.{name}.run`; its whole output is in `{}`",
+                        log.display()
+                    )),
+                );
+                break;
+            }
+        }
+        let _ = client.shutdown(STOP_GRACE).await;
+        let _ = running.child.wait().await;
+        let _ = running.cgroup.remove();
+        self.close_channels(project, &key);
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        let layer = dir.join("layer");
+        let ca = spec.network.as_ref().map(|n| n.ca_pem.clone());
+        let finished = (|| {
+            if layer.exists() {
+                fs::remove_dir_all(&layer)?;
+            }
+            let upper = staging.join("upper");
+            if let Some(pem) = &ca {
+                scrub_ca(&upper, pem)?;
+            }
+            fs::rename(upper, &layer)?;
+            fs::remove_dir_all(&staging)
+        })();
+        finished.map_err(|e| HostError::new(format!("Cannot keep the layer of `{name}`: {e}")))?;
+        Ok(layer)
+    }
+
+    /// The network of a sandbox with a proxy: the project CA it trusts.
+    fn network(&self, project: &str) -> Result<Network, HostError> {
+        let ca = self.home.project(project).join("ca.pem");
+        let ca_pem = fs::read_to_string(&ca).map_err(|e| {
+            HostError::new(format!(
+                "Cannot read the project CA `{}`: {e}",
+                ca.display()
+            ))
+        })?;
+        Ok(Network { ca_pem })
     }
 
     fn layout(&self, project: &str, name: &str) -> Layout {
@@ -147,7 +380,7 @@ impl Sandboxes {
         project: &str,
         name: &str,
         sandbox: &Value,
-        rootfs: &Path,
+        layers: &[PathBuf],
         proxy: Option<SocketAddr>,
     ) -> Result<PathBuf, HostError> {
         let layout = self.layout(project, name);
@@ -167,18 +400,31 @@ impl Sandboxes {
             return Ok(socket);
         }
         let network = match proxy {
-            Some(_) => {
-                let ca = self.home.project(project).join("ca.pem");
-                let ca_pem = fs::read_to_string(&ca).map_err(|e| {
-                    HostError::new(format!(
-                        "Cannot read the project CA `{}`: {e}",
-                        ca.display()
-                    ))
-                })?;
-                Some(Network { ca_pem })
-            }
+            Some(_) => Some(self.network(project)?),
             None => None,
         };
+        let agent = sandbox
+            .get("agent")
+            .and_then(Value::as_str)
+            .unwrap_or("shell");
+        let profile = agents::profile(agent).ok_or_else(|| {
+            HostError::new(format!("Sandbox `{name}` names an unknown agent `{agent}`"))
+                .with_help("Plan again with this version of aistack: run `aistack up`")
+        })?;
+        if !layers.iter().any(|layer| profile.is_installed(layer)) {
+            let template = sandbox
+                .get("template")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return Err(HostError::new(format!(
+                "Agent `{agent}` of sandbox `{name}` is not installed in template `{template}`: it has no `{}` on its PATH",
+                profile.command
+            ))
+            .with_help(format!(
+                "Add the step that installs it to `templates.{template}.run`: `{}`",
+                profile.install
+            )));
+        }
         let workspace = sandbox
             .get("workspace")
             .and_then(Value::as_str)
@@ -196,7 +442,7 @@ impl Sandboxes {
         let spec = Spec {
             guest: guest_binary()?,
             layout,
-            lower: vec![rootfs.to_path_buf()],
+            lower: layers.to_vec(),
             workspace,
             hostname: name.to_owned(),
             range: self.range,
@@ -210,6 +456,7 @@ impl Sandboxes {
             cgroup_id: self.cgroup_id(project, name),
             log: self.log(project, name),
             network,
+            env: environment(&profile, sandbox),
         };
         let _ = fs::create_dir_all(self.home.logs());
         let mut running = namespace::start(&spec).await.map_err(|e| HostError {
@@ -383,6 +630,96 @@ async fn bind_retrying(address: SocketAddr) -> std::io::Result<tokio::net::TcpLi
 }
 
 /// The sandbox id range: the daemon user's `/etc/subuid` range, else the default.
+/// What every command of a sandbox gets: its agent's variables, its models' (`CHAT_URL`
+/// and `CHAT_MODEL` for model `chat`, as Compose sets them), then its own `env:` (the
+/// template's under the sandbox's), which wins.
+fn environment(agent: &agents::Profile, sandbox: &Value) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = agent.environment().into_iter().collect();
+    let models = (sandbox.get("models").and_then(Value::as_array))
+        .into_iter()
+        .flatten();
+    for model in models.filter_map(Value::as_str) {
+        let key: String = (model.chars())
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        env.insert(
+            format!("{key}_URL"),
+            format!("http://{MODELS_HOST}/engines/v1/"),
+        );
+        env.insert(format!("{key}_MODEL"), model.to_owned());
+    }
+    let own = (sandbox.get("env").and_then(Value::as_object))
+        .into_iter()
+        .flatten();
+    for (key, value) in own {
+        if let Some(value) = value.as_str() {
+            env.insert(key.clone(), value.to_owned());
+        }
+    }
+    env.into_iter().collect()
+}
+
+/// Where a template's tree starts.
+pub enum Base {
+    /// A directory holding a root filesystem, imported.
+    Dir(PathBuf),
+    /// An image's layer blobs, bottom first, and whether each is gzip-compressed.
+    Image(Vec<(PathBuf, bool)>),
+    /// Another template's layers, top first.
+    Layers(Vec<PathBuf>),
+}
+
+fn read_layers(path: &Path) -> Option<Vec<PathBuf>> {
+    let text = fs::read_to_string(path).ok()?;
+    let layers: Vec<PathBuf> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    (!layers.is_empty() && layers.iter().all(|l| l.is_dir())).then_some(layers)
+}
+
+/// Takes the build project's CA out of a template layer: the template may serve other
+/// projects, which must not trust it. Each sandbox adds its own project's CA at start.
+fn scrub_ca(layer: &Path, pem: &str) -> std::io::Result<()> {
+    let inside = |path: &str| layer.join(path.trim_start_matches('/'));
+    for path in [CA_FILE, CA_BUNDLE] {
+        match fs::remove_file(inside(path)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    let system = inside(SYSTEM_BUNDLE);
+    if let Ok(bundle) = fs::read_to_string(&system)
+        && bundle.contains(pem.trim())
+    {
+        fs::write(
+            &system,
+            bundle.replace(pem.trim(), "").replace("\n\n\n", "\n"),
+        )?;
+    }
+    Ok(())
+}
+
+fn append(log: &Path, text: &str) {
+    use std::io::Write as _;
+    if let Ok(mut file) = fs::OpenOptions::new().create(true).append(true).open(log) {
+        let _ = file.write_all(text.as_bytes());
+    }
+}
+
+/// The last `n` non-empty lines of `text`, joined by ` | ` for a one-line message.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
 fn id_range() -> IdRange {
     let uid = rustix::process::getuid().as_raw();
     let user = std::env::var("USER").unwrap_or_else(|_| {

@@ -46,6 +46,16 @@ pub fn project_status(
                         .and_then(|l| l.as_str())
                         .map(|l| format!("http://{l}")),
                 ),
+                // Which backend runs it, and why (`isolation: auto` says what it found).
+                Kind::Sandbox => (
+                    "applied",
+                    (r.outputs.get(crate::sandboxes::ISOLATION)).map(|backend| {
+                        match r.outputs.get(crate::sandboxes::ISOLATION_REASON) {
+                            Some(reason) => format!("{backend} ({reason})"),
+                            None => backend.clone(),
+                        }
+                    }),
+                ),
                 _ => ("applied", None),
             };
             ResourceStatus {

@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 use crate::common::{Api, ApiError};
 use crate::config::Auth;
 use crate::metrics::ModelLabel;
+use crate::scope::{self, Scope};
 use crate::state::Shared;
 use crate::{anthropic, ollama, openai};
 
@@ -144,7 +145,10 @@ async fn guard(
     };
     let mut response = match refusal {
         Some(e) => e.render(api),
-        None => next.run(request).await,
+        None => match Scope::of(&request) {
+            Some(scope) => scope::enforce(scope, &shared, request, next).await,
+            None => next.run(request).await,
+        },
     };
     if let Some(label) = response.extensions().get::<ModelLabel>() {
         shared

@@ -13,6 +13,7 @@ mod metrics;
 mod models;
 mod ollama;
 mod openai;
+mod scope;
 mod state;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ pub use aistack_engine_api::Mode;
 use axum::serve::ListenerExt;
 pub use config::{Auth, GatewayError, KeepAlive, Launcher, ModelConfig, Settings, human_bytes};
 pub use models::{LoadedStatus, ModelStatus};
+pub use scope::HEADER as SCOPE_HEADER;
 use tokio_util::sync::CancellationToken;
 
 use crate::models::Models;

@@ -21,8 +21,6 @@ use crate::users::{self, AGENT};
 /// process that keeps the pipe open must not hold the exec open forever.
 const DRAIN: Duration = Duration::from_millis(500);
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 pub fn run(shared: &Shared, mut stream: UnixStream, request: protocol::Exec) -> io::Result<()> {
     // The threads that follow the command start before it does: a command that forks
     // up to the sandbox's process limit at once must not leave none for them.
@@ -193,7 +191,7 @@ fn environment(
         env.entry(key.clone()).or_insert_with(|| value.clone());
     }
     let defaults = [
-        ("PATH", DEFAULT_PATH),
+        ("PATH", aistack_sandbox::setup::PATH),
         ("HOME", user.home.as_str()),
         ("USER", user.name.as_str()),
         ("LOGNAME", user.name.as_str()),

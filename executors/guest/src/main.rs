@@ -76,13 +76,14 @@ fn sandbox() -> io::Result<()> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("the launch: {e}")))?;
     setup::enter(&launch, &mut input, &mut io::stdout())?;
     users::ensure_agent()?;
-    let env = match &launch.network {
+    let mut env = match &launch.network {
         Some(net) => {
             network::start(net)?;
             Network::env()
         }
         None => Vec::new(),
     };
+    env.extend(launch.env.iter().cloned());
     let socket = PathBuf::from(CONTROL_DIR).join(GUEST_SOCKET);
     serve(&socket, server::Mode::Init, env)
 }

@@ -1,6 +1,7 @@
 //! What a listener enforces (the policy, swapped whole on a `~` change) and the limits it
 //! runs under (fixed for its lifetime).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use aistack_spec::model::{Credential, NetworkPolicy};
@@ -21,6 +22,21 @@ pub struct Config {
     pub bypass: Vec<HostRule>,
     /// Headers set on requests to a host, by canonical host.
     pub credentials: Vec<(Destination, Credential)>,
+    /// Names the proxy serves itself, whatever the policy says.
+    pub routes: Vec<Route>,
+}
+
+/// A name the proxy sends to a fixed address of its own choosing, never resolved and not
+/// decided by the policy: `models.aistack.internal` is the gateway, with the sandbox's
+/// models named in a header.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The name clients use, canonical (lower case).
+    pub host: String,
+    /// Where requests to it go.
+    pub address: SocketAddr,
+    /// Headers set on every request, replacing any the client sent.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Config {
@@ -35,6 +51,7 @@ impl Config {
             policy: Policy::new(policy),
             bypass: policy.bypass.clone(),
             credentials,
+            routes: Vec::new(),
         }
     }
 
@@ -96,6 +113,15 @@ impl Config {
         (self.credentials.iter())
             .find(|(host, _)| host == destination)
             .map(|(_, c)| c)
+    }
+
+    /// The route of `destination`, if the proxy serves that name itself.
+    #[must_use]
+    pub fn route(&self, destination: &Destination) -> Option<&Route> {
+        match destination {
+            Destination::Name(name) => self.routes.iter().find(|r| r.host == *name),
+            Destination::Ip(_) => None,
+        }
     }
 
     /// Whether CONNECT to `destination:port` is intercepted for credential injection:

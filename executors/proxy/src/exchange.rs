@@ -47,6 +47,8 @@ struct Target {
     port: u16,
     addresses: Vec<IpAddr>,
     tls: Option<ServerName<'static>>,
+    /// Set on every request, replacing the client's (a route's headers).
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Answers one request from a client of the listener.
@@ -128,15 +130,35 @@ async fn forward(
         );
     }
     let mut entry = shared.entry(&config, request.method().as_str(), &destination, port);
-    let addresses = match decided(shared, &config, &destination, port, &mut entry).await {
-        Ok(addresses) => addresses,
-        Err(response) => return response,
-    };
-    let target = Target {
-        destination,
-        port,
-        addresses,
-        tls: None,
+    let target = match config.route(&destination) {
+        Some(route) => {
+            entry.rule = format!("route {}", route.host);
+            entry.decision = crate::netlog::ALLOW.to_owned();
+            Target {
+                destination,
+                port: route.address.port(),
+                addresses: vec![route.address.ip()],
+                tls: None,
+                headers: (route.headers.iter())
+                    .filter_map(|(name, value)| {
+                        Some((
+                            HeaderName::from_bytes(name.as_bytes()).ok()?,
+                            HeaderValue::from_str(value).ok()?,
+                        ))
+                    })
+                    .collect(),
+            }
+        }
+        None => match decided(shared, &config, &destination, port, &mut entry).await {
+            Ok(addresses) => Target {
+                destination,
+                port,
+                addresses,
+                tls: None,
+                headers: Vec::new(),
+            },
+            Err(response) => return response,
+        },
     };
     send(shared, client, &config, &target, request, entry).await
 }
@@ -424,6 +446,9 @@ fn outgoing(
     if let Ok(host) = HeaderValue::from_str(&host) {
         parts.headers.insert(header::HOST, host);
     }
+    for (name, value) in &target.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
     if let Some((name, value)) = credential {
         parts.headers.insert(name, value);
     }
@@ -532,6 +557,15 @@ async fn connect(shared: &Arc<Shared>, mut request: Request<Incoming>) -> Respon
         Err(error) => return invalid(shared, &config, "CONNECT", &authority, &error.reason),
     };
     let mut entry = shared.entry(&config, "CONNECT", &destination, port);
+    if config.route(&destination).is_some() {
+        entry.rule = format!("route {destination} takes plain http only");
+        let response = refuse(
+            StatusCode::BAD_REQUEST,
+            &format!("`{destination}` is served over plain http only"),
+            &format!("Use `http://{destination}/`"),
+        );
+        return logged(shared, &mut entry, response);
+    }
     let addresses = match decided(shared, &config, &destination, port, &mut entry).await {
         Ok(addresses) => addresses,
         Err(response) => return response,
@@ -571,6 +605,7 @@ async fn connect(shared: &Arc<Shared>, mut request: Request<Incoming>) -> Respon
             destination,
             port,
             addresses: vec![address],
+            headers: Vec::new(),
         };
         if config.intercepts(&target.destination, port) {
             intercept(

@@ -19,7 +19,7 @@ pub mod resolve;
 pub mod server;
 mod tunnel;
 
-pub use config::{Config, Limits};
+pub use config::{Config, Limits, Route};
 pub use destination::{Destination, DestinationError};
 pub use policy::{Decision, Policy, Verdict};
 /// What [`Settings::upstream_tls`] holds, for callers that keep one without naming rustls.

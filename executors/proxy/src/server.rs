@@ -217,7 +217,10 @@ pub(crate) fn http1_builder(limits: &Limits) -> http1::Builder {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.head_bytes())
-        .preserve_header_case(true);
+        .preserve_header_case(true)
+        // A client that shuts its side after the request (busybox `nc`, scripts) still
+        // gets the answer.
+        .half_close(true);
     builder
 }
 

@@ -556,7 +556,7 @@ async fn a_thousand_tunnels_open_together_and_release_every_descriptor() {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let (connections, fds) = (proxy.proxy.connections(), open_fds());
-            if (connections == 0 && start.is_none_or(|s| fds == s)) || Instant::now() >= deadline {
+            if (connections == 0 && start.is_none_or(|s| fds <= s)) || Instant::now() >= deadline {
                 return (connections, fds);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -595,7 +595,11 @@ async fn a_thousand_tunnels_open_together_and_release_every_descriptor() {
         started.elapsed()
     );
     assert_eq!(connections, 0, "every tunnel ended");
-    assert_eq!(after, before, "every descriptor is released");
+    // Fewer is no leak: the warm-up's upstream end may still have been open at `before`.
+    assert!(
+        after <= before,
+        "every descriptor is released: {after} after, {before} before"
+    );
     let entries = proxy.entries().await;
     assert_eq!(
         entries.iter().filter(|e| e.method == "CONNECT").count(),

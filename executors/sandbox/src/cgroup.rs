@@ -19,6 +19,17 @@ pub struct Limits {
 /// fork bomb leaves the host responsive.
 pub const DEFAULT_PIDS: u64 = 2048;
 
+impl Default for Limits {
+    /// No memory or CPU limit; the default process cap.
+    fn default() -> Self {
+        Limits {
+            memory: None,
+            cpus: None,
+            pids: DEFAULT_PIDS,
+        }
+    }
+}
+
 const CPU_PERIOD_US: u64 = 100_000;
 
 /// A sandbox's cgroup: one directory (v2) or one per controller (v1).

@@ -1,9 +1,10 @@
 //! Sandboxes: the guest agent protocol (`protocol`), what the agent does to enter a
 //! namespace sandbox (`setup`), the system calls both need (`sys`, the crate's only
 //! `unsafe`), the seccomp filter (`seccomp`), user-namespace id maps (`idmap`), cgroup
-//! limits (`cgroup`), template root filesystems (`rootfs`), and, with the `host`
-//! feature, the host's side: the backends and the agent client.
+//! limits (`cgroup`), template root filesystems (`rootfs`), agents (`agents`), and, with the
+//! `host` feature, the host's side: the backends, the agent client and image layers.
 
+pub mod agents;
 pub mod cgroup;
 pub mod guest;
 pub mod idmap;
@@ -16,5 +17,7 @@ pub mod sys;
 
 #[cfg(feature = "host")]
 pub mod client;
+#[cfg(feature = "host")]
+pub mod layers;
 #[cfg(feature = "host")]
 pub mod namespace;

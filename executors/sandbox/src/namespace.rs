@@ -78,6 +78,8 @@ pub struct Spec {
     /// Where the agent's own messages go.
     pub log: PathBuf,
     pub network: Option<crate::setup::Network>,
+    /// Variables every command gets.
+    pub env: Vec<(String, String)>,
 }
 
 /// A started sandbox: the host process that lives as long as it does.
@@ -140,6 +142,7 @@ pub async fn start(spec: &Spec) -> Result<Running, StartError> {
         hostname: spec.hostname.clone(),
         cgroup_procs: cgroup.procs_files(),
         network: spec.network.clone(),
+        env: spec.env.clone(),
     };
     let _ = fs::remove_file(spec.layout.socket());
     let log = fs::OpenOptions::new()

@@ -23,13 +23,17 @@ pub const CONTROL_DIR: &str = "/run/aistack";
 /// The agent's socket, in the control directory.
 pub const GUEST_SOCKET: &str = "guest.sock";
 
+/// The `PATH` of a sandbox's commands, unless a command sets its own.
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The port inside on which the agent takes proxy connections to the host's policy proxy.
 pub const PROXY_PORT: u16 = 3128;
 /// The host's end of those connections, in the control directory.
 pub const PROXY_SOCKET: &str = "proxy.sock";
-/// The project CA, alone (`NODE_EXTRA_CA_CERTS` adds it to Node's own roots).
+/// The project CA, alone, where `update-ca-certificates` finds it.
 pub const CA_FILE: &str = "/usr/local/share/ca-certificates/aistack.crt";
-/// The template's roots plus the project CA (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`).
+/// The template's roots plus the project CA (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`,
+/// `NODE_EXTRA_CA_CERTS`).
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/aistack-bundle.pem";
 /// Where Debian-like templates keep their roots; the project CA is appended there too.
 pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -55,7 +59,9 @@ impl Network {
         }
         env.push(("SSL_CERT_FILE".to_owned(), CA_BUNDLE.to_owned()));
         env.push(("REQUESTS_CA_BUNDLE".to_owned(), CA_BUNDLE.to_owned()));
-        env.push(("NODE_EXTRA_CA_CERTS".to_owned(), CA_FILE.to_owned()));
+        // The whole bundle, not the project CA alone: Node's own roots lack the CAs a
+        // template adds to its store (a company's, a mirror's).
+        env.push(("NODE_EXTRA_CA_CERTS".to_owned(), CA_BUNDLE.to_owned()));
         env
     }
 }
@@ -80,6 +86,10 @@ pub struct Launch {
     /// No network at all (only `lo`) when absent.
     #[serde(default)]
     pub network: Option<Network>,
+    /// What every command of the sandbox gets (the template's, the sandbox's, its models'
+    /// and its agent's variables); a command's own and the network's come first.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
 }
 
 /// Handshake lines.

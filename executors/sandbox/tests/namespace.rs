@@ -90,6 +90,7 @@ async fn start(limits: Limits) -> Sandbox {
         cgroup_id: format!("test-{id}"),
         log: dir.path().join("guest.log"),
         network: None,
+        env: Vec::new(),
     };
     let running = match namespace::start(&spec).await {
         Ok(running) => running,

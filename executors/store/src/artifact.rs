@@ -53,6 +53,23 @@ pub fn is_model_layer(media_type: &str) -> bool {
             && !media_type.starts_with("application/vnd.docker.ai.model.config"))
 }
 
+/// Media types of a container image's config (OCI, Docker).
+pub const IMAGE_CONFIG_MEDIA_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+/// Media types of a container image's filesystem layer that aistack applies.
+pub const IMAGE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const IMAGE_LAYER_GZIP: [&str; 2] = [
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+];
+
+/// Whether `media_type` is a container image layer aistack can apply (tar, gzip).
+pub fn is_image_layer(media_type: &str) -> bool {
+    media_type == IMAGE_LAYER_TAR || IMAGE_LAYER_GZIP.contains(&media_type)
+}
+
 /// Layer annotation: the file's name.
 pub const ANNOTATION_FILEPATH: &str = "org.cncf.model.filepath";
 /// Layer annotation: the file's metadata, as JSON.

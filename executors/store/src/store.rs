@@ -216,12 +216,16 @@ impl Store {
             .all(|d| self.blob_path(&d.digest).is_ok_and(|p| p.is_file()))
     }
 
-    /// The models in the store, in index order.
+    /// The models in the store, in index order (template images left out).
     pub fn list(&self) -> Result<Vec<Entry>, StoreError> {
         let index = self.read_index()?;
         let mut entries = Vec::with_capacity(index.manifests.len());
         for descriptor in index.manifests {
             let manifest = self.manifest(&descriptor.digest)?;
+            // Template images share the store; they are not models.
+            if manifest.config.media_type != crate::artifact::CONFIG_MEDIA_TYPE {
+                continue;
+            }
             let config = self.config(&manifest)?;
             entries.push(Entry {
                 manifest_digest: descriptor.digest,

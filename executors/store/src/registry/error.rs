@@ -56,6 +56,14 @@ pub enum RegistryError {
         what: &'static str,
         media_type: String,
     },
+    /// The artifact is not a container image.
+    #[error("`{reference}` is not a container image: its {what} is `{media_type}`")]
+    NotAnImage {
+        reference: String,
+        /// `config`, `layer` or `manifest`.
+        what: &'static str,
+        media_type: String,
+    },
     /// A blob or manifest does not hash to its digest.
     #[error("Blob `{digest}` of `{reference}` does not match its digest")]
     DigestMismatch { reference: String, digest: String },
@@ -149,6 +157,9 @@ impl RegistryError {
             }
             RegistryError::NotAModel { .. } => {
                 "Pull a model artifact such as `ai/smollm2`".to_owned()
+            }
+            RegistryError::NotAnImage { .. } => {
+                "Point `from:` at a container image (tar or gzip layers), a directory or a template".to_owned()
             }
             RegistryError::DigestMismatch { .. } => {
                 "The registry's copy is corrupt and nothing of it was kept: push the model again, then pull".to_owned()

@@ -37,7 +37,8 @@ pub use error::RegistryError;
 use crate::Store;
 use crate::artifact::{
     CONFIG_MEDIA_TYPE, ConfigFile, DOCKER_MANIFEST_LIST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE,
-    Descriptor, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, Manifest, ModelConfig, is_model_layer,
+    Descriptor, IMAGE_CONFIG_MEDIA_TYPES, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, Manifest,
+    ModelConfig, is_image_layer, is_model_layer,
 };
 use crate::store::{COPY_BUFFER, digest_hex, sync_dir};
 use client::{Access, Client, header};
@@ -124,6 +125,25 @@ struct Fetched {
     digest: String,
 }
 
+/// What a pull accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Artifact {
+    /// A Docker Model Runner model.
+    Model,
+    /// A container image (a template's root filesystem).
+    Image,
+}
+
+/// A container image pulled into the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PulledImage {
+    pub manifest_digest: String,
+    /// Its filesystem layers, bottom first.
+    pub layers: Vec<Descriptor>,
+    /// Blob bytes received from the registry.
+    pub transferred_bytes: u64,
+}
+
 /// Pulls the model `reference` into `store` and names it there with the normalised
 /// reference; blobs the store has are not fetched.
 pub async fn pull(
@@ -132,11 +152,45 @@ pub async fn pull(
     options: &PullOptions,
     progress: &mut (dyn FnMut(PullProgress) + Send),
 ) -> Result<Pulled, RegistryError> {
+    let (fetched, manifest, transferred) =
+        pull_artifact(store, reference, options, progress, Artifact::Model).await?;
+    Ok(Pulled {
+        manifest_digest: fetched.digest,
+        size: manifest.layers.iter().map(|l| l.size).sum(),
+        transferred_bytes: transferred,
+        config: store.config(&manifest)?.config,
+    })
+}
+
+/// Pulls the container image `reference` (for linux/amd64 when it is an index) into
+/// `store`, as [`pull`] does a model.
+pub async fn pull_image(
+    store: &Store,
+    reference: &OciRef,
+    options: &PullOptions,
+    progress: &mut (dyn FnMut(PullProgress) + Send),
+) -> Result<PulledImage, RegistryError> {
+    let (fetched, manifest, transferred) =
+        pull_artifact(store, reference, options, progress, Artifact::Image).await?;
+    Ok(PulledImage {
+        manifest_digest: fetched.digest,
+        layers: manifest.layers,
+        transferred_bytes: transferred,
+    })
+}
+
+async fn pull_artifact(
+    store: &Store,
+    reference: &OciRef,
+    options: &PullOptions,
+    progress: &mut (dyn FnMut(PullProgress) + Send),
+    artifact: Artifact,
+) -> Result<(Fetched, Manifest, u64), RegistryError> {
     let name = reference.to_string();
     let client =
         Arc::new(Client::new(&reference.registry, &reference.repository, Access::Pull).await?);
     let fetched = fetch_manifest(&client, reference).await?;
-    let manifest = check_model(&client.registry, &name, &fetched)?;
+    let manifest = check_manifest(&client.registry, &name, &fetched, artifact)?;
 
     // The config first: it is small, and a corrupt one fails before any layer moves.
     let config_bytes = if store.blob_path(&manifest.config.digest)?.is_file() {
@@ -144,14 +198,19 @@ pub async fn pull(
     } else {
         Some(fetch_small(&client, &name, &manifest.config).await?)
     };
-    let config_file: ConfigFile = match &config_bytes {
-        Some(bytes) => serde_json::from_slice(bytes).map_err(|e| RegistryError::BadResponse {
-            registry: client.registry.clone(),
-            what: "model config",
-            source: Some(e),
-        })?,
-        None => store.config(&manifest)?,
-    };
+    if let Some(bytes) = &config_bytes {
+        let what = match artifact {
+            Artifact::Model => serde_json::from_slice::<ConfigFile>(bytes).err(),
+            Artifact::Image => serde_json::from_slice::<serde_json::Value>(bytes).err(),
+        };
+        if let Some(e) = what {
+            return Err(RegistryError::BadResponse {
+                registry: client.registry.clone(),
+                what: "config",
+                source: Some(e),
+            });
+        }
+    }
 
     // Blob deletion waits for this pull, which may reference blobs it found present.
     let _ingest = {
@@ -225,12 +284,7 @@ pub async fn pull(
         },
         &name,
     )?;
-    Ok(Pulled {
-        manifest_digest: fetched.digest,
-        size: manifest.layers.iter().map(|l| l.size).sum(),
-        transferred_bytes: transferred,
-        config: config_file.config,
-    })
+    Ok((fetched, manifest, transferred))
 }
 
 /// The digest of the manifest `reference` names in its registry (what [`pull`] would
@@ -543,14 +597,26 @@ async fn get_manifest(
 }
 
 /// The manifest of a Docker Model Runner artifact, or why `fetched` is not one.
-fn check_model(registry: &str, name: &str, fetched: &Fetched) -> Result<Manifest, RegistryError> {
-    let not_a_model = |what, media_type: &str| RegistryError::NotAModel {
-        reference: name.to_owned(),
-        what,
-        media_type: media_type.to_owned(),
+fn check_manifest(
+    registry: &str,
+    name: &str,
+    fetched: &Fetched,
+    artifact: Artifact,
+) -> Result<Manifest, RegistryError> {
+    let wrong = |what, media_type: &str| match artifact {
+        Artifact::Model => RegistryError::NotAModel {
+            reference: name.to_owned(),
+            what,
+            media_type: media_type.to_owned(),
+        },
+        Artifact::Image => RegistryError::NotAnImage {
+            reference: name.to_owned(),
+            what,
+            media_type: media_type.to_owned(),
+        },
     };
     if ![MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE].contains(&fetched.media_type.as_str()) {
-        return Err(not_a_model("manifest", &fetched.media_type));
+        return Err(wrong("manifest", &fetched.media_type));
     }
     let manifest: Manifest =
         serde_json::from_slice(&fetched.bytes).map_err(|e| RegistryError::BadResponse {
@@ -558,15 +624,15 @@ fn check_model(registry: &str, name: &str, fetched: &Fetched) -> Result<Manifest
             what: "manifest",
             source: Some(e),
         })?;
-    if manifest.config.media_type != CONFIG_MEDIA_TYPE {
-        return Err(not_a_model("config", &manifest.config.media_type));
+    let (configs, is_layer): (&[&str], fn(&str) -> bool) = match artifact {
+        Artifact::Model => (&[CONFIG_MEDIA_TYPE], is_model_layer),
+        Artifact::Image => (&IMAGE_CONFIG_MEDIA_TYPES, is_image_layer),
+    };
+    if !configs.contains(&manifest.config.media_type.as_str()) {
+        return Err(wrong("config", &manifest.config.media_type));
     }
-    if let Some(layer) = manifest
-        .layers
-        .iter()
-        .find(|l| !is_model_layer(&l.media_type))
-    {
-        return Err(not_a_model("layer", &layer.media_type));
+    if let Some(layer) = manifest.layers.iter().find(|l| !is_layer(&l.media_type)) {
+        return Err(wrong("layer", &layer.media_type));
     }
     for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
         if digest_hex(&blob.digest).is_err() {

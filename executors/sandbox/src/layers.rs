@@ -1,0 +1,235 @@
+//! Container image layers applied, bottom first, to one template tree: each layer's files
+//! replace what the layers below left, and its whiteouts (`.wh.NAME` removes `NAME`,
+//! `.wh..wh..opq` empties its directory) remove what they name, as the OCI image spec's
+//! changesets say. Owners move into the sandbox id range, as [`crate::rootfs::import`]
+//! moves them; device files are left out (every sandbox gets its own `/dev`).
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::lchown;
+use std::path::{Component, Path, PathBuf};
+
+use crate::idmap::IdRange;
+
+/// The prefix of a whiteout's name.
+const WHITEOUT: &str = ".wh.";
+/// The name of an opaque-directory whiteout.
+const OPAQUE: &str = ".wh..wh..opq";
+
+/// Applies the tar `layer` (gzip-compressed when `gzip`) to the tree at `dest`.
+///
+/// # Errors
+///
+/// A layer that is not a tar, or an entry that would land outside `dest` (through `..`
+/// or a symbolic link of an earlier entry), fails the whole layer.
+pub fn apply(layer: impl Read, gzip: bool, dest: &Path, range: IdRange) -> io::Result<()> {
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(layer))
+    } else {
+        Box::new(layer)
+    };
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_overwrite(true);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let Some(path) = relative(&entry.path()?) else {
+            return Err(io::Error::other(format!(
+                "the layer names `{}`, outside the tree",
+                entry.path()?.display()
+            )));
+        };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let parent = path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
+        match name.as_deref() {
+            Some(OPAQUE) => {
+                empty_dir(&inside(dest, &parent)?)?;
+                continue;
+            }
+            Some(name) if name.starts_with(WHITEOUT) => {
+                let target = inside(dest, &parent.join(&name[WHITEOUT.len()..]))?;
+                remove(&target)?;
+                continue;
+            }
+            _ => {}
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
+            continue;
+        }
+        let target = inside(dest, &path)?;
+        // A file replaces a directory of a lower layer, and the reverse.
+        if let Ok(existing) = fs::symlink_metadata(&target)
+            && (existing.is_dir() != kind.is_dir())
+        {
+            remove(&target)?;
+        }
+        if !entry.unpack_in(dest)? {
+            return Err(io::Error::other(format!(
+                "the layer entry `{}` lands outside the tree",
+                path.display()
+            )));
+        }
+        let owner = |id: u64| {
+            u32::try_from(id)
+                .ok()
+                .and_then(|id| range.host_id(id))
+                .unwrap_or(range.base)
+        };
+        let header = entry.header();
+        let (uid, gid) = (owner(header.uid()?), owner(header.gid()?));
+        lchown(&target, Some(uid), Some(gid))?;
+        if kind.is_file() || kind.is_dir() {
+            // chown clears set-uid bits; the mode goes back after it.
+            let mode = header.mode()? & 0o7777;
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
+/// `path` with its root and `.` left out; `None` when it climbs with `..`.
+fn relative(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// `dest/path`, refused when a directory on the way is a symbolic link: a whiteout must
+/// not remove, through a link of an earlier layer, anything outside the tree.
+fn inside(dest: &Path, path: &Path) -> io::Result<PathBuf> {
+    let mut at = dest.to_path_buf();
+    if let Some(parent) = path.parent() {
+        for part in parent.components() {
+            at.push(part);
+            if fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(io::Error::other(format!(
+                    "the layer reaches `{}` through a symbolic link",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(dest.join(path))
+}
+
+fn remove(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn empty_dir(dir: &Path) -> io::Result<()> {
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                remove(&entry?.path())?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, content) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_uid(0);
+            header.set_gid(0);
+            match content {
+                Some(text) => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_size(text.len() as u64);
+                    header.set_mode(0o644);
+                    builder
+                        .append_data(&mut header, path, text.as_bytes())
+                        .unwrap();
+                }
+                None => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_size(0);
+                    header.set_mode(0o755);
+                    builder.append_data(&mut header, path, &[][..]).unwrap();
+                }
+            }
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn upper_layers_replace_and_whiteouts_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = IdRange { base: 2_000_000 };
+        let base = layer(&[
+            ("etc/", None),
+            ("etc/keep", Some("1")),
+            ("etc/gone", Some("2")),
+            ("var/", None),
+            ("var/cache/", None),
+            ("var/cache/a", Some("3")),
+        ]);
+        let upper = layer(&[
+            ("etc/keep", Some("new")),
+            ("etc/.wh.gone", Some("")),
+            ("var/cache/.wh..wh..opq", Some("")),
+            ("var/cache/b", Some("4")),
+        ]);
+        apply(&base[..], false, dir.path(), range).unwrap();
+        apply(&upper[..], false, dir.path(), range).unwrap();
+        let read = |p: &str| fs::read_to_string(dir.path().join(p)).ok();
+        assert_eq!(read("etc/keep").as_deref(), Some("new"));
+        assert_eq!(read("etc/gone"), None);
+        assert_eq!(read("var/cache/a"), None);
+        assert_eq!(read("var/cache/b").as_deref(), Some("4"));
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            fs::metadata(dir.path().join("etc/keep")).unwrap().uid(),
+            range.base
+        );
+    }
+
+    #[test]
+    fn nothing_lands_outside_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "host").unwrap();
+        std::os::unix::fs::symlink(dir.path(), tree.join("up")).unwrap();
+        let range = IdRange { base: 2_000_000 };
+        for entry in ["../outside", "up/outside", "up/.wh.outside"] {
+            let bytes = {
+                let mut builder = tar::Builder::new(Vec::new());
+                let mut header = tar::Header::new_gnu();
+                header.set_uid(0);
+                header.set_gid(0);
+                header.set_size(1);
+                header.set_mode(0o644);
+                header.set_entry_type(tar::EntryType::Regular);
+                // `append_data` refuses `..`; the raw name is what a hostile layer holds.
+                header.as_gnu_mut().unwrap().name[..entry.len()].copy_from_slice(entry.as_bytes());
+                header.set_cksum();
+                builder.append(&header, &b"x"[..]).unwrap();
+                builder.into_inner().unwrap()
+            };
+            assert!(apply(&bytes[..], false, &tree, range).is_err(), "{entry}");
+            assert_eq!(fs::read_to_string(&outside).unwrap(), "host", "{entry}");
+        }
+    }
+}

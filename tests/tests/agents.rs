@@ -1,0 +1,125 @@
+//! The slower sandbox test, on a Debian minbase template (debootstrap) built by `run:`
+//! steps through a policy that allows Debian's mirror and npm's registry by host rule:
+//! apt installs curl, npm installs a real agent CLI (OpenAI's codex), and one
+//! non-interactive run of it reaches a loopback stand-in of its API through the sandbox's
+//! proxy, which sets the key: the stand-in sees the real key, the sandbox never holds it.
+
+use std::fs;
+
+use aistack_tests::TestEnv;
+use aistack_tests::sandbox::{Down, debian_rootfs, guest_bin};
+
+const KEY: &str = "sk-agent-e2e-91f3c2-secret";
+
+#[test]
+fn codex_from_npm_reaches_its_api_with_the_key_the_proxy_sets() {
+    let debian = debian_rootfs();
+    // 127.0.0.2: not in the sandbox's `NO_PROXY`, so its clients use the proxy for it.
+    let (port, heads) = aistack_tests::upstream::recording(
+        "127.0.0.2",
+        "400 Bad Request",
+        r#"{"error":{"message":"the stand-in answers nothing","type":"invalid_request_error"}}"#,
+    );
+    let mut env = TestEnv::new();
+    env.set_var("AISTACK_GUEST", guest_bin());
+    env.set_var("STANDIN_AUTH", format!("Bearer {KEY}"));
+    let spec = format!(
+        "version: 1
+name: agents
+templates:
+  debian:
+    from: {debian}
+    network_policy: build
+    run:
+      - apt-get update
+      - apt-get install -y --no-install-recommends curl ca-certificates
+  agent:
+    from: debian
+    network_policy: build
+    run:
+      - apt-get install -y --no-install-recommends nodejs npm
+      - npm install -g @openai/codex
+network_policies:
+  build:
+    default: deny
+    allow: [deb.debian.org, registry.npmjs.org]
+  api:
+    default: deny
+    allow: [\"127.0.0.2/32:{port}\"]
+    credentials:
+      - {{ host: 127.0.0.2, header: authorization, from_env: STANDIN_AUTH }}
+sandboxes:
+  coder:
+    template: agent
+    agent: codex
+    network_policy: api
+    env: {{ OPENAI_BASE_URL: \"http://127.0.0.2:{port}/v1\" }}
+",
+        debian = debian.display()
+    );
+    env.write("aistack.yaml", &env.spec(&spec));
+    let _down = Down(&env);
+    env.ok(&["up"]);
+
+    // apt's and npm's requests went through the build's policy and are logged as its.
+    let log = env.ok(&["network", "log", "--json"]);
+    let entries: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let allowed = |host: &str| {
+        entries.iter().any(|e| {
+            let source = e["source"].as_str().unwrap_or_default();
+            e["host"] == host && e["decision"] == "allow" && source.starts_with("template:")
+        })
+    };
+    assert!(allowed("deb.debian.org"), "{log}");
+    assert!(allowed("registry.npmjs.org"), "{log}");
+    let curl = env.ok(&["exec", "coder", "--", "curl", "--version"]);
+    assert!(curl.starts_with("curl "), "{curl}");
+
+    // One non-interactive run; the stand-in refuses it, which is all the test needs.
+    // codex reads its API's address from a provider of its config, set to the base URL
+    // the sandbox's `env:` names (as a user points it at a local server).
+    let run = "mkdir -p ~/.codex && printf '%s\\n' 'model_provider = \"standin\"' \
+               '[model_providers.standin]' 'name = \"standin\"' \"base_url = \\\"$OPENAI_BASE_URL\\\"\" \
+               'env_key = \"OPENAI_API_KEY\"' 'wire_api = \"responses\"' > ~/.codex/config.toml && \
+               timeout 60 codex exec --skip-git-repo-check 'Say hi' </dev/null";
+    let out = env.run(&["exec", "coder", "--", "sh", "-c", run]);
+    let received = heads.lock().unwrap().join("\n");
+    assert!(
+        received
+            .to_lowercase()
+            .contains(&format!("authorization: bearer {}", KEY.to_lowercase())),
+        "the stand-in got no request with the key: {received}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(received.contains("POST /v1/"), "{received}");
+    assert!(!received.contains("aistack-placeholder"), "{received}");
+
+    // Nowhere inside: not in any process's environment or command line, nor any file
+    // (the search's own command line holds neither the key nor the marker whole).
+    let (first, second) = KEY.split_at(10);
+    let search = format!(
+        "env; cat /proc/*/environ /proc/*/cmdline; k={first}; k=${{k}}{second}; \
+         grep -rlsF \"$k\" /etc /home /root /run /tmp /usr/local /var {workspace} && echo FOU''ND; true",
+        workspace = env.project().canonicalize().unwrap().display()
+    );
+    let out = env.run(&["exec", "-u", "root", "coder", "--", "sh", "-c", &search]);
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !seen.contains(KEY) && !seen.contains("FOUND"),
+        "the key is inside: {seen}"
+    );
+    // The template's layers hold no project CA: another project may use them.
+    let layers = fs::read_dir(env.home().join("templates")).unwrap();
+    for layer in layers.filter_map(Result::ok) {
+        assert!(
+            !layer
+                .path()
+                .join("layer/usr/local/share/ca-certificates/aistack.crt")
+                .exists()
+        );
+    }
+}
