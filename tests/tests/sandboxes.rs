@@ -520,6 +520,11 @@ sandboxes:
     assert!(text(&used.stderr).contains("Template `child` is used by `sandbox box`"));
     // `sandbox rm` drops the sandbox and its own files; `template rm` the built layers.
     sh_ok(&env, "echo mine > /home/agent/own");
+    let saved = env.ok(&["sandbox", "save", "box", "sbx/saved:1"]);
+    assert!(
+        saved.contains("Saved sandbox `box` as `docker.io/sbx/saved:1`"),
+        "{saved}"
+    );
     assert!(env.ok(&["sandbox", "rm", "box"]).contains("- sandbox box"));
     assert!(!env.home().join("projects/sbx/sandboxes/box").exists());
     env.ok(&["template", "rm", "child"]);
@@ -532,6 +537,23 @@ sandboxes:
         "a new sandbox"
     );
     assert_eq!(sh_ok(&env, "cat /etc/child"), "base-child\n");
+
+    // The saved image is a template's base: the sandbox's own files are in it, and the
+    // template's removal too. (The agent's files come back owned by no sandbox user: the
+    // agent's id maps to each sandbox's workspace owner, so a template cannot hold it.)
+    let from_saved = spec.replace(
+        "sandboxes:\n  box:\n    template: child",
+        "  saved:\n    from: sbx/saved:1\nsandboxes:\n  box:\n    template: saved",
+    );
+    env.write("aistack.yaml", &env.spec(&from_saved));
+    env.ok(&["up"]);
+    assert_eq!(
+        sh_ok(
+            &env,
+            "cat /home/agent/own /etc/child; test -e /bin/vi || echo no-vi"
+        ),
+        "mine\nbase-child\nno-vi\n"
+    );
 
     let failing = spec.replace("rm /bin/vi", "echo oops >&2; exit 3");
     env.write("aistack.yaml", &env.spec(&failing));

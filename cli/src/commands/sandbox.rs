@@ -38,6 +38,14 @@ pub enum SandboxCommand {
         /// The sandbox: its key under `sandboxes:`.
         name: String,
     },
+    /// Save a sandbox's filesystem (its template's layers and its own) as an image in the
+    /// store, for a template's `from: TAG`.
+    Save {
+        /// The sandbox: its key under `sandboxes:`.
+        name: String,
+        /// The image reference to name it by (`me/coder:1`).
+        tag: String,
+    },
     /// Print a sandbox's guest agent log.
     Logs {
         /// The sandbox: its key under `sandboxes:`.
@@ -137,6 +145,10 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
             let recorded = find(&recorded, &name, &project)?;
             super::apply::remove(spec, &recorded.id).await
         }
+        SandboxCommand::Save { name, tag } => {
+            let recorded = find(&recorded, &name, &project)?;
+            save(&home, &project, recorded, &tag).await
+        }
         SandboxCommand::Logs { name } => {
             find(&recorded, &name, &project)?;
             let path = Sandboxes::log_path(&home, &project, &name);
@@ -145,6 +157,81 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `sandbox save`: each layer, bottom first, packed into the store's staging directory,
+/// then the image stored under `tag`.
+async fn save(
+    home: &aistack_daemon::home::Home,
+    project: &str,
+    recorded: &aistack_planner::Applied,
+    tag: &str,
+) -> Result<ExitCode, Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let name = &recorded.id.name;
+    let reference = aistack_spec::values::OciRef::parse_image(tag)
+        .map_err(|e| {
+            Report::new(
+                format!("Invalid image reference `{tag}`: {}", e.reason),
+                Some(e.help),
+            )
+        })?
+        .to_string();
+    let field = |key: &str| {
+        (recorded.fields.get(key).and_then(|v| v.as_str()))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let sandboxes = Sandboxes::new(home.clone());
+    let template = field("template");
+    let mut layers = sandboxes
+        .template_layers(project, &template)
+        .ok_or_else(|| {
+            Report::new(
+                format!("Template `{template}` of sandbox `{name}` is not built"),
+                Some("Run `aistack up`".to_owned()),
+            )
+        })?;
+    layers.insert(
+        0,
+        Sandboxes::layout_in(home, project, name).dir.join("upper"),
+    );
+    let owner = std::fs::metadata(field("workspace")).map_or((0, 0), |m| (m.uid(), m.gid()));
+    let range = sandboxes.id_range();
+    let store = aistack_store::Store::open(&home.models())?;
+    let packed = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let staging = store.staging_dir()?;
+        let mut files = Vec::new();
+        for layer in layers.iter().rev() {
+            let file = tempfile::Builder::new()
+                .prefix("save-")
+                .tempfile_in(&staging)?;
+            let diff_id = aistack_sandbox::layers::pack(
+                layer,
+                range,
+                owner,
+                std::io::BufWriter::new(file.as_file()),
+            )?;
+            let (_, path) = file.keep().map_err(|e| e.error)?;
+            files.push((path, diff_id));
+        }
+        Ok((store, files))
+    });
+    let (store, files) = packed
+        .await
+        .map_err(|e| Report::new(format!("Saving `{name}` stopped: {e}"), None))?
+        .map_err(|e| {
+            Report::new(
+                format!("Cannot pack the filesystem of sandbox `{name}`: {e}"),
+                Some("Check the free space of `AISTACK_HOME`".to_owned()),
+            )
+        })?;
+    let digest = store.put_image(&files, &reference)?;
+    println!(
+        "Saved sandbox `{name}` as `{reference}` ({})",
+        aistack_daemon::status::short_digest(&digest)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn find<'a>(

@@ -247,15 +247,27 @@ impl MachineHost {
             message: format!("Invalid image reference `{image}`: {}", e.reason),
             help: Some(e.help),
         })?;
-        progress.message("pulling");
-        let mut report = |p: PullProgress| progress.part_bytes(p.layer, p.done, p.total);
-        let pulled = registry::pull_image(&self.store, &oci, &PullOptions::default(), &mut report)
-            .await
-            .map_err(|e| HostError {
-                help: e.help(),
-                message: chain(&e),
-            })?;
-        (pulled.layers.iter())
+        // An image the store has (pulled before, or saved from a sandbox) is used as it
+        // is, as Docker's default pull policy does.
+        let local = (self.store.resolve(&oci.to_string()))
+            .filter(|digest| self.store.contains(digest))
+            .and_then(|digest| self.store.manifest(&digest).ok());
+        let layers = match local {
+            Some(manifest) => manifest.layers,
+            None => {
+                progress.message("pulling");
+                let mut report = |p: PullProgress| progress.part_bytes(p.layer, p.done, p.total);
+                let pulled =
+                    registry::pull_image(&self.store, &oci, &PullOptions::default(), &mut report)
+                        .await
+                        .map_err(|e| HostError {
+                            help: e.help(),
+                            message: chain(&e),
+                        })?;
+                pulled.layers
+            }
+        };
+        (layers.iter())
             .map(|layer| {
                 let blob = self.store.blob_path(&layer.digest).map_err(host_error)?;
                 Ok((

@@ -54,6 +54,10 @@ pub struct Sandboxes {
     /// The host side of each sandbox's channels (its proxy socket, its published ports),
     /// by project and sandbox.
     tasks: Mutex<HashMap<(String, String), Vec<Channel>>>,
+    /// The task that waits for each sandbox this daemon started to end and removes its
+    /// cgroup: a new start of the same sandbox waits for it, or the old end would remove
+    /// the cgroup the new one joins.
+    lives: Mutex<HashMap<(String, String), Channel>>,
 }
 
 impl Sandboxes {
@@ -62,7 +66,13 @@ impl Sandboxes {
             home,
             range: id_range(),
             tasks: Mutex::default(),
+            lives: Mutex::default(),
         }
+    }
+
+    /// The host ids that stand for the sandboxes' own.
+    pub fn id_range(&self) -> IdRange {
+        self.range
     }
 
     /// Which layers a project's template uses: `projects/<p>/templates/<name>`, a file
@@ -458,6 +468,7 @@ impl Sandboxes {
             network,
             env: environment(&profile, sandbox),
         };
+        self.ended(project, name).await;
         let _ = fs::create_dir_all(self.home.logs());
         let mut running = namespace::start(&spec).await.map_err(|e| HostError {
             help: e.help(),
@@ -465,11 +476,13 @@ impl Sandboxes {
         })?;
         let log = self.log(project, name);
         let cgroup = running.cgroup.clone();
-        tokio::spawn(async move {
+        let life = tokio::spawn(async move {
             let status = running.child.wait().await;
             let _ = cgroup.remove();
             tracing::info!(log = %log.display(), ?status, "sandbox ended");
         });
+        let key = (project.to_owned(), name.to_owned());
+        (self.lives.lock().unwrap_or_else(PoisonError::into_inner)).insert(key, life);
         Ok(socket)
     }
 
@@ -581,6 +594,7 @@ impl Sandboxes {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        self.ended(project, name).await;
         for dir in [&layout.dir, &layout.control] {
             match fs::remove_dir_all(dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -594,6 +608,26 @@ impl Sandboxes {
         }
         let _ = fs::remove_file(self.log(project, name));
         Ok(())
+    }
+
+    /// Waits (a bounded while) for the end of the sandbox's previous life, if this daemon
+    /// started it and it is ending.
+    async fn ended(&self, project: &str, name: &str) {
+        let key = (project.to_owned(), name.to_owned());
+        let life = (self.lives.lock().unwrap_or_else(PoisonError::into_inner)).remove(&key);
+        if let Some(life) = life {
+            if life.is_finished() {
+                return;
+            }
+            let mut life = life;
+            if tokio::time::timeout(STOP_GRACE * 3, &mut life)
+                .await
+                .is_err()
+            {
+                // Still running (a `start` of a sandbox that runs): keep watching it.
+                (self.lives.lock().unwrap_or_else(PoisonError::into_inner)).insert(key, life);
+            }
+        }
     }
 
     fn log(&self, project: &str, name: &str) -> PathBuf {

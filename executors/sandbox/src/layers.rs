@@ -5,11 +5,13 @@
 //! moves them; device files are left out (every sandbox gets its own `/dev`).
 
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::lchown;
 use std::path::{Component, Path, PathBuf};
 
-use crate::idmap::IdRange;
+use sha2::{Digest as _, Sha256};
+
+use crate::idmap::{AGENT_ID, IdRange, SANDBOX_IDS};
 
 /// The prefix of a whiteout's name.
 const WHITEOUT: &str = ".wh.";
@@ -87,6 +89,119 @@ pub fn apply(layer: impl Read, gzip: bool, dest: &Path, range: IdRange) -> io::R
         }
     }
     Ok(())
+}
+
+/// Writes the tree at `dir` (a template layer or a sandbox's own) as a gzip tar layer to
+/// `out`, the reverse of [`apply`]: overlayfs whiteouts (0/0 character devices) become
+/// `.wh.NAME` entries and opaque directories (`user.overlay.opaque`) get `.wh..wh..opq`;
+/// owners move back out of the id range, and `owner` (the workspace owner the agent maps
+/// to) becomes the agent. Returns the digest of the uncompressed tar (the image config's
+/// `diff_id`).
+pub fn pack(dir: &Path, range: IdRange, owner: (u32, u32), out: impl Write) -> io::Result<String> {
+    let hashing = Hashing {
+        inner: flate2::write::GzEncoder::new(out, flate2::Compression::fast()),
+        hasher: Sha256::new(),
+    };
+    let mut builder = tar::Builder::new(hashing);
+    builder.follow_symlinks(false);
+    let ids = Ids { range, owner };
+    pack_dir(&mut builder, dir, Path::new(""), &ids)?;
+    let hashing = builder.into_inner()?;
+    hashing.inner.finish()?;
+    Ok(format!(
+        "sha256:{}",
+        hex_digest(hashing.hasher.finalize().as_slice())
+    ))
+}
+
+struct Ids {
+    range: IdRange,
+    owner: (u32, u32),
+}
+
+impl Ids {
+    /// The sandbox id of host id `id`, `owner` being the agent's.
+    fn inside(&self, id: u32, owner: u32) -> u64 {
+        let id = if id == owner {
+            AGENT_ID
+        } else if (self.range.base..self.range.base.saturating_add(SANDBOX_IDS)).contains(&id) {
+            id - self.range.base
+        } else {
+            0
+        };
+        u64::from(id)
+    }
+}
+
+fn pack_dir<W: Write>(
+    builder: &mut tar::Builder<W>,
+    dir: &Path,
+    relative: &Path,
+    ids: &Ids,
+) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(fs::DirEntry::file_name);
+    for entry in entries {
+        let path = entry.path();
+        let name = relative.join(entry.file_name());
+        let meta = fs::symlink_metadata(&path)?;
+        let kind = meta.file_type();
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(meta.mode() & 0o7777);
+        header.set_uid(ids.inside(meta.uid(), ids.owner.0));
+        header.set_gid(ids.inside(meta.gid(), ids.owner.1));
+        header.set_mtime(u64::try_from(meta.mtime()).unwrap_or(0));
+        if kind.is_char_device() && meta.rdev() == 0 {
+            let whiteout =
+                relative.join(format!("{WHITEOUT}{}", entry.file_name().to_string_lossy()));
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(0);
+            builder.append_data(&mut header, whiteout, io::empty())?;
+        } else if kind.is_dir() {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            builder.append_data(&mut header, &name, io::empty())?;
+            if crate::sys::xattr(&path, "user.overlay.opaque").as_deref() == Some(b"y") {
+                let mut opaque = header.clone();
+                opaque.set_entry_type(tar::EntryType::Regular);
+                builder.append_data(&mut opaque, name.join(OPAQUE), io::empty())?;
+            }
+            pack_dir(builder, &path, &name, ids)?;
+        } else if kind.is_symlink() {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            builder.append_link(&mut header, &name, fs::read_link(&path)?)?;
+        } else if kind.is_file() {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(meta.len());
+            builder.append_data(&mut header, &name, fs::File::open(&path)?)?;
+        }
+        // Devices, sockets and fifos are left out, as `apply` leaves them out.
+    }
+    Ok(())
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `path` with its root and `.` left out; `None` when it climbs with `..`.
@@ -201,6 +316,41 @@ mod tests {
         assert_eq!(
             fs::metadata(dir.path().join("etc/keep")).unwrap().uid(),
             range.base
+        );
+    }
+
+    #[test]
+    fn a_packed_tree_applies_back_with_its_files_links_and_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = IdRange { base: 2_000_000 };
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("home/agent")).unwrap();
+        fs::write(tree.join("home/agent/notes"), "mine").unwrap();
+        std::os::unix::fs::symlink("notes", tree.join("home/agent/link")).unwrap();
+        lchown(tree.join("home/agent/notes"), Some(4242), Some(4242)).unwrap();
+        let mut packed = Vec::new();
+        let diff_id = pack(&tree, range, (4242, 4242), &mut packed).unwrap();
+        assert!(
+            diff_id.starts_with("sha256:") && diff_id.len() == 71,
+            "{diff_id}"
+        );
+        let back = dir.path().join("back");
+        fs::create_dir(&back).unwrap();
+        apply(&packed[..], true, &back, range).unwrap();
+        assert_eq!(
+            fs::read_to_string(back.join("home/agent/notes")).unwrap(),
+            "mine"
+        );
+        assert_eq!(
+            fs::read_link(back.join("home/agent/link")).unwrap(),
+            Path::new("notes")
+        );
+        use std::os::unix::fs::MetadataExt;
+        let owner = fs::metadata(back.join("home/agent/notes")).unwrap().uid();
+        assert_eq!(
+            owner,
+            range.base + AGENT_ID,
+            "the workspace owner's file is the agent's"
         );
     }
 

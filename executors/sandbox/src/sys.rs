@@ -338,6 +338,26 @@ pub fn set_hostname(name: &str) -> io::Result<()> {
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
 }
 
+/// The value of extended attribute `name` of `path` itself (not a link's target), if it
+/// has one of at most 64 bytes.
+pub fn xattr(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut value = [0u8; 64];
+    // SAFETY: both strings are NUL-terminated and live across the call; the buffer's
+    // pointer and length describe `value`.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    usize::try_from(n).ok().map(|n| value[..n].to_vec())
+}
+
 /// Brings up `lo`, the network namespace's only interface.
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: a socket() call with constant arguments; the descriptor is owned at once.
