@@ -196,8 +196,9 @@ async fn save(
         0,
         Sandboxes::layout_in(home, project, name).dir.join("upper"),
     );
-    let owner = std::fs::metadata(field("workspace")).map_or((0, 0), |m| (m.uid(), m.gid()));
     let range = sandboxes.id_range();
+    let owner = std::fs::metadata(field("workspace"))
+        .map_or((range.agent(), range.agent()), |m| (m.uid(), m.gid()));
     let store = aistack_store::Store::open(&home.models())?;
     let packed = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
         let staging = store.staging_dir()?;

@@ -272,7 +272,7 @@ impl Sandboxes {
             workspace: None,
             hostname: format!("build-{name}"),
             range: self.range,
-            owner: (0, 0),
+            owner: (self.range.agent(), self.range.agent()),
             limits: Limits::default(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_id: format!("aistack-build-{short}"),
@@ -346,6 +346,9 @@ impl Sandboxes {
             if let Some(pem) = &ca {
                 scrub_ca(&upper, pem)?;
             }
+            // The agent's home the build's guest made (empty): each sandbox makes its own,
+            // owned by its agent, which a template's copy could not be.
+            let _ = fs::remove_dir(upper.join("home/agent"));
             fs::rename(upper, &layer)?;
             fs::remove_dir_all(&staging)
         })();
@@ -447,7 +450,7 @@ impl Sandboxes {
                 })?;
                 (meta.uid(), meta.gid())
             }
-            None => (0, 0),
+            None => (self.range.agent(), self.range.agent()),
         };
         let spec = Spec {
             guest: guest_binary()?,

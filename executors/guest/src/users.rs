@@ -75,6 +75,15 @@ pub fn ensure_agent() -> io::Result<()> {
 }
 
 fn ensure_agent_in(root: &Path) -> io::Result<()> {
+    // The home is made in every sandbox that lacks one, even where the template knows
+    // the user: a template build's own is taken out of its layer (it would belong to no
+    // sandbox's agent).
+    let home = root.join("home").join(AGENT);
+    if !home.exists() {
+        fs::create_dir_all(&home)?;
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o755))?;
+        chown(&home, Some(AGENT_ID), Some(AGENT_ID))?;
+    }
     let passwd_path = root.join("etc/passwd");
     let passwd = fs::read_to_string(&passwd_path).unwrap_or_default();
     if passwd
@@ -95,10 +104,7 @@ fn ensure_agent_in(root: &Path) -> io::Result<()> {
     if !group.lines().any(|l| l.split(':').next() == Some(AGENT)) {
         append_line(&group_path, &group, &format!("{AGENT}:x:{AGENT_ID}:"))?;
     }
-    let home = root.join("home").join(AGENT);
-    fs::create_dir_all(&home)?;
-    fs::set_permissions(&home, fs::Permissions::from_mode(0o755))?;
-    chown(&home, Some(AGENT_ID), Some(AGENT_ID))
+    Ok(())
 }
 
 fn append_line(path: &Path, existing: &str, line: &str) -> io::Result<()> {

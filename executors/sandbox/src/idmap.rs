@@ -29,6 +29,12 @@ impl IdRange {
         (id < SANDBOX_IDS).then(|| self.base + id)
     }
 
+    /// The host id of the agent in template files, and of the agent of a sandbox that has
+    /// no workspace owner to map it to.
+    pub fn agent(self) -> u32 {
+        self.base + AGENT_ID
+    }
+
     /// The range for `user` from an `/etc/subuid` or `/etc/subgid` text, when it has one
     /// of at least [`SANDBOX_IDS`] ids.
     pub fn from_subid(text: &str, user: &str, id: u32) -> Option<IdRange> {
@@ -57,8 +63,15 @@ pub struct OwnerInRange {
 }
 
 impl IdMap {
-    /// The mapping for a sandbox whose agent is `owner` on the host.
+    /// The mapping for a sandbox whose agent is `owner` on the host. An owner of
+    /// [`IdRange::agent`] (a sandbox with no workspace: a template's build) maps the whole
+    /// range as it is, so what the agent writes is stored as a template stores the agent's.
     pub fn for_owner(range: IdRange, owner: u32) -> Result<IdMap, OwnerInRange> {
+        if owner == range.agent() {
+            return Ok(IdMap {
+                lines: vec![(0, range.base, SANDBOX_IDS)],
+            });
+        }
         let end = u64::from(range.base) + u64::from(SANDBOX_IDS);
         if (u64::from(range.base)..end).contains(&u64::from(owner)) {
             return Err(OwnerInRange {
@@ -90,6 +103,13 @@ impl IdMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_an_owner_the_agent_is_the_template_s_agent() {
+        let range = IdRange { base: 100_000 };
+        let map = IdMap::for_owner(range, range.agent()).unwrap();
+        assert_eq!(map.proc_text(), "0 100000 65536\n");
+    }
 
     #[test]
     fn the_agent_maps_to_the_owner_and_the_rest_to_the_range() {
