@@ -73,12 +73,12 @@ pub async fn template(spec: &SpecArgs, command: TemplateCommand) -> Result<ExitC
                         .iter()
                         .find_map(|k| from.get(*k).and_then(|v| v.as_str()))
                         .unwrap_or("-");
+                    let hash = row["hash"].as_str().unwrap_or("-");
                     let _ = writeln!(
                         out,
                         "{:<16} {:<12} {} steps, {} layers, from {from}",
                         row["name"].as_str().unwrap_or("-"),
-                        &row["hash"].as_str().unwrap_or("-")
-                            [..12.min(row["hash"].as_str().unwrap_or("").len())],
+                        &hash[..hash.len().min(12)],
                         row["steps"],
                         row["layers"].as_array().map_or(0, Vec::len),
                     );
@@ -96,16 +96,13 @@ pub async fn template(spec: &SpecArgs, command: TemplateCommand) -> Result<ExitC
             };
             let users: Vec<String> = (state.resources.iter())
                 .filter(|r| {
-                    let uses = |key: &str, kind: Kind| {
-                        r.id.kind == kind
-                            && (r.fields.get(key).and_then(|v| v.as_str()) == Some(name.as_str())
-                                || r.fields
-                                    .get(key)
-                                    .and_then(|v| v.get("template"))
-                                    .and_then(|v| v.as_str())
-                                    == Some(name.as_str()))
+                    // A sandbox names its template; a template its parent in `from`.
+                    let base = match r.id.kind {
+                        Kind::Sandbox => r.fields.get("template"),
+                        Kind::Template => r.fields.get("from").and_then(|f| f.get("template")),
+                        _ => None,
                     };
-                    uses("template", Kind::Sandbox) || uses("from", Kind::Template)
+                    base.and_then(|b| b.as_str()) == Some(name.as_str())
                 })
                 .map(|r| format!("`{}`", r.id))
                 .collect();

@@ -18,7 +18,7 @@ use aistack_store::{LocalFile, Store};
 use crate::gateways::{GatewaySpec, Gateways};
 use crate::home::Home;
 use crate::proxies::{Access, ModelAccess, Proxies};
-use crate::sandboxes::{Base, ISOLATION, ISOLATION_REASON, ROOTFS, SOCKET, Sandboxes};
+use crate::sandboxes::{Base, ISOLATION, ISOLATION_REASON, ROOTFS, SOCKET, Sandboxes, strings};
 use crate::serving::model_config;
 use crate::state::ProjectState;
 
@@ -209,7 +209,7 @@ impl MachineHost {
                     ))
                     .with_help("Plan again with this version of aistack: run `aistack up`"));
                 };
-                let steps = non_empty_list(template, "run");
+                let steps = !strings(template, "run").is_empty();
                 let key = format!("template:{name}");
                 let build = match template.get("network_policy").and_then(|p| p.as_str()) {
                     Some(policy) if steps => {
@@ -420,10 +420,6 @@ impl Host for MachineHost {
     }
 }
 
-fn non_empty_list(value: &serde_json::Value, key: &str) -> bool {
-    (value.get(key).and_then(|v| v.as_array())).is_some_and(|items| !items.is_empty())
-}
-
 fn check_sandbox(step: &Step, sandbox: &serde_json::Value) -> Result<(), Unsupported> {
     let text = |key: &str| {
         sandbox
@@ -451,10 +447,8 @@ pub(crate) async fn access(
     sandbox: &serde_json::Value,
 ) -> Result<Option<Access>, HostError> {
     let policy = (sandbox.get("network_policy").and_then(|p| p.as_str())).map(str::to_owned);
-    let models: Vec<String> = (sandbox.get("models").and_then(|m| m.as_array()))
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m.as_str().map(str::to_owned))
+    let models: Vec<String> = (strings(sandbox, "models").into_iter())
+        .map(str::to_owned)
         .collect();
     let models = if models.is_empty() {
         None

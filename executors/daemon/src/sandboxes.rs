@@ -113,13 +113,8 @@ impl Sandboxes {
         name: &str,
         layers: &[PathBuf],
     ) -> Result<(), HostError> {
-        let text = (layers.iter())
-            .map(|l| format!("{}\n", l.display()))
-            .collect::<String>();
-        let link = self.template_link(project, name);
-        let written = fs::create_dir_all(link.parent().expect("a parent"))
-            .and_then(|()| write_atomically(&link, text.as_bytes()));
-        written.map_err(|e| HostError::new(format!("Cannot record template `{name}`: {e}")))
+        write_layers(&self.template_link(project, name), layers)
+            .map_err(|e| HostError::new(format!("Cannot record template `{name}`: {e}")))
     }
 
     /// Builds a template whose inputs hash to `hash`: its base tree, then its `run:` steps
@@ -153,14 +148,11 @@ impl Sandboxes {
             }
             Base::Layers(layers) => layers,
         };
-        if (template.get("run").and_then(Value::as_array)).is_some_and(|r| !r.is_empty()) {
+        if !strings(template, "run").is_empty() {
             let layer = (self.run_steps(project, name, &dir, &layers, template, build)).await?;
             layers.insert(0, layer);
         }
-        let text = (layers.iter())
-            .map(|l| format!("{}\n", l.display()))
-            .collect::<String>();
-        write_atomically(&dir.join("layers"), text.as_bytes())
+        write_layers(&dir.join("layers"), &layers)
             .map_err(|e| HostError::new(format!("Cannot record template `{name}`: {e}")))?;
         self.link_template(project, name, &layers)?;
         Ok(layers)
@@ -228,11 +220,7 @@ impl Sandboxes {
         template: &Value,
         build: Option<SocketAddr>,
     ) -> Result<PathBuf, HostError> {
-        let steps: Vec<&str> = (template.get("run").and_then(Value::as_array))
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let steps = strings(template, "run");
         let staging = dir.join("build");
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(|e| {
@@ -254,13 +242,7 @@ impl Sandboxes {
             }
             None => None,
         };
-        let env = (template
-            .get("env")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten())
-        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-        .collect();
+        let env = string_pairs(template, "env");
         let log = self
             .home
             .logs()
@@ -532,13 +514,8 @@ impl Sandboxes {
         sandbox: &Value,
         socket: &Path,
     ) -> Result<(), HostError> {
-        let mappings = (sandbox
-            .get("ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten())
-        .filter_map(Value::as_str)
-        .filter_map(|text| text.parse::<PortMapping>().ok());
+        let mappings = (strings(sandbox, "ports").into_iter())
+            .filter_map(|text| text.parse::<PortMapping>().ok());
         for mapping in mappings {
             let address = SocketAddr::new(mapping.host_ip, mapping.host_port);
             let listener = bind_retrying(address).await.map_err(|e| HostError {
@@ -618,18 +595,14 @@ impl Sandboxes {
     async fn ended(&self, project: &str, name: &str) {
         let key = (project.to_owned(), name.to_owned());
         let life = (self.lives.lock().unwrap_or_else(PoisonError::into_inner)).remove(&key);
-        if let Some(life) = life {
-            if life.is_finished() {
-                return;
-            }
-            let mut life = life;
-            if tokio::time::timeout(STOP_GRACE * 3, &mut life)
+        if let Some(mut life) = life
+            && !life.is_finished()
+            && tokio::time::timeout(STOP_GRACE * 3, &mut life)
                 .await
                 .is_err()
-            {
-                // Still running (a `start` of a sandbox that runs): keep watching it.
-                (self.lives.lock().unwrap_or_else(PoisonError::into_inner)).insert(key, life);
-            }
+        {
+            // Still running (a `start` of a sandbox that runs): keep watching it.
+            (self.lives.lock().unwrap_or_else(PoisonError::into_inner)).insert(key, life);
         }
     }
 
@@ -672,10 +645,7 @@ async fn bind_retrying(address: SocketAddr) -> std::io::Result<tokio::net::TcpLi
 /// template's under the sandbox's), which wins.
 fn environment(agent: &agents::Profile, sandbox: &Value) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = agent.environment().into_iter().collect();
-    let models = (sandbox.get("models").and_then(Value::as_array))
-        .into_iter()
-        .flatten();
-    for model in models.filter_map(Value::as_str) {
+    for model in strings(sandbox, "models") {
         let key: String = (model.chars())
             .map(|c| {
                 if c.is_ascii_alphanumeric() {
@@ -691,15 +661,30 @@ fn environment(agent: &agents::Profile, sandbox: &Value) -> Vec<(String, String)
         );
         env.insert(format!("{key}_MODEL"), model.to_owned());
     }
-    let own = (sandbox.get("env").and_then(Value::as_object))
-        .into_iter()
-        .flatten();
-    for (key, value) in own {
-        if let Some(value) = value.as_str() {
-            env.insert(key.clone(), value.to_owned());
-        }
-    }
+    env.extend(string_pairs(sandbox, "env"));
     env.into_iter().collect()
+}
+
+/// The strings of the list `key` of a plan payload (none when it has no such list).
+pub(crate) fn strings<'a>(payload: &'a Value, key: &str) -> Vec<&'a str> {
+    (payload
+        .get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten())
+    .filter_map(Value::as_str)
+    .collect()
+}
+
+/// The string entries of the map `key` of a plan payload (`env:`).
+fn string_pairs(payload: &Value, key: &str) -> Vec<(String, String)> {
+    (payload
+        .get(key)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten())
+    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+    .collect()
 }
 
 /// Where a template's tree starts.
@@ -710,6 +695,16 @@ pub enum Base {
     Image(Vec<(PathBuf, bool)>),
     /// Another template's layers, top first.
     Layers(Vec<PathBuf>),
+}
+
+/// Writes a list of layers, one path a line, top first, as [`read_layers`] reads it.
+fn write_layers(path: &Path, layers: &[PathBuf]) -> std::io::Result<()> {
+    let text: String = layers
+        .iter()
+        .map(|l| format!("{}\n", l.display()))
+        .collect();
+    fs::create_dir_all(path.parent().expect("a parent"))?;
+    write_atomically(path, text.as_bytes())
 }
 
 fn read_layers(path: &Path) -> Option<Vec<PathBuf>> {

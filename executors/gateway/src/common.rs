@@ -132,18 +132,23 @@ pub(crate) fn from_client(error: &ClientError) -> ApiError {
     }
 }
 
+/// Reads a body no larger than the gateway's limit.
+pub(crate) async fn read_body(shared: &Shared, body: Body) -> Result<Bytes, ApiError> {
+    let limit = shared.settings().body_limit;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("The request body is larger than {limit} bytes"),
+        )
+    })
+}
+
 /// Reads a JSON body no larger than the gateway's limit.
 pub(crate) async fn read_json<T: DeserializeOwned>(
     shared: &Shared,
     body: Body,
 ) -> Result<T, ApiError> {
-    let limit = shared.settings().body_limit;
-    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("The request body is larger than {limit} bytes"),
-        )
-    })?;
+    let bytes = read_body(shared, body).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))
 }

@@ -16,7 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::common::{Api, ApiError};
+use crate::common::{Api, ApiError, read_body};
 use crate::state::Shared;
 
 /// The header that names, comma-separated, the models a request may use.
@@ -131,13 +131,9 @@ pub(crate) async fn enforce(
     }
     let request = if request.method() == Method::POST {
         let (parts, body) = request.into_parts();
-        let limit = shared.settings().body_limit;
-        let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("The request body is larger than {limit} bytes"),
-            )
-            .render(api);
+        let bytes = match read_body(shared, body).await {
+            Ok(bytes) => bytes,
+            Err(e) => return e.render(api),
         };
         // A body that is not JSON, or names no model, is the handler's to refuse.
         if let Some(name) = named_model(&bytes)

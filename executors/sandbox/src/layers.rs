@@ -108,10 +108,7 @@ pub fn pack(dir: &Path, range: IdRange, owner: (u32, u32), out: impl Write) -> i
     pack_dir(&mut builder, dir, Path::new(""), &ids)?;
     let hashing = builder.into_inner()?;
     hashing.inner.finish()?;
-    Ok(format!(
-        "sha256:{}",
-        hex_digest(hashing.hasher.finalize().as_slice())
-    ))
+    Ok(format!("sha256:{}", hex::encode(hashing.hasher.finalize())))
 }
 
 struct Ids {
@@ -198,10 +195,6 @@ impl<W: Write> Write for Hashing<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-fn hex_digest(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `path` with its root and `.` left out; `None` when it climbs with `..`.
