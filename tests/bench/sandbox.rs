@@ -12,10 +12,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use aistack_sandbox::backend::{Backend, Layout, Spec};
 use aistack_sandbox::cgroup::Limits;
 use aistack_sandbox::client::GuestClient;
 use aistack_sandbox::idmap::{DEFAULT_BASE, IdRange};
-use aistack_sandbox::namespace::{self, Layout, Spec};
+use aistack_sandbox::namespace::Namespace;
 use aistack_sandbox::protocol::Exec;
 use aistack_sandbox::rootfs;
 use aistack_tests::bench::{median, wait_idle};
@@ -57,7 +58,7 @@ async fn main() {
             env: Vec::new(),
         };
         let started = Instant::now();
-        let mut running = namespace::start(&spec).await.expect("the sandbox starts");
+        let mut running = Namespace.start(&spec).await.expect("the sandbox starts");
         ours.push(started.elapsed().as_secs_f64() * 1e3);
 
         let client = GuestClient::new(&spec.layout.socket());

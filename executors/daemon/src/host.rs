@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use aistack_apply::{Host, HostError, Outputs, Progress, Unsupported, chain};
 use aistack_planner::{Applied, Desired, Kind, Payload, Step};
+use aistack_sandbox::{backend, isolation};
 use aistack_spec::values::OciRef;
 use aistack_store::registry::{self, PullOptions, PullProgress};
 use aistack_store::{LocalFile, Store};
@@ -497,19 +498,29 @@ impl MachineHost {
             ),
             None => None,
         };
-        progress.message("starting");
-        let socket = self
-            .sandboxes
-            .start(&self.project, &desired.id.name, sandbox, &layers, proxy)
-            .await?;
         let requested = sandbox
             .get("isolation")
             .and_then(|i| i.as_str())
             .unwrap_or("auto");
-        let choice = aistack_sandbox::isolation::choose(
-            requested,
-            aistack_sandbox::isolation::Host::probe(),
-        );
+        let choice = isolation::choose(requested, isolation::Host::this_machine());
+        let backend = backend::named(choice.backend).ok_or_else(|| {
+            HostError::new(format!(
+                "Sandbox `{}` needs the `{}` backend, which this build lacks",
+                desired.id.name, choice.backend
+            ))
+            .with_help("Set `isolation: namespace`")
+        })?;
+        progress.message("starting");
+        let socket = (self.sandboxes)
+            .start(
+                &self.project,
+                &desired.id.name,
+                sandbox,
+                &layers,
+                proxy,
+                backend,
+            )
+            .await?;
         Ok(Outputs::from([
             (SOCKET.to_owned(), socket.to_string_lossy().into_owned()),
             (ISOLATION.to_owned(), choice.backend.to_owned()),

@@ -19,10 +19,11 @@ use std::time::Duration;
 
 use aistack_apply::HostError;
 use aistack_sandbox::agents;
+use aistack_sandbox::backend::{Backend, Layout, Spec};
 use aistack_sandbox::cgroup::{DEFAULT_PIDS, Limits};
 use aistack_sandbox::client::GuestClient;
 use aistack_sandbox::idmap::{DEFAULT_BASE, IdRange};
-use aistack_sandbox::namespace::{self, Layout, Spec};
+use aistack_sandbox::namespace::Namespace;
 use aistack_sandbox::protocol::Exec;
 use aistack_sandbox::rootfs;
 use aistack_sandbox::setup::{CA_BUNDLE, CA_FILE, Network, PROXY_SOCKET, SYSTEM_BUNDLE};
@@ -263,7 +264,9 @@ impl Sandboxes {
             env,
         };
         let _ = fs::create_dir_all(self.home.logs());
-        let mut running = namespace::start(&spec).await.map_err(|e| HostError {
+        // A build runs on the namespace backend whatever its sandboxes use: its result is
+        // a directory, the layer every backend starts from.
+        let mut running = Namespace.start(&spec).await.map_err(|e| HostError {
             help: e.help(),
             message: aistack_apply::chain(&e),
         })?;
@@ -369,7 +372,8 @@ impl Sandboxes {
 
     /// Starts the sandbox unless its agent already answers. A sandbox with a policy gets
     /// its way out: `proxy.sock` in its control directory, forwarded to `proxy`, its own
-    /// listener of the policy's proxy.
+    /// listener of the policy's proxy. `backend` is the one `isolation` chose.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         &self,
         project: &str,
@@ -377,6 +381,7 @@ impl Sandboxes {
         sandbox: &Value,
         layers: &[PathBuf],
         proxy: Option<SocketAddr>,
+        backend: &dyn Backend,
     ) -> Result<PathBuf, HostError> {
         let layout = self.layout(project, name);
         let socket = layout.socket();
@@ -455,7 +460,7 @@ impl Sandboxes {
         };
         self.ended(project, name).await;
         let _ = fs::create_dir_all(self.home.logs());
-        let mut running = namespace::start(&spec).await.map_err(|e| HostError {
+        let mut running = backend.start(&spec).await.map_err(|e| HostError {
             help: e.help(),
             message: aistack_apply::chain(&e),
         })?;

@@ -1,26 +1,54 @@
-//! Which backend a sandbox runs on, and why (pure; the facts come from the caller).
+//! Which backend a sandbox runs on, and why. The choice is pure; [`Host::this_machine`]
+//! gathers the facts (with the `host` feature).
 
 /// The facts about this host that decide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Host {
     /// `/proc/cpuinfo` lists `vmx` or `svm`.
     pub cpu_virtualisation: bool,
-    /// `/dev/kvm` exists.
-    pub kvm: bool,
+    pub kvm: Kvm,
 }
 
+/// What KVM does here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kvm {
+    /// There is no `/dev/kvm`.
+    Absent,
+    /// The guest timing probe could not run a guest; why.
+    Failed(String),
+    /// The probe ran a guest: its time over the host's for the same loop, and whether
+    /// that is near native speed.
+    Measured { ratio: f64, near_native: bool },
+}
+
+#[cfg(feature = "host")]
 impl Host {
-    /// Reads the facts of this machine.
-    pub fn probe() -> Host {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let flags = cpuinfo.lines().filter(|l| l.starts_with("flags"));
-        let cpu_virtualisation = flags
-            .flat_map(str::split_whitespace)
-            .any(|flag| flag == "vmx" || flag == "svm");
-        Host {
-            cpu_virtualisation,
-            kvm: std::path::Path::new("/dev/kvm").exists(),
-        }
+    /// The facts of this machine, gathered once per process: the probe runs a guest for
+    /// up to a tenth of a second, and none of it changes while the daemon runs.
+    pub fn this_machine() -> &'static Host {
+        static HOST: std::sync::OnceLock<Host> = std::sync::OnceLock::new();
+        HOST.get_or_init(|| {
+            let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            let flags = cpuinfo.lines().filter(|l| l.starts_with("flags"));
+            let cpu_virtualisation = flags
+                .flat_map(str::split_whitespace)
+                .any(|flag| flag == "vmx" || flag == "svm");
+            let kvm = if !std::path::Path::new("/dev/kvm").exists() {
+                Kvm::Absent
+            } else {
+                match aistack_vmm::probe::run() {
+                    Ok(speed) => Kvm::Measured {
+                        ratio: speed.ratio,
+                        near_native: speed.near_native(),
+                    },
+                    Err(e) => Kvm::Failed(e.to_string()),
+                }
+            };
+            Host {
+                cpu_virtualisation,
+                kvm,
+            }
+        })
     }
 }
 
@@ -32,43 +60,78 @@ pub struct Choice {
 }
 
 /// The choice for `isolation: auto | namespace` (`microvm` is refused before this: its
-/// backend does not exist yet). `auto` would pick the microVM only where the CPU
-/// advertises vmx/svm and a guest timing probe runs near native speed (DESIGN §7).
-pub fn choose(requested: &str, host: Host) -> Choice {
-    let namespace = |reason: &str| Choice {
+/// backend does not exist yet). `auto` picks the microVM only where the CPU advertises
+/// vmx/svm and the guest timing probe runs near native speed (DESIGN §7); until that
+/// backend exists, it says what it found and picks the namespace.
+pub fn choose(requested: &str, host: &Host) -> Choice {
+    let namespace = |reason: String| Choice {
         backend: "namespace",
-        reason: reason.to_owned(),
+        reason,
     };
-    match requested {
-        "namespace" => namespace("asked for with `isolation: namespace`"),
-        _ if !host.cpu_virtualisation => namespace(
-            "auto: the CPU advertises neither vmx nor svm, so KVM cannot run guests at speed",
-        ),
-        _ if !host.kvm => namespace("auto: the CPU can virtualise but /dev/kvm is absent"),
-        _ => namespace("auto: the microVM backend is not built yet"),
+    let flags = if host.cpu_virtualisation {
+        "the CPU advertises vmx/svm"
+    } else {
+        "the CPU advertises neither vmx nor svm"
+    };
+    if requested == "namespace" {
+        return namespace("asked for with `isolation: namespace`".to_owned());
     }
+    namespace(match &host.kvm {
+        Kvm::Absent => format!("auto: there is no /dev/kvm ({flags})"),
+        Kvm::Failed(why) => format!("auto: KVM cannot run a guest here: {why}"),
+        Kvm::Measured {
+            ratio,
+            near_native: false,
+        } => format!("auto: a KVM guest runs {ratio:.0}x slower than the host ({flags})"),
+        Kvm::Measured { .. } if !host.cpu_virtualisation => format!("auto: {flags}"),
+        Kvm::Measured { ratio, .. } => format!(
+            "auto: KVM runs guests near native speed ({ratio:.1}x), but this build has no microVM backend"
+        ),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn reason(cpu_virtualisation: bool, kvm: Kvm) -> String {
+        let host = Host {
+            cpu_virtualisation,
+            kvm,
+        };
+        let choice = choose("auto", &host);
+        assert_eq!(choice.backend, "namespace");
+        choice.reason
+    }
+
     #[test]
-    fn auto_says_why_it_is_the_namespace_backend() {
-        let bare = Host {
-            cpu_virtualisation: false,
-            kvm: true,
-        };
-        assert!(choose("auto", bare).reason.contains("neither vmx nor svm"));
-        let no_kvm = Host {
-            cpu_virtualisation: true,
-            kvm: false,
-        };
-        assert!(choose("auto", no_kvm).reason.contains("/dev/kvm"));
-        let asked = choose("namespace", bare);
+    fn auto_says_what_it_found() {
+        let measured = |ratio, near_native| Kvm::Measured { ratio, near_native };
         assert_eq!(
-            (asked.backend, asked.reason.contains("asked")),
-            ("namespace", true)
+            reason(false, Kvm::Absent),
+            "auto: there is no /dev/kvm (the CPU advertises neither vmx nor svm)"
         );
+        assert_eq!(
+            reason(true, Kvm::Failed("cannot open `/dev/kvm`: EACCES".into())),
+            "auto: KVM cannot run a guest here: cannot open `/dev/kvm`: EACCES"
+        );
+        // What nested PVM looks like: every KVM call works, the guest crawls.
+        assert_eq!(
+            reason(false, measured(4190.2, false)),
+            "auto: a KVM guest runs 4190x slower than the host (the CPU advertises neither vmx nor svm)"
+        );
+        assert_eq!(
+            reason(false, measured(1.1, true)),
+            "auto: the CPU advertises neither vmx nor svm"
+        );
+        assert!(reason(true, measured(1.1, true)).contains("near native speed (1.1x)"));
+        let asked = choose(
+            "namespace",
+            &Host {
+                cpu_virtualisation: true,
+                kvm: Kvm::Absent,
+            },
+        );
+        assert_eq!(asked.reason, "asked for with `isolation: namespace`");
     }
 }

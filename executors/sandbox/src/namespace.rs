@@ -1,129 +1,35 @@
-//! The namespace backend's host side: a sandbox's directories, its cgroup, and the
-//! launch of the guest agent in `sandbox` mode with the user-namespace handshake
-//! (`setup` has the agent's side).
+//! The namespace backend's host side: the launch of the guest agent in `sandbox` mode
+//! with the user-namespace handshake (`setup` has the agent's side), in the sandbox's
+//! directories and cgroup.
 
 use std::fs;
-use std::io;
-use std::os::unix::fs::{PermissionsExt, chown};
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::cgroup::{Cgroup, Limits};
-use crate::idmap::{IdMap, IdRange};
+use crate::backend::{Backend, Running, START_TIMEOUT, Spec, Start, StartError};
+use crate::cgroup::Cgroup;
+use crate::idmap::IdMap;
 use crate::protocol;
-use crate::setup::{GUEST_SOCKET, Launch, MAPPED, READY, USERNS};
+use crate::setup::{Launch, MAPPED, READY, USERNS};
 
-/// How long the agent may take from spawn to serving.
-pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Linux namespaces, overlayfs and seccomp around the guest agent as PID 1: runs on every
+/// Linux host.
+#[derive(Debug, Clone, Copy)]
+pub struct Namespace;
 
-/// A sandbox's directories: `upper/` and `work/` (its own layer, kept until it is
-/// removed), `root/` (the mount point) and `control/` (the agent's socket).
-#[derive(Debug, Clone)]
-pub struct Layout {
-    pub dir: PathBuf,
-    pub control: PathBuf,
-}
-
-impl Layout {
-    pub fn new(dir: &Path, control: &Path) -> Self {
-        Layout {
-            dir: dir.to_path_buf(),
-            control: control.to_path_buf(),
-        }
+impl Backend for Namespace {
+    fn kind(&self) -> &'static str {
+        "namespace"
     }
 
-    pub fn socket(&self) -> PathBuf {
-        self.control.join(GUEST_SOCKET)
-    }
-
-    /// Creates the directories, owned by sandbox root. The upper layer survives restarts.
-    /// Idempotent.
-    pub fn prepare(&self, range: IdRange) -> io::Result<()> {
-        for (dir, mode) in [
-            (self.dir.join("upper"), 0o755),
-            (self.dir.join("work"), 0o700),
-            (self.dir.join("root"), 0o755),
-            (self.control.clone(), 0o700),
-        ] {
-            fs::create_dir_all(&dir)?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))?;
-            chown(&dir, Some(range.base), Some(range.base))?;
-        }
-        Ok(())
+    fn start<'a>(&'a self, spec: &'a Spec) -> Start<'a> {
+        Box::pin(start(spec))
     }
 }
 
-/// What to start.
-#[derive(Debug, Clone)]
-pub struct Spec {
-    /// The guest agent binary (static).
-    pub guest: PathBuf,
-    pub layout: Layout,
-    /// Template layers, top first.
-    pub lower: Vec<PathBuf>,
-    pub workspace: Option<PathBuf>,
-    pub hostname: String,
-    pub range: IdRange,
-    /// The host uid and gid the `agent` user maps to (the workspace's owner).
-    pub owner: (u32, u32),
-    pub limits: Limits,
-    /// `/sys/fs/cgroup` (tests name another root only to read the files it writes).
-    pub cgroup_root: PathBuf,
-    /// The cgroup's name, unique on the host.
-    pub cgroup_id: String,
-    /// Where the agent's own messages go.
-    pub log: PathBuf,
-    pub network: Option<crate::setup::Network>,
-    /// Variables every command gets.
-    pub env: Vec<(String, String)>,
-}
-
-/// A started sandbox: the host process that lives as long as it does.
-#[derive(Debug)]
-pub struct Running {
-    pub child: Child,
-    /// PID 1 of the sandbox, as the host numbers it.
-    pub init_pid: u32,
-    pub cgroup: Cgroup,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("Cannot prepare the sandbox's {what}")]
-    Prepare {
-        what: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error(transparent)]
-    Owner(#[from] crate::idmap::OwnerInRange),
-    #[error("The guest agent did not start the sandbox: {0}")]
-    Agent(String),
-}
-
-impl StartError {
-    pub fn help(&self) -> Option<String> {
-        match self {
-            StartError::Prepare { what: "cgroup", .. } => Some(
-                "Run the daemon as root, or give its user a delegated cgroup subtree".to_owned(),
-            ),
-            StartError::Owner(_) => Some(
-                "Give the daemon's user another range in /etc/subuid and /etc/subgid".to_owned(),
-            ),
-            StartError::Agent(_) => {
-                Some("The sandbox's log (`aistack logs NAME`) has the agent's messages".to_owned())
-            }
-            StartError::Prepare { .. } => None,
-        }
-    }
-}
-
-/// Starts the sandbox and waits until its agent serves.
-pub async fn start(spec: &Spec) -> Result<Running, StartError> {
+async fn start(spec: &Spec) -> Result<Running, StartError> {
     let prepare = |what| move |source| StartError::Prepare { what, source };
     spec.layout
         .prepare(spec.range)

@@ -7,10 +7,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aistack_sandbox::backend::{Backend, Layout, Running, Spec};
 use aistack_sandbox::cgroup::{DEFAULT_PIDS, Limits};
 use aistack_sandbox::client::{GuestClient, Output};
 use aistack_sandbox::idmap::{DEFAULT_BASE, IdRange};
-use aistack_sandbox::namespace::{self, Layout, Running, Spec};
+use aistack_sandbox::namespace::Namespace;
 use aistack_sandbox::protocol::Exec;
 use aistack_sandbox::rootfs;
 use aistack_tests::sandbox::{busybox_rootfs, guest_bin};
@@ -92,7 +93,7 @@ async fn start(limits: Limits) -> Sandbox {
         network: None,
         env: Vec::new(),
     };
-    let running = match namespace::start(&spec).await {
+    let running = match Namespace.start(&spec).await {
         Ok(running) => running,
         Err(e) => panic!(
             "{e}: {:?}\n{}",
