@@ -2,8 +2,11 @@
 //! replace what the layers below left, and its whiteouts (`.wh.NAME` removes `NAME`,
 //! `.wh..wh..opq` empties its directory) remove what they name, as the OCI image spec's
 //! changesets say. Owners move into the sandbox id range, as [`crate::rootfs::import`]
-//! moves them; device files are left out (every sandbox gets its own `/dev`).
+//! moves them; device files are left out (every sandbox gets its own `/dev`). Paths
+//! resolve as the tree itself would resolve them, never out of it.
 
+use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::lchown;
@@ -22,8 +25,9 @@ const OPAQUE: &str = ".wh..wh..opq";
 ///
 /// # Errors
 ///
-/// A layer that is not a tar, or an entry that would land outside `dest` (through `..`
-/// or a symbolic link of an earlier entry), fails the whole layer.
+/// A layer that is not a tar, an entry whose `..` climbs out of `dest`, a hard link to a
+/// file outside it, or a loop of symbolic links, fails the whole layer. Symbolic links on
+/// an entry's way are followed inside `dest`, never out of it.
 pub fn apply(layer: impl Read, gzip: bool, dest: &Path, range: IdRange) -> io::Result<()> {
     let reader: Box<dyn Read> = if gzip {
         Box::new(flate2::read::GzDecoder::new(layer))
@@ -45,7 +49,7 @@ pub fn apply(layer: impl Read, gzip: bool, dest: &Path, range: IdRange) -> io::R
         let parent = path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
         match name.as_deref() {
             Some(OPAQUE) => {
-                empty_dir(&inside(dest, &parent)?)?;
+                empty_dir(&dest.join(resolve(dest, &parent)?))?;
                 continue;
             }
             Some(name) if name.starts_with(WHITEOUT) => {
@@ -60,17 +64,29 @@ pub fn apply(layer: impl Read, gzip: bool, dest: &Path, range: IdRange) -> io::R
             continue;
         }
         let target = inside(dest, &path)?;
+        if target == dest {
+            continue;
+        }
+        make_parents(dest, &target, range)?;
         // A file replaces a directory of a lower layer, and the reverse.
         if let Ok(existing) = fs::symlink_metadata(&target)
             && (existing.is_dir() != kind.is_dir())
         {
             remove(&target)?;
         }
-        if !entry.unpack_in(dest)? {
-            return Err(io::Error::other(format!(
-                "the layer entry `{}` lands outside the tree",
-                path.display()
-            )));
+        if kind.is_hard_link() {
+            let source = (entry.link_name()?.as_deref())
+                .and_then(relative)
+                .ok_or_else(|| {
+                    io::Error::other(format!(
+                        "the layer links `{}` to a file outside the tree",
+                        path.display()
+                    ))
+                })?;
+            remove(&target)?;
+            fs::hard_link(inside(dest, &source)?, &target)?;
+        } else {
+            entry.unpack(&target)?;
         }
         let owner = |id: u64| {
             u32::try_from(id)
@@ -210,22 +226,79 @@ fn relative(path: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// `dest/path`, refused when a directory on the way is a symbolic link: a whiteout must
-/// not remove, through a link of an earlier layer, anything outside the tree.
+/// `dest/path` with each directory on the way resolved as the tree itself would resolve
+/// it: a symbolic link among them (merged /usr's `lib -> usr/lib`) is followed inside
+/// `dest`, an absolute target from `dest` and `..` stopping there, as container runtimes
+/// resolve an image's paths. The last component is not followed: an entry replaces a
+/// link of that name, and a whiteout removes the link.
 fn inside(dest: &Path, path: &Path) -> io::Result<PathBuf> {
-    let mut at = dest.to_path_buf();
-    if let Some(parent) = path.parent() {
-        for part in parent.components() {
-            at.push(part);
-            if fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
-                return Err(io::Error::other(format!(
-                    "the layer reaches `{}` through a symbolic link",
-                    path.display()
-                )));
+    let Some(name) = path.file_name() else {
+        return Ok(dest.to_path_buf());
+    };
+    let parent = path.parent().unwrap_or(Path::new(""));
+    Ok(dest.join(resolve(dest, parent)?).join(name))
+}
+
+/// The longest chain of links followed, as Linux's own `ELOOP` limit.
+const MAX_LINKS: u32 = 40;
+
+/// `dir`, relative to `dest`, with every symbolic link in it followed inside `dest`.
+fn resolve(dest: &Path, dir: &Path) -> io::Result<PathBuf> {
+    let mut resolved = PathBuf::new();
+    let mut rest: VecDeque<OsString> = (dir.components())
+        .filter_map(|c| match c {
+            Component::Normal(part) => Some(part.to_owned()),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    while let Some(part) = rest.pop_front() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        if part == "." {
+            continue;
+        }
+        let candidate = resolved.join(&part);
+        let meta = fs::symlink_metadata(dest.join(&candidate));
+        if !meta.is_ok_and(|m| m.file_type().is_symlink()) {
+            resolved = candidate;
+            continue;
+        }
+        links += 1;
+        if links > MAX_LINKS {
+            return Err(io::Error::other(format!(
+                "the layer reaches `{}` through more than {MAX_LINKS} symbolic links",
+                dir.display()
+            )));
+        }
+        let target = fs::read_link(dest.join(&candidate))?;
+        if target.is_absolute() {
+            resolved.clear();
+        }
+        for component in target.components().rev() {
+            match component {
+                Component::Normal(part) => rest.push_front(part.to_owned()),
+                Component::ParentDir => rest.push_front("..".into()),
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
             }
         }
     }
-    Ok(dest.join(path))
+    Ok(resolved)
+}
+
+/// Makes the directories above `target` that no entry made, owned by sandbox root.
+fn make_parents(dest: &Path, target: &Path, range: IdRange) -> io::Result<()> {
+    let Some(parent) = target.parent() else {
+        return Ok(());
+    };
+    if parent == dest || parent.is_dir() {
+        return Ok(());
+    }
+    make_parents(dest, parent, range)?;
+    fs::create_dir(parent)?;
+    lchown(parent, Some(range.base), Some(range.base))
 }
 
 fn remove(path: &Path) -> io::Result<()> {
@@ -354,25 +427,102 @@ mod tests {
         fs::create_dir(&tree).unwrap();
         let outside = dir.path().join("outside");
         fs::write(&outside, "host").unwrap();
+        // Links of an earlier layer that would leave the tree, were they followed on the
+        // host: an absolute one, and one that climbs.
         std::os::unix::fs::symlink(dir.path(), tree.join("up")).unwrap();
+        std::os::unix::fs::symlink("../../../..", tree.join("climb")).unwrap();
         let range = IdRange { base: 2_000_000 };
-        for entry in ["../outside", "up/outside", "up/.wh.outside"] {
-            let bytes = {
-                let mut builder = tar::Builder::new(Vec::new());
-                let mut header = tar::Header::new_gnu();
-                header.set_uid(0);
-                header.set_gid(0);
-                header.set_size(1);
-                header.set_mode(0o644);
-                header.set_entry_type(tar::EntryType::Regular);
-                // `append_data` refuses `..`; the raw name is what a hostile layer holds.
-                header.as_gnu_mut().unwrap().name[..entry.len()].copy_from_slice(entry.as_bytes());
-                header.set_cksum();
-                builder.append(&header, &b"x"[..]).unwrap();
-                builder.into_inner().unwrap()
-            };
+        let raw = |entry: &str, kind: tar::EntryType, link: Option<&str>| {
+            let mut builder = tar::Builder::new(Vec::new());
+            let mut header = tar::Header::new_gnu();
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_size(if kind.is_file() { 1 } else { 0 });
+            header.set_mode(0o644);
+            header.set_entry_type(kind);
+            // `append_data` refuses `..`; the raw names are what a hostile layer holds.
+            let gnu = header.as_gnu_mut().unwrap();
+            gnu.name[..entry.len()].copy_from_slice(entry.as_bytes());
+            if let Some(link) = link {
+                gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+            header.set_cksum();
+            let data: &[u8] = if kind.is_file() { b"x" } else { b"" };
+            builder.append(&header, data).unwrap();
+            builder.into_inner().unwrap()
+        };
+        let regular = tar::EntryType::Regular;
+        for entry in ["../outside", "a/../../outside"] {
+            let bytes = raw(entry, regular, None);
             assert!(apply(&bytes[..], false, &tree, range).is_err(), "{entry}");
-            assert_eq!(fs::read_to_string(&outside).unwrap(), "host", "{entry}");
         }
+        let link = raw("stolen", tar::EntryType::Link, Some("../outside"));
+        assert!(apply(&link[..], false, &tree, range).is_err());
+        // Through the links, entries land where the tree itself resolves them.
+        for entry in [
+            "up/outside",
+            "up/.wh.outside",
+            "climb/outside",
+            "climb/.wh.outside",
+        ] {
+            let bytes = raw(entry, regular, None);
+            apply(&bytes[..], false, &tree, range).unwrap();
+        }
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "host");
+        assert!(
+            !tree.join("outside").exists(),
+            "the whiteout removed it again"
+        );
+        let under_up = tree.join(dir.path().strip_prefix("/").unwrap());
+        assert!(under_up.is_dir() && !under_up.join("outside").exists());
+        assert!(fs::symlink_metadata(tree.join("up")).unwrap().is_symlink());
+    }
+
+    #[test]
+    fn paths_through_a_merged_usr_link_land_in_usr() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = IdRange { base: 2_000_000 };
+        let mut base = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_size(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        base.append_data(&mut header.clone(), "usr/lib", &[][..])
+            .unwrap();
+        header.set_entry_type(tar::EntryType::Symlink);
+        base.append_link(&mut header.clone(), "lib", "usr/lib")
+            .unwrap();
+        base.append_link(&mut header, "lib64", "/usr/lib").unwrap();
+        apply(&base.into_inner().unwrap()[..], false, dir.path(), range).unwrap();
+        let top = layer(&[
+            ("lib/x86_64-linux-gnu/libfoo.so", Some("foo")),
+            ("lib64/ld.so", Some("ld")),
+        ]);
+        apply(&top[..], false, dir.path(), range).unwrap();
+        let usr_lib = dir.path().join("usr/lib");
+        assert_eq!(
+            fs::read_to_string(usr_lib.join("x86_64-linux-gnu/libfoo.so")).unwrap(),
+            "foo"
+        );
+        assert_eq!(fs::read_to_string(usr_lib.join("ld.so")).unwrap(), "ld");
+        assert!(
+            fs::symlink_metadata(dir.path().join("lib"))
+                .unwrap()
+                .is_symlink()
+        );
+        // The directory no entry named belongs to sandbox root, as every other does.
+        use std::os::unix::fs::MetadataExt;
+        let made = fs::metadata(usr_lib.join("x86_64-linux-gnu")).unwrap();
+        assert_eq!((made.uid(), made.gid()), (range.base, range.base));
+        let whiteout = layer(&[("lib/x86_64-linux-gnu/.wh.libfoo.so", Some(""))]);
+        apply(&whiteout[..], false, dir.path(), range).unwrap();
+        assert!(!usr_lib.join("x86_64-linux-gnu/libfoo.so").exists());
+        // A link to itself is a loop, refused, not followed for ever.
+        std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
+        let looping = layer(&[("loop/file", Some("x"))]);
+        let error = apply(&looping[..], false, dir.path(), range).unwrap_err();
+        assert!(error.to_string().contains("symbolic links"), "{error}");
     }
 }
