@@ -539,8 +539,8 @@ sandboxes:
     assert_eq!(sh_ok(&env, "cat /etc/child"), "base-child\n");
 
     // The saved image is a template's base: the sandbox's own files are in it, and the
-    // template's removal too. (The agent's files come back owned by no sandbox user: the
-    // agent's id maps to each sandbox's workspace owner, so a template cannot hold it.)
+    // template's removal too. The agent's files are this sandbox's agent's (the
+    // workspace's owner on the host), so it can write them.
     let from_saved = spec.replace(
         "sandboxes:\n  box:\n    template: child",
         "  saved:\n    from: sbx/saved:1\nsandboxes:\n  box:\n    template: saved",
@@ -553,6 +553,13 @@ sandboxes:
             "cat /home/agent/own /etc/child; test -e /bin/vi || echo no-vi"
         ),
         "mine\nbase-child\nno-vi\n"
+    );
+    assert_eq!(
+        sh_ok(
+            &env,
+            "stat -c '%U %G' /home/agent /home/agent/own; echo more >> /home/agent/own; touch /home/agent/new; cat /home/agent/own"
+        ),
+        "agent agent\nagent agent\nmine\nmore\n"
     );
 
     let failing = spec.replace("rm /bin/vi", "echo oops >&2; exit 3");

@@ -3,11 +3,13 @@
 //! directories and cgroup.
 
 use std::fs;
+use std::io;
 use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::agent_files;
 use crate::backend::{Backend, Running, START_TIMEOUT, Spec, Start, StartError};
 use crate::cgroup::Cgroup;
 use crate::idmap::IdMap;
@@ -34,6 +36,7 @@ async fn start(spec: &Spec) -> Result<Running, StartError> {
     spec.layout
         .prepare(spec.range)
         .map_err(prepare("directories"))?;
+    adopt_agent_files(spec).map_err(prepare("agent's files"))?;
     let uid_map = IdMap::for_owner(spec.range, spec.owner.0)?;
     let gid_map = IdMap::for_owner(spec.range, spec.owner.1)?;
     let cgroup = Cgroup::create(&spec.cgroup_root, &spec.cgroup_id, spec.limits)
@@ -88,6 +91,19 @@ async fn start(spec: &Spec) -> Result<Running, StartError> {
             }))
         }
     }
+}
+
+/// Copies the template's agent files up, once, into a sandbox whose agent is a
+/// workspace's owner (`agent_files`); `adopted` marks it done.
+fn adopt_agent_files(spec: &Spec) -> io::Result<()> {
+    let agent = spec.range.agent();
+    let marker = spec.layout.dir.join("adopted");
+    if spec.owner == (agent, agent) || marker.exists() {
+        return Ok(());
+    }
+    let upper = spec.layout.dir.join("upper");
+    agent_files::adopt(&spec.lower, &upper, spec.range, spec.owner)?;
+    fs::write(marker, "")
 }
 
 async fn handshake(
