@@ -373,7 +373,6 @@ impl Sandboxes {
     /// Starts the sandbox unless its agent already answers. A sandbox with a policy gets
     /// its way out: `proxy.sock` in its control directory, forwarded to `proxy`, its own
     /// listener of the policy's proxy. `backend` is the one `isolation` chose.
-    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         &self,
         project: &str,
@@ -465,6 +464,12 @@ impl Sandboxes {
             message: aistack_apply::chain(&e),
         })?;
         let log = self.log(project, name);
+        tracing::info!(
+            project,
+            sandbox = name,
+            backend = backend.kind(),
+            "sandbox started"
+        );
         let cgroup = running.cgroup.clone();
         let life = tokio::spawn(async move {
             let status = running.child.wait().await;
