@@ -502,7 +502,11 @@ impl MachineHost {
             .get("isolation")
             .and_then(|i| i.as_str())
             .unwrap_or("auto");
-        let choice = isolation::choose(requested, isolation::Host::this_machine());
+        // The first call runs a guest for up to a tenth of a second: off the runtime.
+        let host = tokio::task::spawn_blocking(isolation::Host::this_machine)
+            .await
+            .map_err(|e| HostError::new(format!("The host probe stopped: {e}")))?;
+        let choice = isolation::choose(requested, host);
         let backend = backend::named(choice.backend).ok_or_else(|| {
             HostError::new(format!(
                 "Sandbox `{}` needs the `{}` backend, which this build lacks",
