@@ -12,6 +12,19 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Runs `command` and asserts it succeeded, naming it `what` and showing its stderr
+/// when it did not; its output.
+pub fn succeed(command: &mut Command, what: &str) -> Output {
+    let out = (command.output()).unwrap_or_else(|e| panic!("{what} does not run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The repository root: the workspace above the package cargo runs the test of (read at
 /// run time: a build shared by two checkouts must not drive the other one), else this
 /// crate's parent.

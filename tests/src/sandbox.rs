@@ -22,12 +22,7 @@ pub fn guest_bin() -> &'static Path {
         if crate::is_release() {
             build.arg("--release");
         }
-        let out = build.output().expect("scripts/build-guest runs");
-        assert!(
-            out.status.success(),
-            "building the guest agent failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = crate::succeed(&mut build, "building the guest agent (scripts/build-guest)");
         PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
     })
 }
@@ -72,16 +67,12 @@ pub fn push_image(layers: &[&Path], dest: &str) {
     let mut descriptors = Vec::new();
     let mut diff_ids = Vec::new();
     for dir in layers {
-        let tar = Command::new("tar")
-            .args(["--numeric-owner", "-C"])
-            .arg(dir)
-            .args(["-cf", "-", "."])
-            .output()
-            .expect("tar runs");
-        assert!(
-            tar.status.success(),
-            "tar: {}",
-            String::from_utf8_lossy(&tar.stderr)
+        let tar = crate::succeed(
+            Command::new("tar")
+                .args(["--numeric-owner", "-C"])
+                .arg(dir)
+                .args(["-cf", "-", "."]),
+            "tar",
         );
         diff_ids.push(format!(
             "sha256:{}",
@@ -144,32 +135,43 @@ pub fn push_image(layers: &[&Path], dest: &str) {
     .unwrap();
     let auth = tempfile::NamedTempFile::new().unwrap();
     fs::write(auth.path(), r#"{"auths":{}}"#).unwrap();
-    let out = Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:image", layout.path().display()))
-        .arg(format!("docker://{dest}"))
-        .env("REGISTRY_AUTH_FILE", auth.path())
-        .output()
-        .expect("skopeo is installed (scripts/test installs it)");
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::succeed(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:image", layout.path().display()))
+            .arg(format!("docker://{dest}"))
+            .env("REGISTRY_AUTH_FILE", auth.path()),
+        "skopeo (scripts/test installs it)",
     );
 }
 
 /// The Debian bookworm minbase tree that `scripts/fetch-debian` makes once with
 /// debootstrap (kept in `AISTACK_CACHE`).
 pub fn debian_rootfs() -> PathBuf {
-    let out = Command::new(repo_root().join("scripts/fetch-debian"))
-        .output()
-        .expect("scripts/fetch-debian runs");
-    assert!(
-        out.status.success(),
-        "scripts/fetch-debian failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::succeed(
+        &mut Command::new(repo_root().join("scripts/fetch-debian")),
+        "scripts/fetch-debian",
     );
     PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
+}
+
+/// A script for inside a sandbox that prints every process's environment and command
+/// line, then `FOUND` when a file under `dirs` holds `key`. Its own command line holds
+/// neither the key nor the marker whole: the shell joins both from pieces.
+pub fn key_search(key: &str, dirs: &str) -> String {
+    let (first, second) = key.split_at(key.len() / 2);
+    format!(
+        "env; cat /proc/*/environ /proc/*/cmdline; k={first}; k=${{k}}{second}; \
+         grep -rlsF \"$k\" {dirs} && echo FOU''ND; true"
+    )
+}
+
+/// Asserts that what [`key_search`] printed, run as `who`, shows no trace of `key`.
+pub fn assert_no_key(seen: &str, key: &str, who: &str) {
+    assert!(
+        !seen.contains(key) && !seen.contains("FOUND"),
+        "the key is visible to {who} inside: {seen}"
+    );
 }
 
 /// Takes a test's sandboxes down even when an assertion fails: a sandbox outlives the

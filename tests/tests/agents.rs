@@ -7,7 +7,7 @@
 use std::fs;
 
 use aistack_tests::TestEnv;
-use aistack_tests::sandbox::{Down, debian_rootfs, guest_bin};
+use aistack_tests::sandbox::{Down, assert_no_key, debian_rootfs, guest_bin, key_search};
 
 const KEY: &str = "sk-agent-e2e-91f3c2-secret";
 
@@ -98,20 +98,14 @@ sandboxes:
     assert!(received.contains("POST /v1/"), "{received}");
     assert!(!received.contains("aistack-placeholder"), "{received}");
 
-    // Nowhere inside: not in any process's environment or command line, nor any file
-    // (the search's own command line holds neither the key nor the marker whole).
-    let (first, second) = KEY.split_at(10);
-    let search = format!(
-        "env; cat /proc/*/environ /proc/*/cmdline; k={first}; k=${{k}}{second}; \
-         grep -rlsF \"$k\" /etc /home /root /run /tmp /usr/local /var {workspace} && echo FOU''ND; true",
-        workspace = env.project().canonicalize().unwrap().display()
+    // Nowhere inside: not in any process's environment or command line, nor any file.
+    let dirs = format!(
+        "/etc /home /root /run /tmp /usr/local /var {}",
+        env.project().canonicalize().unwrap().display()
     );
+    let search = key_search(KEY, &dirs);
     let out = env.run(&["exec", "-u", "root", "coder", "--", "sh", "-c", &search]);
-    let seen = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !seen.contains(KEY) && !seen.contains("FOUND"),
-        "the key is inside: {seen}"
-    );
+    assert_no_key(&String::from_utf8_lossy(&out.stdout), KEY, "root");
     // The template's layers hold no project CA: another project may use them.
     let layers = fs::read_dir(env.home().join("templates")).unwrap();
     for layer in layers.filter_map(Result::ok) {

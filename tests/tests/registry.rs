@@ -553,16 +553,14 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(path: &Path, size: &str) -> Tmpfs {
         fs::create_dir_all(path).expect("mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs at {} failed (the disk-full test needs root): {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
+        aistack_tests::succeed(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(path),
+            &format!(
+                "mounting a tmpfs at {} (the disk-full test needs root)",
+                path.display()
+            ),
         );
         Tmpfs {
             path: path.to_owned(),
@@ -573,15 +571,11 @@ impl Tmpfs {
 impl Tmpfs {
     /// Grows (or shrinks) the filesystem in place.
     fn resize(&self, size: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.path)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "resizing the tmpfs failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        aistack_tests::succeed(
+            Command::new("mount")
+                .args(["-o", &format!("remount,size={size}")])
+                .arg(&self.path),
+            "resizing the tmpfs",
         );
     }
 }

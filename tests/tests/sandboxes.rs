@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use aistack_tests::sandbox::{Down, busybox_rootfs, guest_bin};
+use aistack_tests::sandbox::{Down, assert_no_key, busybox_rootfs, guest_bin, key_search};
 use aistack_tests::{TestEnv, wait_for};
 
 const SPEC: &str = "version: 1
@@ -39,7 +39,12 @@ fn sh(env: &TestEnv, script: &str) -> std::process::Output {
     env.run(&["exec", "box", "--", "sh", "-c", script])
 }
 
-/// The same, asserting success; its stdout.
+/// `aistack exec -u USER box -- sh -c SCRIPT`.
+fn sh_as(env: &TestEnv, user: &str, script: &str) -> std::process::Output {
+    env.run(&["exec", "-u", user, "box", "--", "sh", "-c", script])
+}
+
+/// The same as [`sh`], asserting success; its stdout.
 fn sh_ok(env: &TestEnv, script: &str) -> String {
     env.ok(&["exec", "box", "--", "sh", "-c", script])
 }
@@ -284,16 +289,7 @@ fn listed_models_are_reachable_inside_and_no_others() {
         "a sandbox without a policy reaches only its models: {}",
         text(&elsewhere.stderr)
     );
-    let out = env.run(&[
-        "exec",
-        "-u",
-        "root",
-        "box",
-        "--",
-        "sh",
-        "-c",
-        "env; cat /proc/*/environ",
-    ]);
+    let out = sh_as(&env, "root", "env; cat /proc/*/environ");
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains(KEY),
         "the gateway key is inside"
@@ -414,20 +410,14 @@ fn the_api_key_reaches_the_api_and_never_the_sandbox() {
         "the proxy replaces the header: {received}"
     );
 
-    // The search must not carry the key itself: the shell joins it from two halves.
-    let (first, second) = KEY.split_at(12);
-    let search = format!(
-        "env; cat /proc/*/environ /proc/*/cmdline; k={first}; k=${{k}}{second}; \
-         grep -rlsF \"$k\" /bin /etc /home /root /run /tmp /usr /var {workspace} && echo FOUND; true",
-        workspace = env.project().canonicalize().unwrap().display()
+    let dirs = format!(
+        "/bin /etc /home /root /run /tmp /usr /var {}",
+        env.project().canonicalize().unwrap().display()
     );
+    let search = key_search(KEY, &dirs);
     for user in ["agent", "root"] {
-        let out = env.run(&["exec", "-u", user, "box", "--", "sh", "-c", &search]);
-        let seen = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            !seen.contains(KEY),
-            "the key is visible to {user} inside: {seen}"
-        );
+        let out = sh_as(&env, user, &search);
+        assert_no_key(&String::from_utf8_lossy(&out.stdout), KEY, user);
     }
 }
 

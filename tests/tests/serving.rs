@@ -113,16 +113,12 @@ fn python() -> String {
 fn openai_and_ollama_clients_chat_stream_embed_and_list() {
     let env = serve(SPEC);
     let script = aistack_tests::repo_root().join("tests/python/clients.py");
-    let out = Command::new(python())
-        .arg(script)
-        .arg(format!("127.0.0.1:{}", env.gateway_port()))
-        .args(["chat", "embed"])
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = aistack_tests::succeed(
+        Command::new(python())
+            .arg(script)
+            .arg(format!("127.0.0.1:{}", env.gateway_port()))
+            .args(["chat", "embed"]),
+        "tests/python/clients.py",
     );
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["openai_chat"]["finish_reason"], "length");

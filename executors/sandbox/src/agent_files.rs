@@ -12,7 +12,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::idmap::IdRange;
@@ -155,29 +155,15 @@ fn make_parents(lower: &[PathBuf], upper: &Path, path: &Path, ids: &Ids) -> io::
     Ok(())
 }
 
-/// Copies one entry (not a directory's contents), owners mapped, mode kept.
+/// Copies one entry (not a directory's contents), the agent's ids made the owner's.
 fn copy(source: &Path, target: &Path, ids: &Ids) -> io::Result<()> {
-    let meta = source.symlink_metadata()?;
-    let kind = meta.file_type();
-    if kind.is_dir() {
-        fs::create_dir(target)?;
-    } else if kind.is_symlink() {
-        symlink(fs::read_link(source)?, target)?;
-    } else {
-        fs::copy(source, target)?;
-    }
-    let (uid, gid) = ids.of(&meta);
-    lchown(target, Some(uid), Some(gid))?;
-    if !kind.is_symlink() {
-        // chown clears set-uid bits; the mode goes back after it.
-        fs::set_permissions(target, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-    }
-    Ok(())
+    crate::rootfs::copy_entry(source, target, |meta| ids.of(meta)).map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{PermissionsExt, lchown, symlink};
 
     const RANGE: IdRange = IdRange { base: 2_000_000 };
 

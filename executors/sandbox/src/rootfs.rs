@@ -40,29 +40,43 @@ fn tempdir_in(parent: &Path) -> io::Result<std::path::PathBuf> {
 }
 
 fn copy_tree(source: &Path, dest: &Path, range: IdRange) -> io::Result<()> {
+    let owner = |id: u32| range.host_id(id).unwrap_or(range.base);
+    let ids = |meta: &fs::Metadata| (owner(meta.uid()), owner(meta.gid()));
+    if copy_entry(source, dest, ids)? && dest.symlink_metadata()?.is_dir() {
+        for entry in fs::read_dir(source)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &dest.join(entry.file_name()), range)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies one entry, a directory without its contents, owned by what `ids` makes of the
+/// source's owners, its mode kept (the daemon is root: a directory's mode does not stop
+/// it filling it). Special files are not copied; returns whether it was.
+pub(crate) fn copy_entry(
+    source: &Path,
+    dest: &Path,
+    ids: impl Fn(&fs::Metadata) -> (u32, u32),
+) -> io::Result<bool> {
     let meta = fs::symlink_metadata(source)?;
     let kind = meta.file_type();
     if kind.is_symlink() {
         symlink(fs::read_link(source)?, dest)?;
     } else if kind.is_dir() {
         fs::create_dir(dest)?;
-        for entry in fs::read_dir(source)? {
-            let entry = entry?;
-            copy_tree(&entry.path(), &dest.join(entry.file_name()), range)?;
-        }
-        fs::set_permissions(dest, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     } else if kind.is_file() {
         fs::copy(source, dest)?;
     } else {
-        return Ok(());
+        return Ok(false);
     }
-    let owner = |id: u32| range.host_id(id).unwrap_or(range.base);
-    lchown(dest, Some(owner(meta.uid())), Some(owner(meta.gid())))?;
-    if kind.is_file() {
+    let (uid, gid) = ids(&meta);
+    lchown(dest, Some(uid), Some(gid))?;
+    if !kind.is_symlink() {
         // chown clears set-uid bits; the mode goes back after it.
         fs::set_permissions(dest, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
