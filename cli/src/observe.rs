@@ -1,13 +1,16 @@
 //! Observing reality before planning: what was applied (by this project, and the gateways
 //! of the others), and the local files the spec names.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use aistack_daemon::Home;
 use aistack_daemon::state::ProjectState;
-use aistack_planner::{FileFact, LocalFile, Observed, RegistryFact};
+use aistack_planner::{
+    FileFact, GatewayPlan, Kind, LocalFile, MANIFEST_OUTPUT, Observed, RegistryFact,
+};
 use aistack_spec::Spec;
-use aistack_spec::values::Source;
+use aistack_spec::values::{Source, TemplateFrom};
 use aistack_store::{DigestCache, Store, local_shards};
 
 use crate::report::{Failure, chain};
@@ -27,13 +30,10 @@ pub async fn observe(
     forget_stopped_sandboxes(home, project, &mut observed, spec).await;
     // Projects sharing a listener must agree on its settings; an unreadable record of
     // another project is that project's problem, not this plan's.
-    for other in ProjectState::projects(home) {
-        if other == project {
-            continue;
-        }
-        let gateway = ProjectState::load(home, &other).ok().and_then(|state| {
-            (state.resources.into_iter()).find(|r| r.id.kind == aistack_planner::Kind::Gateway)
-        });
+    for (other, state) in other_projects(home, project) {
+        let gateway = (state.resources.iter())
+            .find(|r| r.id.kind == Kind::Gateway)
+            .and_then(|r| r.settings::<GatewayPlan>().ok());
         if let Some(gateway) = gateway {
             observed.other_gateways.insert(other, gateway);
         }
@@ -63,8 +63,28 @@ pub async fn observe(
             Source::Local(_) => None,
         })
         .collect();
-    if references.is_empty() {
+    let images: Vec<String> = (spec.templates.values())
+        .filter_map(|t| match &t.from {
+            TemplateFrom::Image(reference) => Some(reference.to_string()),
+            _ => None,
+        })
+        .collect();
+    if references.is_empty() && images.is_empty() {
         return Ok(observed);
+    }
+    let store = if home.models().join("index.json").exists() {
+        Some(Store::open(&home.models())?)
+    } else {
+        None
+    };
+    // A template image the store has is used as it is (Docker's default pull policy).
+    for reference in images {
+        let stored = (store.as_ref())
+            .and_then(|store| Some(store).zip(store.resolve(&reference)))
+            .filter(|(store, digest)| store.contains(digest) && store.manifest(digest).is_ok());
+        if let Some((_, digest)) = stored {
+            observed.images.insert(reference, digest);
+        }
     }
     if pull {
         for reference in references {
@@ -75,8 +95,7 @@ pub async fn observe(
                 .registry
                 .insert(reference.to_string(), RegistryFact { digest, size: None });
         }
-    } else if home.models().join("index.json").exists() {
-        let store = Store::open(&home.models())?;
+    } else if let Some(store) = &store {
         for reference in references {
             let name = reference.to_string();
             if let Some(digest) = store.resolve(&name) {
@@ -91,6 +110,24 @@ pub async fn observe(
         }
     }
     Ok(observed)
+}
+
+/// The records of every project of `home` but `project` (those that can be read).
+fn other_projects(home: &Home, project: &str) -> Vec<(String, ProjectState)> {
+    (ProjectState::projects(home).into_iter())
+        .filter(|other| other != project)
+        .filter_map(|other| Some((other.clone(), ProjectState::load(home, &other).ok()?)))
+        .collect()
+}
+
+/// The manifest digests other projects' model records name: `down --models` keeps those
+/// artifacts in the shared store (a record that cannot be read names none).
+pub fn other_artifacts(home: &Home, project: &str) -> BTreeSet<String> {
+    (other_projects(home, project).into_iter())
+        .flat_map(|(_, state)| state.resources)
+        .filter(|r| r.id.kind == Kind::Model)
+        .filter_map(|r| r.outputs.get(MANIFEST_OUTPUT).cloned())
+        .collect()
 }
 
 fn local_file(cache: &mut DigestCache, path: &Path) -> LocalFile {
@@ -135,7 +172,7 @@ async fn forget_stopped_sandboxes(
 ) {
     let mut stopped = Vec::new();
     for id in observed.resources.keys() {
-        if id.kind != aistack_planner::Kind::Sandbox || !spec.sandboxes.contains_key(&id.name) {
+        if id.kind != Kind::Sandbox || !spec.sandboxes.contains_key(&id.name) {
             continue;
         }
         let socket = aistack_daemon::sandboxes::Sandboxes::socket(home, project, &id.name);

@@ -143,6 +143,7 @@ macro_rules! report_from {
 
 report_from!(
     aistack_daemon::state::StateError,
+    aistack_planner::RecordError,
     aistack_daemon::client::ClientError,
     aistack_daemon::DaemonError,
     aistack_store::StoreError,

@@ -1,11 +1,11 @@
 //! A plain snapshot of reality, gathered by the shell before planning.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Applied, ResourceId};
+use crate::{Applied, GatewayPlan, ResourceId};
 
 /// What is there: the project's applied resources and the facts about local files the spec
 /// names.
@@ -24,7 +24,14 @@ pub struct Observed {
     /// listener is shared by the projects that name its address, and they must agree on its
     /// settings.
     #[serde(default)]
-    pub other_gateways: BTreeMap<String, Applied>,
+    pub other_gateways: BTreeMap<String, GatewayPlan>,
+    /// The manifest digests other projects' model records name: `down --models` leaves
+    /// those artifacts in the shared store.
+    #[serde(default)]
+    pub other_artifacts: BTreeSet<String>,
+    /// The template images the store holds: manifest digest by normalised reference.
+    #[serde(default)]
+    pub images: BTreeMap<String, String>,
 }
 
 /// A registry reference, resolved.
@@ -45,6 +52,8 @@ impl Observed {
             local_files: BTreeMap::new(),
             registry: BTreeMap::new(),
             other_gateways: BTreeMap::new(),
+            other_artifacts: BTreeSet::new(),
+            images: BTreeMap::new(),
         }
     }
 

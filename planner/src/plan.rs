@@ -86,6 +86,10 @@ pub struct Step {
     /// The resource as applied; `None` for a creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<Applied>,
+    /// A removed model's artifact is deleted from the shared store too: `down --models`
+    /// asked for it, and no other project records it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_artifact: bool,
 }
 
 /// Index of a step in a [`Plan`].
@@ -115,8 +119,9 @@ pub struct Plan {
     pub graph: DiGraph<Step, ()>,
 }
 
-/// The version of the JSON shape of a plan.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the JSON shape of a plan. 2: typed payloads (`desired.payload`), no
+/// `fields` in desired records, `delete_artifact` on removals.
+pub const FORMAT_VERSION: u32 = 2;
 
 impl Summary {
     /// `Plan: 3 to add, 1 to change, 2 to remove.`
@@ -322,88 +327,12 @@ impl Plan {
     }
 }
 
-/// A short description of what the step makes, from its desired fields.
+/// A short description of what the step makes, or of what a removal deletes besides.
 fn detail(step: &Step) -> String {
-    let Some(desired) = &step.desired else {
-        return String::new();
-    };
-    let f = &desired.fields;
-    let text = |name: &str| match f.get(name) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    };
-    let count = |name: &str| f.get(name).and_then(Value::as_array).map_or(0, Vec::len);
-    match desired.id.kind {
-        Kind::Gateway => {
-            let mut parts = vec![text("listen")];
-            if let Some(env) = f.get("api_key_env").and_then(Value::as_str) {
-                parts.push(format!("key from {env}"));
-            }
-            match count("cors_origins") {
-                0 => {}
-                1 => parts.push("1 CORS origin".to_owned()),
-                n => parts.push(format!("{n} CORS origins")),
-            }
-            if let Some(budget) = f.get("memory_budget").and_then(Value::as_u64) {
-                parts.push(format!("budget {}", human_size(budget)));
-            }
-            parts.join(", ")
-        }
-        Kind::Model => {
-            let shards = count("digests");
-            let source = text("source");
-            match desired.payload {
-                crate::Payload::LocalModel { .. } if shards > 1 => {
-                    format!("{source} ({shards} shards)")
-                }
-                crate::Payload::RegistryModel {
-                    size: Some(size), ..
-                } => {
-                    format!("{source} ({})", human_size(size))
-                }
-                _ => source,
-            }
-        }
-        Kind::Engine => {
-            let mut parts = vec![text("engine")];
-            if let Some(n) = f.get("context_size").and_then(Value::as_u64) {
-                parts.push(format!("context {n}"));
-            }
-            parts.join(", ")
-        }
-        Kind::Proxy => {
-            let mut parts = vec![
-                format!("default {}", text("default")),
-                format!("{} allow", count("allow")),
-                format!("{} deny", count("deny")),
-            ];
-            if count("bypass") > 0 {
-                parts.push(format!("{} bypass", count("bypass")));
-            }
-            match count("credentials") {
-                0 => {}
-                1 => parts.push("1 credential".to_owned()),
-                n => parts.push(format!("{n} credentials")),
-            }
-            parts.join(", ")
-        }
-        Kind::Template => {
-            let from = match f.get("from").and_then(Value::as_object) {
-                Some(m) => match m.iter().next() {
-                    Some((kind, Value::String(v))) if kind == "template" => format!("template {v}"),
-                    Some((_, Value::String(v))) => v.clone(),
-                    _ => String::new(),
-                },
-                None => String::new(),
-            };
-            match count("run") {
-                0 => format!("from {from}"),
-                1 => format!("from {from}, 1 step"),
-                n => format!("from {from}, {n} steps"),
-            }
-        }
-        Kind::Sandbox => format!("{}, template {}", text("agent"), text("template")),
+    match &step.desired {
+        Some(desired) => desired.payload.detail(),
+        None if step.delete_artifact => "its artifact is deleted from the store".to_owned(),
+        None => String::new(),
     }
 }
 
@@ -442,6 +371,8 @@ struct StepOut<'a> {
     desired: Option<&'a Desired>,
     #[serde(skip_serializing_if = "Option::is_none")]
     current: Option<&'a Applied>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    delete_artifact: bool,
 }
 
 #[derive(Deserialize)]
@@ -462,6 +393,8 @@ struct StepIn {
     desired: Option<Desired>,
     #[serde(default)]
     current: Option<Applied>,
+    #[serde(default)]
+    delete_artifact: bool,
 }
 
 /// The JSON of `aistack plan --json`, also how the CLI hands a plan to the daemon:
@@ -492,6 +425,7 @@ impl Serialize for Plan {
                     depends_on: deps.into_iter().map(|d| &self.graph[d].id).collect(),
                     desired: step.desired.as_ref(),
                     current: step.current.as_ref(),
+                    delete_artifact: step.delete_artifact,
                 }
             })
             .collect();
@@ -525,6 +459,7 @@ impl<'de> Deserialize<'de> for Plan {
                 cause: step.cause,
                 desired: step.desired,
                 current: step.current,
+                delete_artifact: step.delete_artifact,
             });
             if index.insert(step.id.clone(), n).is_some() {
                 return Err(D::Error::custom(format!(

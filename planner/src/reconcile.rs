@@ -36,15 +36,18 @@ use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
 use aistack_spec::Spec;
-use aistack_spec::model::{Engines, Model, NetworkPolicy, Sandbox, Template};
+use aistack_spec::model::{Engines, Model, Sandbox, Template};
 use aistack_spec::values::{EngineKind, KeepAlive, Source, TemplateFrom};
 use petgraph::graph::DiGraph;
 use serde::Serialize;
-use serde_json::{Value, json};
 
+use crate::payload::{
+    Artifact, Base, EngineOptions, GatewayPlan, ModelPlan, ModelSettings, SandboxPlan,
+    SandboxSettings, Serving, TemplatePlan, TemplateSettings,
+};
 use crate::{
     Action, Cause, Desired, Kind, LocalFile, MANIFEST_OUTPUT, Observed, Payload, Plan, ResourceId,
-    Step,
+    Step, agents,
 };
 
 /// A problem found while planning, pointing at the spec value that caused it.
@@ -70,19 +73,9 @@ impl std::error::Error for PlanError {}
 /// The name of a project's one gateway resource (`gateway gateway` in plans).
 pub const GATEWAY: &str = "gateway";
 
-/// The gateway settings (every field but `listen`) on which two gateway records differ,
-/// sorted: the projects sharing a listener must agree on all of them.
-pub fn gateway_disagreement(
-    a: &BTreeMap<String, Value>,
-    b: &BTreeMap<String, Value>,
-) -> Vec<String> {
-    let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    names
-        .into_iter()
-        .filter(|n| *n != "listen" && a.get(*n) != b.get(*n))
-        .cloned()
-        .collect()
-}
+/// The name under which a sandbox reaches its models (DESIGN §7): its proxy routes it to
+/// the project's gateway.
+pub const MODELS_HOST: &str = "models.aistack.internal";
 
 /// Fields whose value is derived from a dependency (a template's `parent` hash): when only
 /// they differ and that dependency is replaced, the cause is the dependency.
@@ -123,8 +116,10 @@ pub fn reconcile(
 }
 
 /// Plans `aistack down`: every applied resource of the project removed, dependents first.
-/// The same code path as [`reconcile`], with a spec that has no resources.
-pub fn reconcile_down(project: &str, observed: &Observed) -> Plan {
+/// The same code path as [`reconcile`], with a spec that has no resources. With
+/// `delete_models` (`down --models`), each removed model's artifact is deleted from the
+/// shared store too, unless another project records it ([`Observed::other_artifacts`]).
+pub fn reconcile_down(project: &str, observed: &Observed, delete_models: bool) -> Plan {
     let empty = Spec {
         version: 1,
         name: None,
@@ -135,8 +130,17 @@ pub fn reconcile_down(project: &str, observed: &Observed) -> Plan {
         network_policies: BTreeMap::new(),
         sandboxes: BTreeMap::new(),
     };
-    reconcile(project, &empty, Path::new("/"), observed)
-        .expect("a spec without resources names no files")
+    let mut plan = reconcile(project, &empty, Path::new("/"), observed)
+        .expect("a spec without resources names no files");
+    if delete_models {
+        for step in plan.graph.node_weights_mut() {
+            step.delete_artifact = step.id.kind == Kind::Model
+                && (step.current.as_ref())
+                    .and_then(|c| c.outputs.get(MANIFEST_OUTPUT))
+                    .is_some_and(|m| !observed.other_artifacts.contains(m));
+        }
+    }
+    plan
 }
 
 /// The absolute path of a local model file written as `written` in a spec whose directory
@@ -176,36 +180,19 @@ struct Reconciler<'a> {
     errors: Vec<PlanError>,
 }
 
-fn to_value(value: impl Serialize) -> Value {
-    serde_json::to_value(value).expect("spec values serialise to JSON")
-}
-
-fn fields(entries: impl IntoIterator<Item = (&'static str, Value)>) -> BTreeMap<String, Value> {
-    entries
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
-}
-
-/// The engine settings from `engines:` that apply to models served by `engine`.
-fn engine_options(engines: &Engines, engine: EngineKind) -> BTreeMap<String, Value> {
+/// The settings from `engines:` that apply to models served by `engine`, defaults applied.
+fn engine_options(engines: &Engines, engine: EngineKind) -> EngineOptions {
     match engine {
-        EngineKind::LlamaCpp => fields([
-            ("threads", to_value(engines.llama_cpp.threads)),
-            ("gpu_layers", to_value(engines.llama_cpp.gpu_layers)),
-        ]),
-        EngineKind::Vllm => fields([
-            (
-                "gpu_memory_utilization",
-                to_value(engines.vllm.gpu_memory_utilization.unwrap_or(0.9)),
-            ),
-            (
-                "tensor_parallel_size",
-                to_value(engines.vllm.tensor_parallel_size.unwrap_or(1)),
-            ),
-            ("hf_overrides", to_value(&engines.vllm.hf_overrides)),
-        ]),
-        EngineKind::Diffusers => BTreeMap::new(),
+        EngineKind::LlamaCpp => EngineOptions::LlamaCpp {
+            threads: engines.llama_cpp.threads,
+            gpu_layers: engines.llama_cpp.gpu_layers,
+        },
+        EngineKind::Vllm => EngineOptions::Vllm {
+            gpu_memory_utilization: engines.vllm.gpu_memory_utilization.unwrap_or(0.9),
+            tensor_parallel_size: engines.vllm.tensor_parallel_size.unwrap_or(1),
+            hf_overrides: engines.vllm.hf_overrides.clone(),
+        },
+        EngineKind::Diffusers => EngineOptions::Diffusers {},
     }
 }
 
@@ -236,11 +223,11 @@ impl Reconciler<'_> {
             Some(current) if current.hash == desired.hash => replaced_dependency
                 .map(|dependency| (Action::Replace, Cause::DependencyReplaced { dependency })),
             Some(current) => {
-                let names: BTreeSet<&String> =
-                    current.fields.keys().chain(desired.fields.keys()).collect();
+                let fields = desired.fields();
+                let names: BTreeSet<&String> = current.fields.keys().chain(fields.keys()).collect();
                 let changed: Vec<String> = names
                     .into_iter()
-                    .filter(|n| current.fields.get(*n) != desired.fields.get(*n))
+                    .filter(|n| current.fields.get(*n) != fields.get(*n))
                     .cloned()
                     .collect();
                 let derived_only = !changed.is_empty()
@@ -251,7 +238,7 @@ impl Reconciler<'_> {
                     }
                     replaced => {
                         let replace = replaced.is_some()
-                            || changed.iter().any(|f| desired.replace_fields.contains(f));
+                            || changed.iter().any(|f| desired.payload.replaces(f));
                         let action = if replace {
                             Action::Replace
                         } else {
@@ -269,6 +256,7 @@ impl Reconciler<'_> {
                 cause,
                 desired: Some(desired.clone()),
                 current: current.cloned(),
+                delete_artifact: false,
             };
             self.steps.insert(desired.id.clone(), step);
         }
@@ -281,25 +269,24 @@ impl Reconciler<'_> {
             return;
         }
         let gateway = &self.spec.gateway;
-        let listen = gateway.listen.to_string();
-        let memory_budget = gateway.memory_budget.map(|b| b.0);
-        let fields = fields([
-            ("listen", to_value(&listen)),
-            ("cors_origins", to_value(&gateway.cors_origins)),
-            ("api_key_env", to_value(&gateway.api_key_env)),
-            ("memory_budget", to_value(memory_budget)),
-        ]);
+        let plan = GatewayPlan {
+            listen: gateway.listen,
+            cors_origins: gateway.cors_origins.clone(),
+            api_key_env: gateway.api_key_env.clone(),
+            memory_budget: gateway.memory_budget.map(|b| b.0),
+        };
         for (project, other) in &self.observed.other_gateways {
-            if other.fields.get("listen") != fields.get("listen") {
+            if other.listen != plan.listen {
                 continue;
             }
-            let differing = gateway_disagreement(&fields, &other.fields);
+            let differing = plan.disagreement(other);
             if !differing.is_empty() {
                 self.error(
                     "gateway".to_owned(),
                     format!(
-                        "The gateway on `{listen}` is shared with project `{project}`, whose \
+                        "The gateway on `{}` is shared with project `{project}`, whose \
                          settings differ: {}",
+                        plan.listen,
                         differing.join(", ")
                     ),
                     Some(format!(
@@ -309,15 +296,7 @@ impl Reconciler<'_> {
                 );
             }
         }
-        let payload = Payload::Gateway {
-            listen,
-            cors_origins: gateway.cors_origins.clone(),
-            api_key_env: gateway.api_key_env.clone(),
-            memory_budget,
-        };
-        let id = ResourceId::new(Kind::Gateway, GATEWAY);
-        let replace = vec!["listen".to_owned()];
-        self.decide(Desired::new(id, fields, replace, Vec::new(), payload));
+        self.decide(Desired::new(GATEWAY, Payload::Gateway(plan), Vec::new()));
     }
 
     fn reconcile_models(&mut self) {
@@ -343,10 +322,14 @@ impl Reconciler<'_> {
         else {
             return;
         };
-        let Payload::RegistryModel {
-            digest: Some(digest),
+        let Payload::Model(ModelPlan {
+            artifact:
+                Artifact::Pull {
+                    digest: Some(digest),
+                    ..
+                },
             ..
-        } = &desired.payload
+        }) = &desired.payload
         else {
             return;
         };
@@ -361,12 +344,13 @@ impl Reconciler<'_> {
             },
             desired: Some(desired.clone()),
             current: Some(current.clone()),
+            delete_artifact: false,
         };
         self.steps.insert(id.clone(), step);
     }
 
     fn desired_model(&mut self, key: &str, model: &Model) -> Option<Desired> {
-        let (engine, digests, payload) = match &model.source {
+        let (engine, digests, artifact) = match &model.source {
             Source::Local(written) => {
                 let path = local_path(self.base_dir, written);
                 let shards = match self.observed.local_files.get(&path) {
@@ -399,15 +383,8 @@ impl Reconciler<'_> {
                     );
                     return None;
                 }
-                let digests: Vec<Value> = shards
-                    .iter()
-                    .map(|s| Value::String(s.digest.clone()))
-                    .collect();
-                (
-                    engine,
-                    Value::Array(digests),
-                    Payload::LocalModel { files: shards },
-                )
+                let digests = shards.iter().map(|s| s.digest.clone()).collect();
+                (engine, digests, Artifact::Import { files: shards })
             }
             Source::Oci(reference) => {
                 let reference = reference.to_string();
@@ -417,8 +394,8 @@ impl Reconciler<'_> {
                 let size = fact.and_then(|f| f.size);
                 (
                     engine,
-                    Value::Array(vec![Value::String(reference.clone())]),
-                    Payload::RegistryModel {
+                    vec![reference.clone()],
+                    Artifact::Pull {
                         reference,
                         digest,
                         size,
@@ -438,24 +415,25 @@ impl Reconciler<'_> {
         let keep_alive = model
             .keep_alive
             .unwrap_or(KeepAlive::After(std::time::Duration::from_secs(300)));
-        let fields = fields([
-            ("source", to_value(&model.source)),
-            ("digests", digests),
-            ("engine", to_value(engine)),
-            ("context_size", to_value(model.context_size)),
-            ("parallel", to_value(parallel)),
-            ("keep_alive", to_value(keep_alive)),
-            ("mode", to_value(model.mode)),
-            ("runtime_flags", to_value(&model.runtime_flags)),
-            (
-                "options",
-                to_value(engine_options(&self.spec.engines, engine)),
-            ),
-        ]);
-        let id = ResourceId::new(Kind::Model, key);
-        let replace = vec!["source".to_owned(), "digests".to_owned()];
+        let settings = ModelSettings {
+            source: match &model.source {
+                Source::Oci(reference) => reference.to_string(),
+                Source::Local(written) => written.clone(),
+            },
+            digests,
+            serving: Serving {
+                engine,
+                context_size: model.context_size,
+                parallel,
+                keep_alive,
+                mode: model.mode,
+                runtime_flags: model.runtime_flags.clone(),
+                options: engine_options(&self.spec.engines, engine),
+            },
+        };
+        let payload = Payload::Model(ModelPlan { settings, artifact });
         let gateway = vec![ResourceId::new(Kind::Gateway, GATEWAY)];
-        Some(Desired::new(id, fields, replace, gateway, payload))
+        Some(Desired::new(key, payload, gateway))
     }
 
     fn missing_file(&mut self, key: &str, written: &str, help: String) {
@@ -474,43 +452,18 @@ impl Reconciler<'_> {
             let id = ResourceId::new(Kind::Engine, key);
             self.wanted.insert(id.clone());
             let model_id = ResourceId::new(Kind::Model, key);
-            let Some(m) = self.desired.get(&model_id) else {
+            let Some(Payload::Model(m)) = self.desired.get(&model_id).map(|d| &d.payload) else {
                 continue;
             };
-            let get = |name: &str| m.fields.get(name).cloned().unwrap_or(Value::Null);
-            let fields = fields([
-                ("engine", get("engine")),
-                ("context_size", get("context_size")),
-                ("parallel", get("parallel")),
-                ("keep_alive", get("keep_alive")),
-                ("mode", get("mode")),
-                ("runtime_flags", get("runtime_flags")),
-                ("options", get("options")),
-            ]);
-            let engine = get("engine").as_str().unwrap_or_default().to_owned();
-            let options = match get("options") {
-                Value::Object(map) => map.into_iter().collect(),
-                _ => BTreeMap::new(),
-            };
-            let payload = Payload::Engine {
-                model: key.clone(),
-                engine,
-                context_size: model.context_size,
-                parallel: get("parallel").as_u64().map(|p| p as u32),
-                mode: model.mode.to_string(),
-                runtime_flags: model.runtime_flags.clone(),
-                options,
-            };
-            let replace = fields.keys().cloned().collect();
-            self.decide(Desired::new(id, fields, replace, vec![model_id], payload));
+            let serving = Payload::Engine(m.settings.serving.clone());
+            self.decide(Desired::new(key, serving, vec![model_id]));
         }
     }
 
     fn reconcile_proxies(&mut self) {
         for (name, policy) in &self.spec.network_policies {
-            let id = ResourceId::new(Kind::Proxy, name);
-            self.wanted.insert(id.clone());
-            self.decide(desired_proxy(id, policy));
+            let payload = Payload::Proxy(policy.clone());
+            self.decide(Desired::new(name, payload, Vec::new()));
         }
     }
 
@@ -539,45 +492,39 @@ impl Reconciler<'_> {
 
     fn desired_template(&self, key: &str, template: &Template) -> Desired {
         let mut depends_on = Vec::new();
+        let mut image_in_store = None;
         let (from, parent) = match &template.from {
             TemplateFrom::Template(name) => {
                 let parent_id = ResourceId::new(Kind::Template, name);
-                let hash = self
-                    .desired
-                    .get(&parent_id)
-                    .map(|d| Value::String(d.hash.clone()));
+                let hash = self.desired.get(&parent_id).map(|d| d.hash.clone());
                 depends_on.push(parent_id);
-                (json!({ "template": name }), hash.unwrap_or(Value::Null))
+                (Base::Template(name.clone()), hash)
             }
             TemplateFrom::Path(path) => {
                 let path = normalise(self.base_dir, path);
-                (json!({ "path": path.to_string_lossy() }), Value::Null)
+                (Base::Path(path.to_string_lossy().into_owned()), None)
             }
             TemplateFrom::Image(reference) => {
-                (json!({ "image": reference.to_string() }), Value::Null)
+                let reference = reference.to_string();
+                image_in_store = self.observed.images.get(&reference).cloned();
+                (Base::Image(reference), None)
             }
         };
         if let Some(policy) = &template.network_policy {
             depends_on.push(ResourceId::new(Kind::Proxy, policy));
         }
-        let fields = fields([
-            ("from", from),
-            ("run", to_value(&template.run)),
-            ("env", to_value(self.template_env(key))),
-            ("network_policy", to_value(&template.network_policy)),
-            ("parent", parent),
-        ]);
-        let payload = Payload::Template {
-            template: object(&fields),
+        let settings = TemplateSettings {
+            from,
+            run: template.run.clone(),
+            env: self.template_env(key),
+            network_policy: template.network_policy.clone(),
+            parent,
         };
-        let replace = fields.keys().cloned().collect();
-        Desired::new(
-            ResourceId::new(Kind::Template, key),
-            fields,
-            replace,
-            depends_on,
-            payload,
-        )
+        let payload = Payload::Template(TemplatePlan {
+            settings,
+            image_in_store,
+        });
+        Desired::new(key, payload, depends_on)
     }
 
     fn reconcile_sandboxes(&mut self) {
@@ -601,30 +548,37 @@ impl Reconciler<'_> {
         let workspace = normalise(self.base_dir, &sandbox.workspace);
         let mut env = self.template_env(&sandbox.template);
         env.extend(sandbox.env.clone());
-        let fields = fields([
-            ("template", to_value(&sandbox.template)),
-            ("agent", to_value(sandbox.agent)),
-            ("args", to_value(&sandbox.args)),
-            ("workspace", to_value(workspace.to_string_lossy())),
-            ("isolation", to_value(sandbox.isolation)),
-            ("cpus", to_value(sandbox.cpus)),
-            ("memory", to_value(sandbox.memory)),
-            ("network_policy", to_value(&sandbox.network_policy)),
-            ("models", to_value(&sandbox.models)),
-            ("ports", to_value(&sandbox.ports)),
-            ("env", to_value(env)),
-        ]);
-        let payload = Payload::Sandbox {
-            sandbox: object(&fields),
+        let profile = agents::profile(sandbox.agent);
+        let mut environment: BTreeMap<String, String> = profile.environment().into_iter().collect();
+        for model in &sandbox.models {
+            let key = model_variable(model);
+            environment.insert(
+                format!("{key}_URL"),
+                format!("http://{MODELS_HOST}/engines/v1/"),
+            );
+            environment.insert(format!("{key}_MODEL"), model.clone());
+        }
+        environment.extend(env.clone());
+        let settings = SandboxSettings {
+            template: sandbox.template.clone(),
+            agent: sandbox.agent,
+            args: sandbox.args.clone(),
+            workspace: workspace.to_string_lossy().into_owned(),
+            isolation: sandbox.isolation,
+            cpus: sandbox.cpus,
+            memory: sandbox.memory,
+            network_policy: sandbox.network_policy.clone(),
+            models: sandbox.models.clone(),
+            ports: sandbox.ports.clone(),
+            env,
         };
-        let replace = fields.keys().cloned().collect();
-        Desired::new(
-            ResourceId::new(Kind::Sandbox, key),
-            fields,
-            replace,
-            depends_on,
-            payload,
-        )
+        let payload = Payload::Sandbox(SandboxPlan {
+            settings,
+            environment,
+            program: profile.command.to_owned(),
+            install: profile.install.to_owned(),
+        });
+        Desired::new(key, payload, depends_on)
     }
 
     /// A template's variables over those of the templates it is built `from:`, as an image
@@ -661,6 +615,7 @@ impl Reconciler<'_> {
                 cause: Cause::NotInSpec,
                 desired: None,
                 current: Some(applied.clone()),
+                delete_artifact: false,
             };
             self.steps.insert(id.clone(), step);
         }
@@ -725,20 +680,16 @@ impl Reconciler<'_> {
     }
 }
 
-fn object(fields: &BTreeMap<String, Value>) -> Value {
-    Value::Object(fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-}
-
-fn desired_proxy(id: ResourceId, policy: &NetworkPolicy) -> Desired {
-    let fields = fields([
-        ("default", to_value(policy.default)),
-        ("allow", to_value(&policy.allow)),
-        ("deny", to_value(&policy.deny)),
-        ("bypass", to_value(&policy.bypass)),
-        ("credentials", to_value(&policy.credentials)),
-    ]);
-    let payload = Payload::Proxy {
-        policy: object(&fields),
-    };
-    Desired::new(id, fields, Vec::new(), Vec::new(), payload)
+/// The prefix of a model's variables in a sandbox, as Compose makes it: `chat-v2` sets
+/// `CHAT_V2_URL` and `CHAT_V2_MODEL`.
+fn model_variable(model: &str) -> String {
+    (model.chars())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

@@ -5,44 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The kinds of resource, in the fixed order reconcile visits them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// The project's model gateway: an HTTP listener, shared with the other projects that
-    /// name the same address.
-    Gateway,
-    /// A model artifact in the store, registered with the project's gateway.
-    Model,
-    /// A running engine process for a preloaded model.
-    Engine,
-    /// A network-policy proxy listener.
-    Proxy,
-    /// A built sandbox template.
-    Template,
-    /// A sandbox.
-    Sandbox,
-}
-
-impl Kind {
-    /// The lower-case name used in plan text, JSON and state.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Gateway => "gateway",
-            Kind::Model => "model",
-            Kind::Engine => "engine",
-            Kind::Proxy => "proxy",
-            Kind::Template => "template",
-            Kind::Sandbox => "sandbox",
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::payload::{Kind, Payload, Settings};
 
 /// A resource's identity within a project: its kind and the name from the spec.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -70,122 +33,70 @@ impl fmt::Display for ResourceId {
 }
 
 /// A resource as the spec wants it, with every decision already made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Its settings (the part apply records) and their hash are derived from the payload, so
+/// they cannot disagree with what the executor carries out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Desired {
     /// Which resource.
     pub id: ResourceId,
-    /// The fields whose change requires a step, in canonical JSON form. A change to a field
-    /// named in [`Desired::replace_fields`] replaces the resource; others change it in place.
-    pub fields: BTreeMap<String, serde_json::Value>,
-    /// Fields whose change forces a replacement.
-    pub replace_fields: Vec<String>,
-    /// sha256 over `fields`: divergence is detected by comparing it with the applied hash.
+    /// What the executor needs to carry the step out.
+    pub payload: Payload,
+    /// sha256 over the payload's settings: divergence is detected by comparing it with the
+    /// applied hash.
     pub hash: String,
     /// Resources that must exist first.
     pub depends_on: Vec<ResourceId>,
-    /// What the executor needs to carry the step out.
-    pub payload: Payload,
-}
-
-/// What the executor needs for each kind of resource; all paths are absolute.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Payload {
-    /// Start (or join) the gateway listener that serves the project's models.
-    Gateway {
-        /// `HOST:PORT`.
-        listen: String,
-        /// Origins allowed to call it from a browser.
-        cors_origins: Vec<String>,
-        /// The name of the environment variable holding the bearer token clients must send;
-        /// its value travels beside the plan (`ApplyRequest::secrets`), never in it.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        api_key_env: Option<String>,
-        /// Admission cap in bytes for loaded models; `None` leaves the default (75% of the
-        /// machine's memory) to the daemon, which knows the machine it runs on.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        memory_budget: Option<u64>,
-    },
-    /// Import local GGUF files (one per shard, in order) into the store.
-    LocalModel {
-        /// The shards, in order, each with the digest observed before planning.
-        files: Vec<crate::FileFact>,
-    },
-    /// Pull an artifact from a registry.
-    RegistryModel {
-        /// The normalised OCI reference.
-        reference: String,
-        /// The manifest digest the reference resolved to while planning, if it was resolved;
-        /// the pull must yield exactly this artifact.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        digest: Option<String>,
-        /// The artifact's size in bytes, once known.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        size: Option<u64>,
-    },
-    /// Start an engine for a preloaded model.
-    Engine {
-        /// The model resource whose artifact it serves.
-        model: String,
-        /// `llama.cpp`, `vllm` or `diffusers`.
-        engine: String,
-        /// Context window, if set; `None` means the model's own.
-        context_size: Option<u32>,
-        /// Requests served at once, resolved with the engine's default; `None` leaves it to
-        /// the engine (vLLM and Diffusers schedule by themselves).
-        #[serde(default)]
-        parallel: Option<u32>,
-        /// `chat`, `embedding` or `image`.
-        #[serde(default)]
-        mode: String,
-        /// Extra engine flags, as written.
-        #[serde(default)]
-        runtime_flags: Vec<String>,
-        /// The engine's settings from `engines:` (llama.cpp: `threads`, `gpu_layers`; vLLM:
-        /// `gpu_memory_utilization`, `tensor_parallel_size`, `hf_overrides`).
-        #[serde(default)]
-        options: BTreeMap<String, serde_json::Value>,
-    },
-    /// Start a proxy listener for a network policy.
-    Proxy {
-        /// The policy, as canonical JSON.
-        policy: serde_json::Value,
-    },
-    /// Build a template.
-    Template {
-        /// The template, as canonical JSON, with its base resolved.
-        template: serde_json::Value,
-    },
-    /// Create and start a sandbox.
-    Sandbox {
-        /// The sandbox, as canonical JSON, with its workspace made absolute.
-        sandbox: serde_json::Value,
-    },
 }
 
 impl Desired {
-    /// A desired resource, its [`hash`](Desired::hash) computed from `fields`.
-    /// `replace_fields` and `depends_on` are sorted and deduplicated.
-    pub fn new(
-        id: ResourceId,
-        fields: BTreeMap<String, serde_json::Value>,
-        mut replace_fields: Vec<String>,
-        mut depends_on: Vec<ResourceId>,
-        payload: Payload,
-    ) -> Self {
-        replace_fields.sort();
-        replace_fields.dedup();
+    /// The desired resource `name` of the payload's kind; `depends_on` is sorted and
+    /// deduplicated.
+    pub fn new(name: impl Into<String>, payload: Payload, mut depends_on: Vec<ResourceId>) -> Self {
         depends_on.sort();
         depends_on.dedup();
-        let hash = fields_hash(&fields);
+        let hash = fields_hash(&fields_of(&payload));
         Desired {
-            id,
-            fields,
-            replace_fields,
+            id: ResourceId::new(payload.kind(), name),
+            payload,
             hash,
             depends_on,
-            payload,
         }
+    }
+
+    /// The settings apply records, by name: what a record's fields are compared with.
+    pub fn fields(&self) -> BTreeMap<String, serde_json::Value> {
+        fields_of(&self.payload)
+    }
+}
+
+/// The wire form of [`Desired`]: the hash is computed again, never taken from the JSON.
+#[derive(Deserialize)]
+struct DesiredIn {
+    id: ResourceId,
+    payload: Payload,
+    depends_on: Vec<ResourceId>,
+}
+
+impl<'de> Deserialize<'de> for Desired {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let input = DesiredIn::deserialize(deserializer)?;
+        if input.id.kind != input.payload.kind() {
+            return Err(D::Error::custom(format!(
+                "the desired `{}` carries a {} payload",
+                input.id,
+                input.payload.kind()
+            )));
+        }
+        Ok(Desired::new(input.id.name, input.payload, input.depends_on))
+    }
+}
+
+fn fields_of(payload: &Payload) -> BTreeMap<String, serde_json::Value> {
+    match payload.settings() {
+        serde_json::Value::Object(map) => map.into_iter().collect(),
+        _ => BTreeMap::new(),
     }
 }
 
@@ -241,6 +152,24 @@ fn write_canonical(value: &serde_json::Value, out: &mut String) {
 /// Output of a model resource: the manifest digest of its artifact in the store.
 pub const MANIFEST_OUTPUT: &str = "manifest";
 
+/// A record whose settings are not those of its kind: written by another version of
+/// aistack, or edited by hand.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("The record of `{id}` is not one this version of aistack reads: {reason}")]
+pub struct RecordError {
+    /// The resource.
+    pub id: ResourceId,
+    /// What does not fit, as serde says it.
+    pub reason: String,
+}
+
+impl RecordError {
+    /// What to do about it.
+    pub fn help(&self) -> Option<String> {
+        Some("Run `aistack up`: the plan replaces it with a record of this version".to_owned())
+    }
+}
+
 /// What apply recorded for a resource: the applied fields and what the host reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Applied {
@@ -262,10 +191,28 @@ impl Applied {
     pub fn from_desired(desired: &Desired, outputs: BTreeMap<String, String>) -> Self {
         Applied {
             id: desired.id.clone(),
-            fields: desired.fields.clone(),
+            fields: desired.fields(),
             hash: desired.hash.clone(),
             depends_on: desired.depends_on.clone(),
             outputs,
         }
+    }
+
+    /// The recorded settings, typed: the same structs the planner made the payload with.
+    pub fn settings<T: Settings>(&self) -> Result<T, RecordError> {
+        let error = |reason: String| RecordError {
+            id: self.id.clone(),
+            reason,
+        };
+        if self.id.kind != T::KIND {
+            return Err(error(format!(
+                "it is a {}, not a {}",
+                self.id.kind,
+                T::KIND
+            )));
+        }
+        let object = self.fields.iter().map(|(k, v)| (k.clone(), v.clone()));
+        serde_json::from_value(serde_json::Value::Object(object.collect()))
+            .map_err(|e| error(e.to_string()))
     }
 }

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aistack_planner::{
-    Action, Applied, Cause, FileFact, Kind, LocalFile, Observed, Plan, PlanError, ResourceId,
-    reconcile, reconcile_down,
+    Action, Applied, Artifact, Cause, FileFact, GatewayPlan, Kind, LocalFile, MANIFEST_OUTPUT,
+    ModelPlan, Observed, Payload, Plan, PlanError, ResourceId, SandboxSettings, Serving,
+    TemplateSettings, reconcile, reconcile_down,
 };
 use aistack_spec::Spec;
 use aistack_spec::model::{
@@ -333,7 +334,7 @@ fn removed_sandbox_is_removed() {
 #[test]
 fn down_removes_everything_dependents_first() {
     let observed = applied();
-    let plan = reconcile_down("demo", &observed);
+    let plan = reconcile_down("demo", &observed, false);
     insta::assert_snapshot!(plan.render_text());
     insta::assert_snapshot!("down_json", plan.render_json());
     let order: Vec<_> = plan.steps().iter().map(|s| s.id.clone()).collect();
@@ -428,7 +429,7 @@ fn local_file_for_another_engine_is_an_error_at_the_engine() {
 fn paths_are_absolute() {
     let plan = plan(&full_spec(), &fresh());
     let sandbox = plan.find(&ResourceId::new(Kind::Sandbox, "coder")).unwrap();
-    let fields = &plan.step(sandbox).desired.as_ref().unwrap().fields;
+    let fields = plan.step(sandbox).desired.as_ref().unwrap().fields();
     assert_eq!(fields["workspace"], BASE);
     assert_eq!(
         aistack_planner::normalise(Path::new("/a/b"), "../c/./d"),
@@ -493,11 +494,11 @@ fn same_inputs_give_identical_output() {
 #[test]
 fn json_that_is_not_a_plan_is_refused() {
     let mut json = plan(&full_spec(), &fresh()).to_json();
-    json["format_version"] = 2.into();
+    json["format_version"] = 1.into();
     let err = serde_json::from_value::<Plan>(json)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("format_version 2"), "{err}");
+    assert!(err.contains("format_version 1"), "{err}");
 
     let mut json = plan(&full_spec(), &fresh()).to_json();
     // Step 3 is `engine chat`, after the gateway and the two models.
@@ -652,7 +653,10 @@ fn projects_sharing_a_listener_must_agree_on_its_settings() {
             .find(|s| s.id.kind == Kind::Gateway)
             .and_then(|s| s.desired.clone())
             .unwrap();
+        // Through the record, as the CLI observes another project's gateway.
         Applied::from_desired(&record, BTreeMap::new())
+            .settings::<GatewayPlan>()
+            .unwrap()
     };
     let mut observed = fresh();
     observed
@@ -683,4 +687,148 @@ fn projects_sharing_a_listener_must_agree_on_its_settings() {
     let mut spec = full_spec();
     spec.gateway.listen = "127.0.0.1:12435".parse().unwrap();
     assert!(reconcile("demo", &spec, Path::new(BASE), &observed).is_ok());
+}
+
+#[test]
+fn records_written_before_typed_payloads_read_back_and_keep_their_hashes() {
+    // The records of `full_spec` as the previous version applied them (its `down_json`
+    // snapshot): a state file written then must need no step now.
+    let records: Vec<Applied> =
+        serde_json::from_str(include_str!("fixtures/records-before-typed-payloads.json")).unwrap();
+    for record in &records {
+        let read = match record.id.kind {
+            Kind::Gateway => record.settings::<GatewayPlan>().map(drop),
+            Kind::Model => record
+                .settings::<aistack_planner::ModelSettings>()
+                .map(drop),
+            Kind::Engine => record.settings::<Serving>().map(drop),
+            Kind::Proxy => record
+                .settings::<aistack_spec::model::NetworkPolicy>()
+                .map(drop),
+            Kind::Template => record.settings::<TemplateSettings>().map(drop),
+            Kind::Sandbox => record.settings::<SandboxSettings>().map(drop),
+        };
+        assert!(read.is_ok(), "{}: {read:?}", record.id);
+    }
+    let mut observed = Observed::from_applied(records);
+    observed.local_files = fresh().local_files;
+    let plan = reconcile("demo", &full_spec(), Path::new(BASE), &observed).unwrap();
+    assert_eq!(plan.render_text(), "No changes.\n");
+}
+
+#[test]
+fn a_record_of_another_kind_or_shape_is_one_clear_error() {
+    let records = applied();
+    let gateway = &records.resources[&ResourceId::new(Kind::Gateway, "gateway")];
+    let e = gateway.settings::<SandboxSettings>().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "The record of `gateway gateway` is not one this version of aistack reads: it is a \
+         gateway, not a sandbox"
+    );
+    let mut broken = gateway.clone();
+    broken.fields.remove("listen");
+    let e = broken.settings::<GatewayPlan>().unwrap_err();
+    assert!(e.to_string().contains("missing field `listen`"), "{e}");
+    assert!(e.help().unwrap().contains("aistack up"));
+}
+
+#[test]
+fn a_sandbox_payload_is_complete() {
+    let plan = plan(&full_spec(), &fresh());
+    let step = plan.find(&ResourceId::new(Kind::Sandbox, "coder")).unwrap();
+    let Payload::Sandbox(sandbox) = &plan.step(step).desired.as_ref().unwrap().payload else {
+        panic!("a sandbox step carries a sandbox payload");
+    };
+    // The agent's variables, the model's, then `env:` (the template's under its own).
+    let env = &sandbox.environment;
+    assert_eq!(env["ANTHROPIC_API_KEY"], "aistack-placeholder");
+    assert_eq!(env["ANTHROPIC_BASE_URL"], "https://api.anthropic.com");
+    assert_eq!(
+        env["CHAT_URL"],
+        "http://models.aistack.internal/engines/v1/"
+    );
+    assert_eq!(env["CHAT_MODEL"], "chat");
+    assert_eq!(env["LANG"], "C.UTF-8");
+    assert_eq!(sandbox.program, "claude");
+    assert_eq!(sandbox.settings.command(), ["claude"]);
+    assert_eq!(sandbox.settings.ports[0].to_string(), "127.0.0.1:8080:3000");
+}
+
+#[test]
+fn down_with_models_deletes_only_artifacts_no_other_project_records() {
+    let mut observed = applied();
+    for (name, digest) in [("chat", "sha256:aaa"), ("embed", "sha256:bbb")] {
+        let record = observed
+            .resources
+            .get_mut(&ResourceId::new(Kind::Model, name))
+            .unwrap();
+        record
+            .outputs
+            .insert(MANIFEST_OUTPUT.to_owned(), digest.to_owned());
+    }
+    observed.other_artifacts.insert("sha256:bbb".to_owned());
+    let deleted = |plan: &Plan| -> Vec<String> {
+        (plan.steps().into_iter())
+            .filter(|s| s.delete_artifact)
+            .map(|s| s.id.to_string())
+            .collect()
+    };
+    assert!(deleted(&reconcile_down("demo", &observed, false)).is_empty());
+    let plan = reconcile_down("demo", &observed, true);
+    assert_eq!(deleted(&plan), ["model chat"]);
+    assert!(
+        plan.render_text()
+            .contains("model chat       not in spec  its artifact is deleted from the store"),
+        "{}",
+        plan.render_text()
+    );
+    let back: Plan = serde_json::from_str(&plan.render_json()).unwrap();
+    assert_eq!(back, plan);
+}
+
+#[test]
+fn a_template_image_the_store_holds_is_used_as_it_is() {
+    let mut observed = fresh();
+    let reference = "127.0.0.1:5000/sandbox/debian:bookworm";
+    let pulled = |observed: &Observed| {
+        let plan = plan(&full_spec(), observed);
+        let step = plan.find(&ResourceId::new(Kind::Template, "base")).unwrap();
+        match &plan.step(step).desired.as_ref().unwrap().payload {
+            Payload::Template(t) => t.image_in_store.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(pulled(&observed), None);
+    observed
+        .images
+        .insert(reference.to_owned(), "sha256:ccc".to_owned());
+    assert_eq!(pulled(&observed).as_deref(), Some("sha256:ccc"));
+}
+
+#[test]
+fn a_registry_model_pulls_the_digest_planning_resolved() {
+    let mut observed = fresh();
+    observed.registry.insert(
+        "127.0.0.1:5000/ai/smollm2:135M-Q4_1".to_owned(),
+        aistack_planner::RegistryFact {
+            digest: "sha256:ddd".to_owned(),
+            size: Some(98),
+        },
+    );
+    let plan = plan(&full_spec(), &observed);
+    let step = plan.find(&ResourceId::new(Kind::Model, "embed")).unwrap();
+    let Payload::Model(ModelPlan { artifact, .. }) =
+        &plan.step(step).desired.as_ref().unwrap().payload
+    else {
+        panic!("a model step carries a model payload");
+    };
+    assert_eq!(
+        *artifact,
+        Artifact::Pull {
+            reference: "127.0.0.1:5000/ai/smollm2:135M-Q4_1".to_owned(),
+            digest: Some("sha256:ddd".to_owned()),
+            size: Some(98),
+        }
+    );
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::values::{
     Agent, ByteSize, EngineKind, GpuLayers, HostRule, Isolation, KeepAlive, ModelMode,
@@ -199,7 +199,7 @@ pub struct Template {
 }
 
 /// Which destinations a sandbox may reach through the filtering proxy.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct NetworkPolicy {
     /// Decision for destinations no rule matches.
@@ -220,7 +220,7 @@ pub struct NetworkPolicy {
 }
 
 /// A secret the proxy injects; the sandbox never sees its value.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Credential {
     /// Host whose requests get the header.

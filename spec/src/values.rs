@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
-use serde::{Serialize, Serializer};
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// A size in bytes, written `512MiB`, `2GiB`, `2G` or a plain byte count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ByteSize(pub u64);
 
@@ -87,7 +88,7 @@ pub fn format_duration(d: Duration) -> String {
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, JsonSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize, JsonSchema)]
         pub enum $name {
             $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
         }
@@ -403,6 +404,80 @@ impl JsonSchema for PortMapping {
         })
     }
 }
+
+/// Reading back what these types serialise to: plans and state records carry them in their
+/// canonical form, and they are read with the same parsers as the file, so one spelling has
+/// one meaning everywhere. Integers are accepted where the file accepts them (`keep_alive:
+/// -1`, `gpu_layers: 20`).
+trait FromText: Sized {
+    /// What the value is, for the error (`a keep-alive`).
+    const EXPECTED: &'static str;
+    fn from_text(text: &str) -> Result<Self, InvalidValue>;
+    fn from_integer(n: i128) -> Result<Self, InvalidValue> {
+        Self::from_text(&n.to_string())
+    }
+}
+
+struct TextVisitor<T>(std::marker::PhantomData<T>);
+
+impl<T: FromText> Visitor<'_> for TextVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(T::EXPECTED)
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+        T::from_text(text).map_err(|e| E::custom(format!("`{text}`: {}", e.reason)))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+        T::from_integer(n.into()).map_err(|e| E::custom(format!("`{n}`: {}", e.reason)))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
+        T::from_integer(n.into()).map_err(|e| E::custom(format!("`{n}`: {}", e.reason)))
+    }
+}
+
+macro_rules! deserialize_from_text {
+    ($($name:ident),+ $(,)?) => {$(
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(TextVisitor::<$name>(std::marker::PhantomData))
+            }
+        }
+    )+};
+}
+
+impl FromText for KeepAlive {
+    const EXPECTED: &'static str = "a keep-alive: a duration, `0` or `-1`";
+    fn from_text(text: &str) -> Result<Self, InvalidValue> {
+        KeepAlive::parse(text)
+    }
+    fn from_integer(n: i128) -> Result<Self, InvalidValue> {
+        KeepAlive::from_integer(n)
+    }
+}
+
+impl FromText for GpuLayers {
+    const EXPECTED: &'static str = "a layer count or `auto`";
+    fn from_text(text: &str) -> Result<Self, InvalidValue> {
+        GpuLayers::parse(text)
+    }
+}
+
+impl FromText for HostRule {
+    const EXPECTED: &'static str = "a host rule";
+    fn from_text(text: &str) -> Result<Self, InvalidValue> {
+        HostRule::parse(text)
+    }
+}
+
+impl FromText for PortMapping {
+    const EXPECTED: &'static str = "a port mapping `[HOST_IP:]HOST_PORT:SANDBOX_PORT`";
+    fn from_text(text: &str) -> Result<Self, InvalidValue> {
+        PortMapping::parse(text)
+    }
+}
+
+deserialize_from_text!(KeepAlive, GpuLayers, HostRule, PortMapping);
 
 /// Why a value could not be parsed: a short label for the span and what to write instead.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -429,7 +429,7 @@ fn dotenv_beside_the_spec_fills_variables_and_the_environment_wins() {
             .unwrap()
             .iter()
             .find(|s| s["id"]["kind"] == "model")
-            .unwrap()["desired"]["fields"]["context_size"]
+            .unwrap()["desired"]["payload"]["settings"]["context_size"]
             .clone()
     };
     assert_eq!(model(&json), 2048);

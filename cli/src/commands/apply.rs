@@ -64,13 +64,16 @@ pub async fn up(spec: &SpecArgs, options: UpOptions) -> Result<ExitCode, Failure
 pub async fn down(spec: &SpecArgs, models: bool) -> Result<ExitCode, Failure> {
     let home = home()?;
     let project = spec.project_without_spec()?;
-    let observed = aistack_daemon::state::ProjectState::load(&home, &project)?.observed();
-    let plan = aistack_planner::reconcile_down(&project, &observed);
+    let mut observed = aistack_daemon::state::ProjectState::load(&home, &project)?.observed();
+    if models {
+        observed.other_artifacts = crate::observe::other_artifacts(&home, &project);
+    }
+    let plan = aistack_planner::reconcile_down(&project, &observed, models);
     print!("{}", plan.render_text());
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    apply(&home, plan, models, false, Secrets::default()).await
+    apply(&home, plan, false, Secrets::default()).await
 }
 
 /// Removes one applied resource of the project (`sandbox rm`), as `down` removes them all.
@@ -82,12 +85,12 @@ pub async fn remove(
     let project = spec.project_without_spec()?;
     let mut observed = aistack_daemon::state::ProjectState::load(&home, &project)?.observed();
     observed.resources.retain(|recorded, _| recorded == id);
-    let plan = aistack_planner::reconcile_down(&project, &observed);
+    let plan = aistack_planner::reconcile_down(&project, &observed, false);
     print!("{}", plan.render_text());
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    apply(&home, plan, false, false, Secrets::default()).await
+    apply(&home, plan, false, Secrets::default()).await
 }
 
 async fn converge(home: &Home, spec: &SpecArgs, options: UpOptions) -> Result<ExitCode, Failure> {
@@ -99,7 +102,7 @@ async fn converge(home: &Home, spec: &SpecArgs, options: UpOptions) -> Result<Ex
     let proxies = !loaded.document.spec.network_policies.is_empty();
     let sandboxes = !loaded.document.spec.sandboxes.is_empty();
     if !plan.is_empty() {
-        apply(home, plan, false, options.quiet, secrets).await?;
+        apply(home, plan, options.quiet, secrets).await?;
     } else if serves || proxies || sandboxes {
         // Nothing to change, but the models must be served, the proxies listen and the
         // sandboxes' ports and proxy sockets be served: this starts the daemon if it is
@@ -123,7 +126,7 @@ async fn converge(home: &Home, spec: &SpecArgs, options: UpOptions) -> Result<Ex
         };
         println!("Gateway: {url}");
     }
-    for proxy in status.resources.iter().filter(|r| r.kind == "proxy") {
+    for proxy in (status.resources.iter()).filter(|r| r.kind == aistack_planner::Kind::Proxy) {
         let Some(endpoint) = &proxy.endpoint else {
             return Err(stopped(format!("The proxy of `network_policies.{}`", proxy.name)).into());
         };
@@ -189,13 +192,7 @@ fn secrets(loaded: &Loaded) -> Result<Secrets, Failure> {
 /// Gives the daemon the secrets with an empty plan, silently, starting it if needed.
 async fn hand_over(home: &Home, plan: Plan, secrets: Secrets) -> Result<(), Failure> {
     let client = ensure_daemon(home).await?;
-    let mut lines = client
-        .apply(&ApplyRequest {
-            plan,
-            remove_models: false,
-            secrets,
-        })
-        .await?;
+    let mut lines = client.apply(&ApplyRequest { plan, secrets }).await?;
     while let Some(line) = lines.recv().await {
         if let ApplyLine::Finished { .. } = line {
             break;
@@ -215,7 +212,6 @@ fn report_failure(result: Result<ExitCode, Failure>) {
 async fn apply(
     home: &Home,
     plan: Plan,
-    remove_models: bool,
     quiet: bool,
     secrets: Secrets,
 ) -> Result<ExitCode, Failure> {
@@ -225,13 +221,7 @@ async fn apply(
     let actions = actions(&plan);
     let summary = plan.summary();
     println!();
-    let mut lines = client
-        .apply(&ApplyRequest {
-            plan,
-            remove_models,
-            secrets,
-        })
-        .await?;
+    let mut lines = client.apply(&ApplyRequest { plan, secrets }).await?;
     let mut started: BTreeMap<ResourceId, Instant> = BTreeMap::new();
     let mut failures = Vec::new();
     let mut cancelling = false;

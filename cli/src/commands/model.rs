@@ -213,7 +213,7 @@ fn list(store: &Store, json: bool) -> Result<(), Failure> {
     for entry in store.list()? {
         let reference = entry
             .annotations
-            .get("org.opencontainers.image.ref.name")
+            .get(aistack_store::artifact::ANNOTATION_REF_NAME)
             .cloned();
         let slot = models
             .entry(entry.manifest_digest.clone())
@@ -279,7 +279,7 @@ fn inspect(store: &Store, reference: &str, json: bool) -> Result<(), Failure> {
         .filter(|e| e.manifest_digest == digest)
         .filter_map(|e| {
             e.annotations
-                .get("org.opencontainers.image.ref.name")
+                .get(aistack_store::artifact::ANNOTATION_REF_NAME)
                 .cloned()
         })
         .collect();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use aistack_daemon::sandboxes::{ISOLATION, ISOLATION_REASON, Sandboxes};
 use aistack_daemon::state::ProjectState;
-use aistack_planner::Kind;
+use aistack_daemon::templates::Templates;
+use aistack_planner::{Kind, SandboxSettings};
 use aistack_sandbox::client::GuestClient;
 use clap::Subcommand;
 
@@ -69,37 +70,37 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
                 let up = GuestClient::new(&socket)
                     .is_up(Duration::from_millis(500))
                     .await;
-                let field = |key: &str| sandbox.fields.get(key).cloned().unwrap_or_default();
+                let settings = sandbox.settings::<SandboxSettings>()?;
                 let output = |key: &str| sandbox.outputs.get(key).cloned().unwrap_or_default();
-                rows.push(serde_json::json!({
-                    "name": sandbox.id.name,
-                    "state": if up { "running" } else { "stopped" },
-                    "template": field("template"),
-                    "agent": field("agent"),
-                    "isolation": output(ISOLATION),
-                    "isolation_reason": output(ISOLATION_REASON),
-                    "workspace": field("workspace"),
-                    "network_policy": field("network_policy"),
-                }));
+                rows.push(SandboxRow {
+                    agent: settings.agent,
+                    isolation: output(ISOLATION),
+                    isolation_reason: output(ISOLATION_REASON),
+                    name: sandbox.id.name.clone(),
+                    network_policy: settings.network_policy,
+                    state: if up { "running" } else { "stopped" },
+                    template: settings.template,
+                    workspace: settings.workspace,
+                });
             }
             let mut out = std::io::stdout();
             if json {
-                let _ = writeln!(out, "{}", serde_json::Value::Array(rows));
+                let text = serde_json::to_string(&rows).unwrap_or_default();
+                let _ = writeln!(out, "{text}");
             } else if rows.is_empty() {
                 eprintln!(
                     "No sandboxes in project `{project}`; add one under `sandboxes:` and run `aistack up`"
                 );
             } else {
                 for row in rows {
-                    let text = |key: &str| row[key].as_str().unwrap_or("-").to_owned();
                     let _ = writeln!(
                         out,
                         "{:<16} {:<8} {:<10} {:<8} {}",
-                        text("name"),
-                        text("state"),
-                        text("isolation"),
-                        text("agent"),
-                        text("workspace")
+                        row.name,
+                        row.state,
+                        row.isolation,
+                        row.agent.as_str(),
+                        row.workspace
                     );
                 }
             }
@@ -114,26 +115,12 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         SandboxCommand::Run { name } => {
-            let recorded = find(&recorded, &name, &project)?;
-            let field = |key: &str| recorded.fields.get(key).cloned().unwrap_or_default();
-            let agent = field("agent").as_str().unwrap_or("shell").to_owned();
-            let profile = aistack_sandbox::agents::profile(&agent).ok_or_else(|| {
-                Report::new(
-                    format!("Sandbox `{name}` records an unknown agent `{agent}`"),
-                    Some("Run `aistack up` with this version of aistack".to_owned()),
-                )
-            })?;
-            let mut argv = vec![profile.command.to_owned()];
-            let args = field("args");
-            argv.extend(
-                (args.as_array().into_iter().flatten())
-                    .filter_map(|a| a.as_str().map(str::to_owned)),
-            );
+            let settings = find(&recorded, &name, &project)?.settings::<SandboxSettings>()?;
             let terminal = rustix::termios::isatty(std::io::stdin());
             let request = aistack_sandbox::protocol::Exec {
-                argv,
+                argv: settings.command(),
                 env: Default::default(),
-                cwd: field("workspace").as_str().map(str::to_owned),
+                cwd: Some(settings.workspace),
                 user: None,
                 tty: terminal.then(super::exec::window_size),
                 detach: false,
@@ -159,6 +146,19 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
     }
 }
 
+/// A line of `sandbox ls`; fields in name order, as `--json` has always printed them.
+#[derive(serde::Serialize)]
+struct SandboxRow {
+    agent: aistack_spec::values::Agent,
+    isolation: String,
+    isolation_reason: String,
+    name: String,
+    network_policy: Option<String>,
+    state: &'static str,
+    template: String,
+    workspace: String,
+}
+
 /// `sandbox save`: each layer, bottom first, packed into the store's staging directory,
 /// then the image stored under `tag`.
 async fn save(
@@ -177,27 +177,20 @@ async fn save(
             )
         })?
         .to_string();
-    let field = |key: &str| {
-        (recorded.fields.get(key).and_then(|v| v.as_str()))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let sandboxes = Sandboxes::new(home.clone());
-    let template = field("template");
-    let mut layers = sandboxes
-        .template_layers(project, &template)
-        .ok_or_else(|| {
-            Report::new(
-                format!("Template `{template}` of sandbox `{name}` is not built"),
-                Some("Run `aistack up`".to_owned()),
-            )
-        })?;
+    let settings = recorded.settings::<SandboxSettings>()?;
+    let template = &settings.template;
+    let mut layers = Templates::layers_in(home, project, template).ok_or_else(|| {
+        Report::new(
+            format!("Template `{template}` of sandbox `{name}` is not built"),
+            Some("Run `aistack up`".to_owned()),
+        )
+    })?;
     layers.insert(
         0,
         Sandboxes::layout_in(home, project, name).dir.join("upper"),
     );
-    let range = sandboxes.id_range();
-    let owner = std::fs::metadata(field("workspace"))
+    let range = aistack_daemon::sandboxes::id_range();
+    let owner = std::fs::metadata(&settings.workspace)
         .map_or((range.agent(), range.agent()), |m| (m.uid(), m.gid()));
     let store = aistack_store::Store::open(&home.models())?;
     let packed = tokio::task::spawn_blocking(move || -> std::io::Result<_> {

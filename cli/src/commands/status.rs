@@ -46,7 +46,7 @@ pub async fn status(spec: &SpecArgs, json: bool) -> Result<ExitCode, Failure> {
             .filter(|s| s.action == Action::Create)
         {
             status.resources.push(ResourceStatus {
-                kind: step.id.kind.as_str().to_owned(),
+                kind: step.id.kind,
                 name: step.id.name.clone(),
                 state: "pending".to_owned(),
                 endpoint: None,
@@ -55,7 +55,7 @@ pub async fn status(spec: &SpecArgs, json: bool) -> Result<ExitCode, Failure> {
         }
         status
             .resources
-            .sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
+            .sort_by(|a, b| (a.kind.as_str(), &a.name).cmp(&(b.kind.as_str(), &b.name)));
     }
     if json {
         println!(
@@ -87,7 +87,7 @@ fn print_table(status: &ProjectStatus, daemon: bool) {
         .map(|r| {
             let detail = r.endpoint.as_deref().or(r.detail.as_deref()).unwrap_or("");
             vec![
-                r.kind.clone(),
+                r.kind.as_str().to_owned(),
                 r.name.clone(),
                 r.state.clone(),
                 detail.to_owned(),

@@ -4,9 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use aistack_daemon::sandboxes::ROOTFS;
+use aistack_daemon::kinds::template::ROOTFS;
 use aistack_daemon::state::ProjectState;
-use aistack_planner::Kind;
+use aistack_planner::{Applied, Base, Kind, SandboxSettings, TemplateSettings};
 use clap::Subcommand;
 
 use super::home;
@@ -46,41 +46,35 @@ pub async fn template(spec: &SpecArgs, command: TemplateCommand) -> Result<ExitC
     };
     match command {
         TemplateCommand::Ls { json } => {
-            let rows: Vec<serde_json::Value> = (templates.iter())
-                .map(|t| {
-                    let steps =
-                        (t.fields.get("run").and_then(|r| r.as_array())).map_or(0, Vec::len);
-                    serde_json::json!({
-                        "name": t.id.name,
-                        "from": t.fields.get("from").cloned().unwrap_or_default(),
-                        "steps": steps,
-                        "hash": t.hash,
-                        "layers": layers(t),
-                    })
-                })
-                .collect();
+            let mut rows = Vec::new();
+            for t in &templates {
+                let settings = t.settings::<TemplateSettings>()?;
+                rows.push(TemplateRow {
+                    from: settings.from,
+                    hash: t.hash.clone(),
+                    layers: layers(t),
+                    name: t.id.name.clone(),
+                    steps: settings.run.len(),
+                });
+            }
             let mut out = std::io::stdout();
             if json {
-                let _ = writeln!(out, "{}", serde_json::Value::Array(rows));
+                let text = serde_json::to_string(&rows).unwrap_or_default();
+                let _ = writeln!(out, "{text}");
             } else if rows.is_empty() {
                 eprintln!(
                     "No templates in project `{project}`; add one under `templates:` and run `aistack up`"
                 );
             } else {
                 for row in rows {
-                    let from = &row["from"];
-                    let from = ["path", "image", "template"]
-                        .iter()
-                        .find_map(|k| from.get(*k).and_then(|v| v.as_str()))
-                        .unwrap_or("-");
-                    let hash = row["hash"].as_str().unwrap_or("-");
+                    let (Base::Path(from) | Base::Image(from) | Base::Template(from)) = &row.from;
                     let _ = writeln!(
                         out,
                         "{:<16} {:<12} {} steps, {} layers, from {from}",
-                        row["name"].as_str().unwrap_or("-"),
-                        &hash[..hash.len().min(12)],
-                        row["steps"],
-                        row["layers"].as_array().map_or(0, Vec::len),
+                        row.name,
+                        &row.hash[..row.hash.len().min(12)],
+                        row.steps,
+                        row.layers.len(),
                     );
                 }
             }
@@ -94,18 +88,12 @@ pub async fn template(spec: &SpecArgs, command: TemplateCommand) -> Result<ExitC
                 )
                 .into());
             };
-            let users: Vec<String> = (state.resources.iter())
-                .filter(|r| {
-                    // A sandbox names its template; a template its parent in `from`.
-                    let base = match r.id.kind {
-                        Kind::Sandbox => r.fields.get("template"),
-                        Kind::Template => r.fields.get("from").and_then(|f| f.get("template")),
-                        _ => None,
-                    };
-                    base.and_then(|b| b.as_str()) == Some(name.as_str())
-                })
-                .map(|r| format!("`{}`", r.id))
-                .collect();
+            let mut users = Vec::new();
+            for record in &state.resources {
+                if uses_template(record, &name)? {
+                    users.push(format!("`{}`", record.id));
+                }
+            }
             if !users.is_empty() {
                 return Err(Report::new(
                     format!("Template `{name}` is used by {}", users.join(", ")),
@@ -147,6 +135,27 @@ pub async fn template(spec: &SpecArgs, command: TemplateCommand) -> Result<ExitC
             Ok(code)
         }
     }
+}
+
+/// A line of `template ls`; fields in name order, as `--json` has always printed them.
+#[derive(serde::Serialize)]
+struct TemplateRow {
+    from: Base,
+    hash: String,
+    layers: Vec<String>,
+    name: String,
+    steps: usize,
+}
+
+/// Whether `record` is built on template `name`: a sandbox of it, or a template `from` it.
+fn uses_template(record: &Applied, name: &str) -> Result<bool, Failure> {
+    Ok(match record.id.kind {
+        Kind::Sandbox => record.settings::<SandboxSettings>()?.template == name,
+        Kind::Template => {
+            record.settings::<TemplateSettings>()?.from == Base::Template(name.to_owned())
+        }
+        _ => false,
+    })
 }
 
 /// The other projects whose templates link layers under `dir`.

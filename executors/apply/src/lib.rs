@@ -13,8 +13,8 @@
 //! |-----------|----------------------------------------------|-------------------------|
 //! | `Create`  | [`Host::create`]`(desired)`                  | `Applied`               |
 //! | `Change`  | [`Host::change`]`(current, desired)`         | `Applied`               |
-//! | `Remove`  | [`Host::remove`]`(current)`                  | `Removed`               |
-//! | `Replace` | [`Host::remove`]`(current)`, then `create`   | `Removed`, then `Applied` |
+//! | `Remove`  | [`Host::remove`]`(current, delete_artifact)` | `Removed`               |
+//! | `Replace` | [`Host::remove`]`(current, false)`, then `create` | `Removed`, then `Applied` |
 //!
 //! The [`Event::Applied`] record is `desired`'s id, fields, hash and dependencies plus the
 //! outputs the host returned: nothing is merged from the previous record, so a host returns
@@ -92,10 +92,13 @@ pub trait Host: Send + Sync + 'static {
         progress: &Progress,
     ) -> impl Future<Output = Result<Outputs, HostError>> + Send;
 
-    /// Removes the resource. Idempotent: removing what is gone succeeds.
+    /// Removes the resource, and with `delete_artifact` (the step's
+    /// [`Step::delete_artifact`]) what it keeps in a shared store. Idempotent: removing
+    /// what is gone succeeds.
     fn remove(
         &self,
         current: &Applied,
+        delete_artifact: bool,
         progress: &Progress,
     ) -> impl Future<Output = Result<(), HostError>> + Send;
 }
@@ -294,7 +297,8 @@ impl Report {
 enum Work<'a> {
     Create(&'a Desired),
     Change(&'a Applied, &'a Desired),
-    Remove(&'a Applied),
+    /// The record, and whether its artifact goes too.
+    Remove(&'a Applied, bool),
     Replace(&'a Applied, &'a Desired),
 }
 
@@ -322,7 +326,7 @@ impl<'a> Work<'a> {
         Ok(match step.action {
             Action::Create => Work::Create(desired()?),
             Action::Change => Work::Change(current()?, desired()?),
-            Action::Remove => Work::Remove(current()?),
+            Action::Remove => Work::Remove(current()?, step.delete_artifact),
             Action::Replace => Work::Replace(current()?, desired()?),
         })
     }
@@ -491,12 +495,12 @@ async fn run<H: Host>(
                     Applied::from_desired(desired, outputs),
                 ));
             }
-            Work::Remove(current) => {
-                host.remove(current, &progress).await?;
+            Work::Remove(current, delete_artifact) => {
+                host.remove(current, delete_artifact, &progress).await?;
                 emit(Event::Removed(index, current.id.clone()));
             }
             Work::Replace(current, desired) => {
-                host.remove(current, &progress).await?;
+                host.remove(current, false, &progress).await?;
                 emit(Event::Removed(index, current.id.clone()));
                 let outputs = host.create(desired, &progress).await?;
                 emit(Event::Applied(

@@ -14,8 +14,10 @@ use aistack_apply::{
     Unsupported, WalkOptions, walk,
 };
 use aistack_planner::{
-    Action, Applied, Cause, Desired, Kind, Payload, Plan, ResourceId, Step, StepIndex,
+    Action, Applied, Artifact, Cause, Desired, EngineOptions, Kind, ModelPlan, ModelSettings,
+    Payload, Plan, ResourceId, Serving, Step, StepIndex,
 };
+use aistack_spec::values::{EngineKind, KeepAlive, ModelMode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -194,7 +196,7 @@ impl Drop for InFlight<'_> {
 fn record(desired: &Desired, generation: usize) -> Applied {
     Applied {
         id: desired.id.clone(),
-        fields: desired.fields.clone(),
+        fields: desired.fields(),
         hash: desired.hash.clone(),
         depends_on: desired.depends_on.clone(),
         outputs: Outputs::from([("generation".to_owned(), generation.to_string())]),
@@ -241,7 +243,12 @@ impl Host for FakeHost {
         Ok(outputs)
     }
 
-    async fn remove(&self, current: &Applied, progress: &Progress) -> Result<(), HostError> {
+    async fn remove(
+        &self,
+        current: &Applied,
+        _delete_artifact: bool,
+        progress: &Progress,
+    ) -> Result<(), HostError> {
         let mut call = self.enter(Op::Remove, &current.id, progress).await?;
         // Idempotent: removing what is gone succeeds.
         self.state.lock().unwrap().remove(&current.id);
@@ -258,27 +265,42 @@ fn id(name: &str) -> ResourceId {
     ResourceId::new(Kind::Model, name)
 }
 
+/// A model whose settings differ by `version`: its reference.
 fn desired(name: &str, version: u32) -> Desired {
-    let fields = BTreeMap::from([("version".to_owned(), serde_json::json!(version))]);
-    Desired {
-        id: id(name),
-        fields,
-        replace_fields: vec!["version".into()],
-        hash: format!("hash-{name}-{version}"),
-        depends_on: Vec::new(),
-        payload: Payload::RegistryModel {
-            reference: format!("example.com/{name}:{version}"),
+    let reference = format!("example.com/{name}:{version}");
+    let plan = ModelPlan {
+        settings: ModelSettings {
+            source: reference.clone(),
+            digests: vec![reference.clone()],
+            serving: Serving {
+                engine: EngineKind::LlamaCpp,
+                context_size: None,
+                parallel: Some(1),
+                keep_alive: KeepAlive::Forever,
+                mode: ModelMode::Chat,
+                runtime_flags: Vec::new(),
+                options: EngineOptions::Diffusers {},
+            },
+        },
+        artifact: Artifact::Pull {
+            reference,
             digest: None,
             size: None,
         },
-    }
+    };
+    Desired::new(name, Payload::Model(plan), Vec::new())
+}
+
+/// The hash of `desired(name, version)`.
+fn hash(name: &str, version: u32) -> String {
+    desired(name, version).hash
 }
 
 fn applied(name: &str, version: u32) -> Applied {
     let d = desired(name, version);
     Applied {
+        fields: d.fields(),
         id: d.id,
-        fields: d.fields,
         hash: d.hash,
         depends_on: Vec::new(),
         outputs: Outputs::new(),
@@ -328,6 +350,7 @@ impl PlanBuilder {
             cause,
             desired,
             current,
+            delete_artifact: false,
         });
         self.names.insert(name.into(), index);
         index
@@ -856,14 +879,14 @@ async fn replace_removes_then_creates_and_reports_in_that_order() {
                 Some("removed")
             }
             Event::Applied(_, record) => {
-                assert_eq!(record.hash, "hash-m-2");
+                assert_eq!(record.hash, hash("m", 2));
                 Some("applied")
             }
             _ => None,
         })
         .collect();
     assert_eq!(kinds, ["started", "removed", "applied"]);
-    assert_eq!(host.resources()[&id("m")].hash, "hash-m-2");
+    assert_eq!(host.resources()[&id("m")].hash, hash("m", 2));
 }
 
 #[tokio::test(start_paused = true)]
@@ -925,7 +948,7 @@ async fn replace_whose_removal_fails_reports_neither() {
         host.calls().iter().map(|c| c.op).collect::<Vec<_>>(),
         [Op::Remove]
     );
-    assert_eq!(host.resources()[&id("m")].hash, "hash-m-1");
+    assert_eq!(host.resources()[&id("m")].hash, hash("m", 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -947,7 +970,7 @@ async fn change_passes_current_and_desired_and_records_desired() {
     let want = desired("m", 2);
     assert_eq!(
         (&record.id, &record.fields, &record.hash),
-        (&want.id, &want.fields, &want.hash)
+        (&want.id, &want.fields(), &want.hash)
     );
     assert_eq!(record.outputs, host.resources()[&id("m")].outputs);
 }

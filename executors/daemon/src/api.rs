@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use aistack_planner::{Plan, ResourceId};
+use aistack_planner::{Kind, Plan, ResourceId};
 use serde::{Deserialize, Serialize};
 
 /// The daemon is up.
@@ -21,13 +21,21 @@ pub struct Health {
     pub pid: u32,
 }
 
+/// An error answer of any route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// One line.
+    pub error: String,
+    /// What to do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
+}
+
 /// Apply a plan.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApplyRequest {
     /// The plan, as `aistack plan --json` prints it.
     pub plan: Plan,
-    /// Delete models from the shared store on removal (`down --models`).
-    pub remove_models: bool,
     /// The values of the environment variables the plan names as secrets
     /// (`gateway.api_key_env`), read by the CLI: the plan carries only their names. The
     /// daemon keeps them in memory, never in state files or logs.
@@ -172,8 +180,8 @@ pub struct EngineServing {
 /// One resource in `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceStatus {
-    /// `model`, `engine`, `proxy`, `template` or `sandbox`.
-    pub kind: String,
+    /// `gateway`, `model`, `engine`, `proxy`, `template` or `sandbox`.
+    pub kind: Kind,
     /// Its name in the spec.
     pub name: String,
     /// `ready`, `missing` (applied but gone from the machine), …
@@ -194,7 +202,6 @@ mod tests {
     fn secrets_travel_but_never_print() {
         let request = ApplyRequest {
             plan: Plan::default(),
-            remove_models: false,
             secrets: Secrets([("API_KEY".to_owned(), "s3cret".to_owned())].into()),
         };
         let debug = format!("{request:?}");

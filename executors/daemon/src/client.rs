@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use crate::api::{ApplyLine, ApplyRequest, Health, ProjectStatus};
+use crate::api::{ApiError, ApplyLine, ApplyRequest, Health, ProjectStatus};
 
 /// Talking to the daemon failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +29,13 @@ pub enum ClientError {
     #[error("The connection to the aistack daemon broke")]
     Http(#[source] hyper::Error),
     /// The daemon answered with an error.
-    #[error("The aistack daemon refused the request: {0}")]
-    Status(String),
+    #[error("The aistack daemon refused the request: {message}")]
+    Status {
+        /// What it said.
+        message: String,
+        /// Its fix, if it gave one.
+        help: Option<String>,
+    },
     /// The daemon's answer was not what this version expects.
     #[error("The aistack daemon sent an answer this version cannot read")]
     Decode(#[source] serde_json::Error),
@@ -46,7 +51,8 @@ impl ClientError {
             ClientError::Decode(_) => {
                 Some("Stop the running daemon (`kill` the pid in `run/aistack.pid`) so `aistack up` starts this version".to_owned())
             }
-            ClientError::Http(_) | ClientError::Status(_) => Some("See `aistack logs` for the daemon's side".to_owned()),
+            ClientError::Status { help: Some(help), .. } => Some(help.clone()),
+            ClientError::Http(_) | ClientError::Status { .. } => Some("See `aistack logs` for the daemon's side".to_owned()),
         }
     }
 }
@@ -172,10 +178,15 @@ impl Client {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        let message = serde_json::from_slice::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
-        Err(ClientError::Status(message))
+        Err(match serde_json::from_slice::<ApiError>(&text) {
+            Ok(answer) => ClientError::Status {
+                message: answer.error,
+                help: answer.help,
+            },
+            Err(_) => ClientError::Status {
+                message: format!("HTTP {}", status.as_u16()),
+                help: None,
+            },
+        })
     }
 }

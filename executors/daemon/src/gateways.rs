@@ -13,62 +13,21 @@ use aistack_apply::HostError;
 use aistack_gateway::{
     Auth, DEFAULT_BODY_LIMIT, Gateway, Launcher, ModelConfig, ModelStatus, Settings,
 };
-use aistack_planner::{Applied, gateway_disagreement};
-use serde_json::Value;
+use aistack_planner::GatewayPlan;
 use tokio::sync::Mutex;
-
-/// A gateway resource as applied: its address and the settings every project on that
-/// address must agree on, as the planner recorded them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GatewaySpec {
-    /// Where it listens.
-    pub listen: SocketAddr,
-    /// The recorded fields (`listen`, `cors_origins`, `api_key_env`, `memory_budget`).
-    pub fields: BTreeMap<String, Value>,
-}
-
-impl GatewaySpec {
-    /// The spec of a gateway record; `None` if its fields are not a gateway's.
-    pub fn from_fields(fields: &BTreeMap<String, Value>) -> Option<GatewaySpec> {
-        let listen = fields.get("listen")?.as_str()?.parse().ok()?;
-        Some(GatewaySpec {
-            listen,
-            fields: fields.clone(),
-        })
-    }
-
-    fn cors_origins(&self) -> Vec<String> {
-        (self.fields.get("cors_origins").and_then(Value::as_array))
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn api_key_env(&self) -> Option<&str> {
-        self.fields.get("api_key_env").and_then(Value::as_str)
-    }
-
-    fn memory_budget(&self) -> Option<u64> {
-        self.fields.get("memory_budget").and_then(Value::as_u64)
-    }
-}
 
 /// Why a project may not join the listener at an address: another project there has other
 /// settings. Pure, so the rule is tested without sockets.
 pub fn conflict(
-    joined: &BTreeMap<String, GatewaySpec>,
+    joined: &BTreeMap<String, GatewayPlan>,
     project: &str,
-    wanted: &GatewaySpec,
+    wanted: &GatewayPlan,
 ) -> Option<HostError> {
     joined
         .iter()
         .filter(|(other, spec)| *other != project && spec.listen == wanted.listen)
         .find_map(|(other, spec)| {
-            let differing = gateway_disagreement(&wanted.fields, &spec.fields);
+            let differing = wanted.disagreement(spec);
             (!differing.is_empty()).then(|| {
                 HostError::new(format!(
                     "The gateway on `{}` is shared with project `{other}`, whose settings \
@@ -90,7 +49,7 @@ struct Inner {
     /// The running listeners by address.
     listeners: BTreeMap<SocketAddr, Gateway>,
     /// The gateway each project uses.
-    projects: BTreeMap<String, GatewaySpec>,
+    projects: BTreeMap<String, GatewayPlan>,
     /// Each project's secrets from its last apply, by variable name.
     secrets: BTreeMap<String, BTreeMap<String, String>>,
     /// Registered models by (project, name), to register again after their engine stops.
@@ -132,19 +91,19 @@ impl Gateways {
     /// The listener settings for `spec`, with the key from `secrets`. A key that is needed
     /// but unknown (the daemon restarted since the last `up`) refuses every request rather
     /// than serving unauthenticated.
-    fn settings(&self, spec: &GatewaySpec, secrets: Option<&BTreeMap<String, String>>) -> Settings {
-        let auth = match spec.api_key_env() {
+    fn settings(&self, spec: &GatewayPlan, secrets: Option<&BTreeMap<String, String>>) -> Settings {
+        let auth = match &spec.api_key_env {
             None => Auth::LoopbackOnly,
-            Some(name) => match secrets.and_then(|s| s.get(name)) {
+            Some(name) => match secrets.and_then(|s| s.get(name.as_str())) {
                 Some(key) => Auth::Key(key.clone()),
                 None => Auth::KeyUnknown,
             },
         };
         Settings {
             listen: spec.listen,
-            cors_origins: spec.cors_origins(),
+            cors_origins: spec.cors_origins.clone(),
             auth,
-            memory_budget: spec.memory_budget().unwrap_or(self.default_budget),
+            memory_budget: spec.memory_budget.unwrap_or(self.default_budget),
             body_limit: DEFAULT_BODY_LIMIT,
         }
     }
@@ -163,7 +122,7 @@ impl Gateways {
     /// Makes `project` use the listener `spec` describes, starting it if none runs there,
     /// and returns the address it listens on. Idempotent; moving to another address leaves
     /// the old one (stopped if now unused).
-    pub async fn attach(&self, project: &str, spec: GatewaySpec) -> Result<SocketAddr, HostError> {
+    pub async fn attach(&self, project: &str, spec: GatewayPlan) -> Result<SocketAddr, HostError> {
         let mut inner = self.inner.lock().await;
         if let Some(e) = conflict(&inner.projects, project, &spec) {
             return Err(e);
@@ -261,6 +220,19 @@ impl Gateways {
         Ok(())
     }
 
+    /// Whether `name` of `project` is registered.
+    pub async fn is_registered(&self, project: &str, name: &str) -> bool {
+        let key = (project.to_owned(), name.to_owned());
+        self.inner.lock().await.models.contains_key(&key)
+    }
+
+    /// Whether `name` of `project` has a loaded engine.
+    pub async fn is_loaded(&self, project: &str, name: &str) -> bool {
+        (self.status(project).await.into_iter())
+            .flat_map(|(_, models)| models)
+            .any(|m| m.name == name && m.loaded.is_some())
+    }
+
     /// Stops serving `name` of `project` (and its engine). Idempotent.
     pub async fn unregister(&self, project: &str, name: &str) {
         let removed = (self.inner.lock().await.models)
@@ -316,7 +288,7 @@ impl Gateways {
         if address.ip().is_unspecified() {
             address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        Some((address, spec.api_key_env().map(str::to_owned)))
+        Some((address, spec.api_key_env.clone()))
     }
 
     /// Stops every listener and its engines (the daemon is stopping).
@@ -326,14 +298,6 @@ impl Gateways {
             gateway.shutdown().await;
         }
     }
-}
-
-/// The gateway record among a project's applied resources.
-pub fn applied_gateway(resources: &[Applied]) -> Option<GatewaySpec> {
-    resources
-        .iter()
-        .find(|r| r.id.kind == aistack_planner::Kind::Gateway)
-        .and_then(|r| GatewaySpec::from_fields(&r.fields))
 }
 
 /// 75% of `MemTotal` in `/proc/meminfo` (DESIGN §4's default), else 8 GiB where that cannot
@@ -355,19 +319,14 @@ fn mem_total(meminfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn spec(listen: &str, cors: &[&str], key: Option<&str>) -> GatewaySpec {
-        let fields = [
-            ("listen", json!(listen)),
-            ("cors_origins", json!(cors)),
-            ("api_key_env", json!(key)),
-            ("memory_budget", Value::Null),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        GatewaySpec::from_fields(&fields).unwrap()
+    fn spec(listen: &str, cors: &[&str], key: Option<&str>) -> GatewayPlan {
+        GatewayPlan {
+            listen: listen.parse().unwrap(),
+            cors_origins: cors.iter().map(|c| (*c).to_owned()).collect(),
+            api_key_env: key.map(str::to_owned),
+            memory_budget: None,
+        }
     }
 
     #[test]

@@ -13,12 +13,12 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use aistack_apply::HostError;
 use aistack_gateway::SCOPE_HEADER;
+use aistack_planner::MODELS_HOST;
 use aistack_proxy::authority::{Authority, upstream_config};
 use aistack_proxy::netlog::{self, NetworkLog};
 use aistack_proxy::resolve::SystemResolver;
 use aistack_proxy::{Config, Destination, Limits, Proxy, Route, Settings};
-use aistack_spec::model::Credential;
-use serde_json::Value;
+use aistack_spec::model::{Credential, NetworkPolicy};
 use tokio::sync::Mutex;
 
 use crate::home::Home;
@@ -43,8 +43,8 @@ struct Inner {
     secrets: BTreeMap<String, Arc<RwLock<BTreeMap<String, String>>>>,
     /// How intercepted upstreams are verified, shared by every listener.
     upstream_tls: Option<Arc<aistack_proxy::ClientConfig>>,
-    /// The payload each policy was last applied with, by project then policy.
-    payloads: BTreeMap<String, BTreeMap<String, Value>>,
+    /// The policy each listener was last applied with, by project then policy name.
+    policies: BTreeMap<String, BTreeMap<String, NetworkPolicy>>,
     /// How each sandbox with a listener of its own goes out, by project then sandbox.
     attached: BTreeMap<String, BTreeMap<String, Access>>,
 }
@@ -67,18 +67,21 @@ pub struct ModelAccess {
     pub models: Vec<String>,
 }
 
-/// The name under which a sandbox reaches its models (DESIGN §7).
-pub const MODELS_HOST: &str = "models.aistack.internal";
-
 /// What a sandbox without a policy may reach: nothing but its models.
-fn deny_all() -> Value {
-    serde_json::json!({"default": "deny"})
+fn deny_all() -> NetworkPolicy {
+    NetworkPolicy {
+        default: aistack_spec::values::PolicyDefault::Deny,
+        allow: Vec::new(),
+        deny: Vec::new(),
+        bypass: Vec::new(),
+        credentials: Vec::new(),
+    }
 }
 
-/// The listener's view of `payload` for `source`, with the models route of a sandbox
-/// that lists models.
-fn config(source: &str, payload: &Value, models: Option<&ModelAccess>) -> Result<Config, String> {
-    let mut config = Config::from_payload(source, payload)?;
+/// The listener's view of `policy` for `source`, with the models route of a sandbox that
+/// lists models.
+fn config(source: &str, policy: &NetworkPolicy, models: Option<&ModelAccess>) -> Config {
+    let mut config = Config::new(source, policy);
     if let Some(access) = models {
         config.routes.push(Route {
             host: MODELS_HOST.to_owned(),
@@ -95,7 +98,7 @@ fn config(source: &str, payload: &Value, models: Option<&ModelAccess>) -> Result
             config.credentials.push((host, credential));
         }
     }
-    Ok(config)
+    config
 }
 
 /// The key of a sandbox's own listener among a project's (policy names hold no `:`).
@@ -150,31 +153,31 @@ impl Proxies {
         Ok(handles)
     }
 
-    /// Makes `project`'s listener for policy `name` enforce `payload` (a plan's `proxy`
-    /// payload): starts it on loopback (on `port` when re-adopting a recorded one, else any
-    /// free port), or, when it runs, swaps its policy in place, and with it the policy of
-    /// every sandbox attached to it. Returns where it listens.
+    /// Makes `project`'s listener for policy `name` enforce `policy`: starts it on
+    /// loopback (on `port` when re-adopting a recorded one, else any free port), or, when
+    /// it runs, swaps its policy in place, and with it the policy of every sandbox attached
+    /// to it. Returns where it listens.
     pub async fn apply(
         &self,
         project: &str,
         name: &str,
-        payload: &Value,
+        policy: &NetworkPolicy,
         port: Option<u16>,
     ) -> Result<SocketAddr, HostError> {
         let address = self
-            .listen(project, name, config(name, payload, None), port)
+            .listen(project, name, config(name, policy, None), port)
             .await?;
         let sandboxes: Vec<(String, Access)> = {
             let mut inner = self.inner.lock().await;
-            let payloads = inner.payloads.entry(project.to_owned()).or_default();
-            payloads.insert(name.to_owned(), payload.clone());
+            let policies = inner.policies.entry(project.to_owned()).or_default();
+            policies.insert(name.to_owned(), policy.clone());
             (inner.attached.get(project).into_iter().flatten())
                 .filter(|(_, access)| access.policy.as_deref() == Some(name))
                 .map(|(sandbox, access)| (sandbox.clone(), access.clone()))
                 .collect()
         };
         for (sandbox, access) in sandboxes {
-            let config = config(&sandbox, payload, access.models.as_ref());
+            let config = config(&sandbox, policy, access.models.as_ref());
             self.listen(project, &sandbox_key(&sandbox), config, None)
                 .await?;
         }
@@ -191,9 +194,9 @@ impl Proxies {
     ) -> Result<SocketAddr, HostError> {
         let config = {
             let mut inner = self.inner.lock().await;
-            let payload = match &access.policy {
+            let policy = match &access.policy {
                 None => deny_all(),
-                Some(policy) => (inner.payloads.get(project))
+                Some(policy) => (inner.policies.get(project))
                     .and_then(|p| p.get(policy))
                     .cloned()
                     .ok_or_else(|| {
@@ -203,7 +206,7 @@ impl Proxies {
                         .with_help("Run `aistack up`")
                     })?,
             };
-            let config = config(sandbox, &payload, access.models.as_ref());
+            let config = config(sandbox, &policy, access.models.as_ref());
             let attached = inner.attached.entry(project.to_owned()).or_default();
             attached.insert(sandbox.to_owned(), access);
             config
@@ -222,19 +225,14 @@ impl Proxies {
         self.stop(project, &sandbox_key(sandbox)).await;
     }
 
-    /// Starts or updates the listener `key` of `project` to enforce `config` (the plan's
-    /// payload, read).
+    /// Starts or updates the listener `key` of `project` to enforce `config`.
     async fn listen(
         &self,
         project: &str,
         key: &str,
-        config: Result<Config, String>,
+        config: Config,
         port: Option<u16>,
     ) -> Result<SocketAddr, HostError> {
-        let config = config.map_err(|e| {
-            HostError::new(format!("The plan's policy of `{key}` is not readable: {e}"))
-                .with_help("Plan again with this version of aistack: run `aistack up`")
-        })?;
         let source = config.source.clone();
         let name = source.as_str();
         let handles = self.project(project).await?;

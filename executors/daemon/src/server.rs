@@ -1,12 +1,11 @@
 //! The control API: axum on the daemon's unix socket.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use aistack_apply::{Event, WalkOptions};
-use aistack_planner::Plan;
-use aistack_store::Store;
-use axum::body::Body;
+use aistack_planner::{Action, Plan};
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,12 +14,9 @@ use axum::{Json, Router};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ApplyLine, ApplyRequest, Health, Problem};
-use crate::gateways::Gateways;
-use crate::home::Home;
+use crate::api::{ApiError, ApplyLine, ApplyRequest, Health, Problem};
 use crate::host::MachineHost;
-use crate::proxies::Proxies;
-use crate::sandboxes::Sandboxes;
+use crate::runtime::Runtime;
 use crate::state::ProjectState;
 use crate::status::{project_status, serving_status};
 
@@ -30,11 +26,7 @@ const MAX_PARALLEL: usize = 4;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct App {
-    home: Home,
-    store: Arc<Store>,
-    gateways: Arc<Gateways>,
-    proxies: Arc<Proxies>,
-    sandboxes: Arc<Sandboxes>,
+    runtime: Arc<Runtime>,
     projects: Arc<Mutex<HashMap<String, Arc<ProjectSlot>>>>,
 }
 
@@ -46,20 +38,10 @@ struct ProjectSlot {
 }
 
 impl App {
-    /// The API over `home`, its store and the daemon's gateways and proxies.
-    pub fn new(
-        home: Home,
-        store: Arc<Store>,
-        gateways: Arc<Gateways>,
-        proxies: Arc<Proxies>,
-        sandboxes: Arc<Sandboxes>,
-    ) -> Self {
+    /// The API over the daemon's runtime.
+    pub fn new(runtime: Arc<Runtime>) -> Self {
         App {
-            home,
-            store,
-            gateways,
-            proxies,
-            sandboxes,
+            runtime,
             projects: Arc::default(),
         }
     }
@@ -80,8 +62,8 @@ impl App {
     }
 }
 
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
+fn error(status: StatusCode, error: String, help: Option<String>) -> Response {
+    (status, Json(ApiError { error, help })).into_response()
 }
 
 async fn health() -> Json<Health> {
@@ -92,58 +74,19 @@ async fn health() -> Json<Health> {
 }
 
 async fn status(State(app): State<App>, Path(name): Path<String>) -> Response {
-    match project_status(&app.home, &app.store, &name) {
+    let runtime = &app.runtime;
+    match project_status(&runtime.home, &runtime.store, &name) {
         Ok(mut status) => {
-            if let Some((addr, models)) = app.gateways.status(&name).await {
+            if let Some((addr, models)) = runtime.gateways.status(&name).await {
                 status.gateway = Some(format!("http://{addr}"));
                 status.models = serving_status(models);
             }
-            // An engine resource is whether its model is loaded now.
-            for r in status.resources.iter_mut().filter(|r| r.kind == "engine") {
-                let serving = status.models.iter().find(|m| m.name == r.name);
-                if let Some(m) = serving {
-                    r.state = m.state.clone();
-                    r.detail = m.engine.as_ref().map(|e| format!("pid {}", e.pid));
-                }
-            }
-            // The record says a gateway was applied; the daemon knows whether it serves.
-            for r in status.resources.iter_mut().filter(|r| r.kind == "gateway") {
-                match &status.gateway {
-                    Some(url) => {
-                        r.state = "running".to_owned();
-                        r.endpoint = Some(url.clone());
-                        r.detail = None;
-                    }
-                    None => {
-                        r.state = "stopped".to_owned();
-                        r.detail = Some(
-                            "not serving; `aistack logs` says why, `aistack up` retries".to_owned(),
-                        );
-                    }
-                }
-            }
-            // A proxy serves where its listener is now, which the record also names.
-            let endpoints = app.proxies.endpoints(&name).await;
-            for r in status.resources.iter_mut().filter(|r| r.kind == "proxy") {
-                match endpoints.get(&r.name) {
-                    Some(address) => {
-                        r.state = "running".to_owned();
-                        r.endpoint = Some(format!("http://{address}"));
-                        r.detail = None;
-                    }
-                    None => {
-                        r.state = "stopped".to_owned();
-                        r.endpoint = None;
-                        r.detail = Some(
-                            "not listening; `aistack logs` says why, `aistack up` retries"
-                                .to_owned(),
-                        );
-                    }
-                }
+            for resource in &mut status.resources {
+                crate::kinds::live_status(resource, runtime, &name).await;
             }
             Json(status).into_response()
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), e.help()),
     }
 }
 
@@ -160,11 +103,23 @@ async fn cancel(State(app): State<App>, Path(name): Path<String>) -> StatusCode 
     StatusCode::NO_CONTENT
 }
 
-async fn apply(
-    State(app): State<App>,
-    Path(name): Path<String>,
-    Json(request): Json<ApplyRequest>,
-) -> Response {
+async fn apply(State(app): State<App>, Path(name): Path<String>, body: Bytes) -> Response {
+    // The one place a plan is read: one the daemon cannot read (made by another version
+    // of aistack) is refused whole, before anything runs.
+    let request: ApplyRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("The plan is not one this daemon reads: {e}"),
+                Some(
+                    "The daemon runs another version of aistack: stop it (`kill` the pid in \
+                     `run/aistack.pid`) so that `aistack up` starts this one"
+                        .to_owned(),
+                ),
+            );
+        }
+    };
     if request.plan.project != name {
         return error(
             StatusCode::BAD_REQUEST,
@@ -172,19 +127,13 @@ async fn apply(
                 "The plan is for project `{}`, not `{name}`",
                 request.plan.project
             ),
+            None,
         );
     }
     // A record that cannot be read must stop the apply before it starts, with its fix. The
     // apply reads it again once it holds the project's lock: another apply may run first.
-    if let Err(e) = ProjectState::load(&app.home, &name) {
-        let help = e
-            .help()
-            .map(|h| format!(" (help: {h})"))
-            .unwrap_or_default();
-        return error(
-            StatusCode::CONFLICT,
-            format!("{}{help}", aistack_apply::chain(&e)),
-        );
+    if let Err(e) = ProjectState::load(&app.runtime.home, &name) {
+        return error(StatusCode::CONFLICT, aistack_apply::chain(&e), e.help());
     }
     let (tx, rx) = mpsc::unbounded_channel::<ApplyLine>();
     // The apply runs to its end even if the client goes away: a half-applied project is
@@ -199,34 +148,36 @@ async fn apply(
     Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(lines))
-        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))
 }
 
 async fn run_apply(app: App, request: ApplyRequest, out: mpsc::UnboundedSender<ApplyLine>) {
     let plan = request.plan;
+    let runtime = &app.runtime;
     let slot = app.slot(&plan.project);
     let _applying = slot.applying.lock().await;
     // Before any step: a gateway created or changed by this plan needs its key, and one
     // that has no step takes a new key at once. `down` sends none and changes no key.
     if !request.secrets.0.is_empty() {
-        app.proxies
+        (runtime.proxies)
             .set_secrets(&plan.project, &request.secrets.0)
             .await;
-        app.gateways
+        (runtime.gateways)
             .set_secrets(&plan.project, request.secrets.0)
             .await;
     }
-    // Likewise a proxy that could not listen again on its recorded port.
-    crate::readopt_proxies(&app.home, &app.proxies, &plan.project).await;
-    // A gateway that could not be restarted with the daemon (its port was taken) is tried
-    // again by the next `up`, even one with nothing to change.
-    if !app.gateways.is_attached(&plan.project).await {
-        crate::readopt_project(&app.home, &app.store, &app.gateways, &plan.project).await;
-    }
+    // What the daemon should serve and does not (a gateway or proxy whose port was taken
+    // at its start) is tried again by every apply, even one with nothing to change; what
+    // the plan removes or replaces is left to it.
+    let leaving: BTreeSet<_> = (plan.graph.node_weights())
+        .filter(|s| matches!(s.action, Action::Remove | Action::Replace))
+        .map(|s| s.id.clone())
+        .collect();
+    runtime.readopt(&plan.project, &leaving).await;
     let token = CancellationToken::new();
     *slot.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
 
-    let ok = apply_plan(&app, &plan, request.remove_models, token, &out).await;
+    let ok = apply_plan(&app, &plan, token, &out).await;
     let _ = out.send(ApplyLine::Finished { ok });
     *slot.cancel.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
@@ -234,26 +185,17 @@ async fn run_apply(app: App, request: ApplyRequest, out: mpsc::UnboundedSender<A
 async fn apply_plan(
     app: &App,
     plan: &Plan,
-    remove_models: bool,
     cancel: CancellationToken,
     out: &mpsc::UnboundedSender<ApplyLine>,
 ) -> bool {
-    let mut state = match ProjectState::load(&app.home, &plan.project) {
+    let mut state = match ProjectState::load(&app.runtime.home, &plan.project) {
         Ok(state) => state,
         Err(e) => {
             tracing::error!(project = %plan.project, "{e}");
             return false;
         }
     };
-    let host = MachineHost::new(
-        app.home.clone(),
-        Arc::clone(&app.store),
-        Arc::clone(&app.gateways),
-        Arc::clone(&app.proxies),
-        Arc::clone(&app.sandboxes),
-        &plan.project,
-        remove_models,
-    );
+    let host = MachineHost::new(Arc::clone(&app.runtime), &plan.project);
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     let record = async {
         let mut ok = true;
@@ -275,7 +217,7 @@ async fn apply_plan(
                 Event::Removed(i, removed) => {
                     state.forget(&removed);
                     ok &= persist(app, &state, out, &id(i));
-                    if plan.graph[i].action == aistack_planner::Action::Replace {
+                    if plan.graph[i].action == Action::Replace {
                         continue;
                     }
                     ApplyLine::Done { id: id(i) }
@@ -338,7 +280,7 @@ fn persist(
     out: &mpsc::UnboundedSender<ApplyLine>,
     id: &aistack_planner::ResourceId,
 ) -> bool {
-    match state.save(&app.home) {
+    match state.save(&app.runtime.home) {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(project = %state.project, "{e}");

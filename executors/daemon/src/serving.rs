@@ -3,24 +3,19 @@
 //! daemon restart, so both serve a model identically.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use aistack_apply::HostError;
 use aistack_gateway::{KeepAlive, Mode, ModelConfig};
-use aistack_planner::MANIFEST_OUTPUT;
+use aistack_planner::{EngineOptions, MANIFEST_OUTPUT, ModelSettings};
 use aistack_spec::runtime_flags::{self, LlamaFlags};
-use aistack_spec::values::{KeepAlive as SpecKeepAlive, is_path};
+use aistack_spec::values::{EngineKind, KeepAlive as SpecKeepAlive, ModelMode, is_path};
 use aistack_store::Store;
 use aistack_store::artifact::{CHAT_TEMPLATE_MEDIA_TYPE, GGUF_MEDIA_TYPE};
 use aistack_store::gguf::{Header, Value as GgufValue, read_header};
-use serde_json::Value;
 
 /// The context window of a model whose spec sets none: its training context, capped where
 /// the KV cache of small machines still fits.
 pub const DEFAULT_CONTEXT: u64 = 4096;
-
-/// Requests served at once when the record names none (llama.cpp's planner default).
-const DEFAULT_PARALLEL: u32 = 4;
 
 /// The context size to run with: the spec's, else the training context capped at
 /// [`DEFAULT_CONTEXT`].
@@ -75,26 +70,31 @@ fn host_error(e: aistack_store::StoreError) -> HostError {
     }
 }
 
-/// The gateway's view of model `name` of `project`, from its applied `fields` and `outputs`
-/// (the manifest digest) and the artifact in `store`. Reads the first shard's GGUF header.
+/// The gateway's view of model `name` of `project`, from its recorded `settings` and
+/// `outputs` (the manifest digest) and the artifact in `store`. Reads the first shard's
+/// GGUF header.
 pub fn model_config(
     store: &Store,
     project: &str,
     name: &str,
-    fields: &BTreeMap<String, Value>,
+    settings: &ModelSettings,
     outputs: &BTreeMap<String, String>,
 ) -> Result<ModelConfig, HostError> {
-    let text = |key: &str| fields.get(key).and_then(Value::as_str).unwrap_or_default();
-    let engine = text("engine");
-    if engine != "llama.cpp" {
+    let serving = &settings.serving;
+    // The planner gives llama.cpp models their `parallel`; other engines have no
+    // executor yet.
+    let (EngineKind::LlamaCpp, EngineOptions::LlamaCpp { threads, .. }, Some(parallel)) =
+        (serving.engine, &serving.options, serving.parallel)
+    else {
         return Err(HostError::new(format!(
-            "Engine `{engine}` of model `{name}` is not supported yet"
+            "Engine `{}` of model `{name}` is not supported yet",
+            serving.engine
         ))
         .with_help("Use a GGUF model served by `llama.cpp`"));
-    }
-    let mode = match text("mode") {
-        "embedding" => Mode::Embedding,
-        "chat" | "" => Mode::Chat,
+    };
+    let mode = match serving.mode {
+        ModelMode::Embedding => Mode::Embedding,
+        ModelMode::Chat => Mode::Chat,
         other => {
             return Err(HostError::new(format!(
                 "Mode `{other}` of model `{name}` is not supported yet"
@@ -128,44 +128,17 @@ pub fn model_config(
         .filter(|l| l.media_type == GGUF_MEDIA_TYPE)
         .map(|l| l.size)
         .sum();
-    let number = |key: &str| {
-        fields
-            .get(key)
-            .and_then(Value::as_u64)
-            .and_then(|n| u32::try_from(n).ok())
+    let context = context_size(&header, serving.context_size);
+    let keep_alive = match serving.keep_alive {
+        SpecKeepAlive::Forever => KeepAlive::Never,
+        SpecKeepAlive::After(d) => KeepAlive::After(d),
     };
-    let context = context_size(&header, number("context_size"));
-    let parallel = number("parallel").unwrap_or(DEFAULT_PARALLEL);
-    let threads = (fields.get("options"))
-        .and_then(|o| o.get("threads"))
-        .and_then(Value::as_u64)
-        .and_then(|n| u32::try_from(n).ok());
-    let keep_alive = match fields.get("keep_alive") {
-        Some(Value::String(text)) => SpecKeepAlive::parse(text).ok(),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .and_then(|n| SpecKeepAlive::from_integer(n.into()).ok()),
-        _ => None,
-    };
-    let keep_alive = match keep_alive {
-        Some(SpecKeepAlive::Forever) => KeepAlive::Never,
-        Some(SpecKeepAlive::After(d)) => KeepAlive::After(d),
-        None => KeepAlive::After(Duration::from_secs(300)),
-    };
-    let runtime_flags: Vec<String> = (fields.get("runtime_flags"))
-        .and_then(Value::as_array)
-        .map(|flags| {
-            flags
-                .iter()
-                .filter_map(|f| f.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let runtime_flags = serving.runtime_flags.clone();
     let flags = runtime_flags::parse(&runtime_flags).map_err(|errors| {
         HostError::new(format!("Model `{name}`: {}", errors[0].message))
             .with_help(errors[0].help.clone())
     })?;
-    let source = text("source");
+    let source = &settings.source;
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     Ok(ModelConfig {
         name: name.to_owned(),
@@ -184,7 +157,7 @@ pub fn model_config(
         mode,
         context_size: Some(context),
         parallel,
-        threads,
+        threads: *threads,
         keep_alive,
         memory_estimate: memory_estimate(&header, weights, context, parallel, &flags),
         runtime_flags,

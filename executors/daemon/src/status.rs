@@ -1,12 +1,9 @@
 //! What `aistack status` shows for a project.
 
-use aistack_planner::Kind;
-use aistack_planner::plan::human_size;
 use aistack_store::Store;
 
-use crate::api::{EngineServing, ModelServing, ProjectStatus, ResourceStatus};
+use crate::api::{EngineServing, ModelServing, ProjectStatus};
 use crate::home::Home;
-use crate::host::{MANIFEST, SIZE};
 use crate::state::{ProjectState, StateError};
 
 /// The applied resources of `project`, each checked against the machine. What the gateway
@@ -17,55 +14,8 @@ pub fn project_status(
     project: &str,
 ) -> Result<ProjectStatus, StateError> {
     let state = ProjectState::load(home, project)?;
-    let resources = state
-        .resources
-        .iter()
-        .map(|r| {
-            let (state, detail) = match r.id.kind {
-                Kind::Model => match r.outputs.get(MANIFEST) {
-                    Some(manifest) if store.contains(manifest) => {
-                        let size = r
-                            .outputs
-                            .get(SIZE)
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(0);
-                        (
-                            "ready",
-                            Some(format!("{} ({})", short_digest(manifest), human_size(size))),
-                        )
-                    }
-                    _ => (
-                        "missing",
-                        Some("not in the model store; run `aistack up`".to_owned()),
-                    ),
-                },
-                Kind::Gateway => (
-                    "applied",
-                    r.fields
-                        .get("listen")
-                        .and_then(|l| l.as_str())
-                        .map(|l| format!("http://{l}")),
-                ),
-                // Which backend runs it, and why (`isolation: auto` says what it found).
-                Kind::Sandbox => (
-                    "applied",
-                    (r.outputs.get(crate::sandboxes::ISOLATION)).map(|backend| {
-                        match r.outputs.get(crate::sandboxes::ISOLATION_REASON) {
-                            Some(reason) => format!("{backend} ({reason})"),
-                            None => backend.clone(),
-                        }
-                    }),
-                ),
-                _ => ("applied", None),
-            };
-            ResourceStatus {
-                kind: r.id.kind.as_str().to_owned(),
-                name: r.id.name.clone(),
-                state: state.to_owned(),
-                endpoint: None,
-                detail,
-            }
-        })
+    let resources = (state.resources.iter())
+        .map(|record| crate::kinds::recorded_status(record, store))
         .collect();
     Ok(ProjectStatus {
         project: project.to_owned(),
@@ -112,6 +62,7 @@ pub fn short_digest(digest: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aistack_planner::plan::human_size;
 
     #[test]
     fn sizes_and_digests_read_well() {

@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use aistack_spec::model::{Credential, NetworkPolicy};
-use aistack_spec::values::{HostRule, PolicyDefault};
-use serde_json::Value;
+use aistack_spec::values::HostRule;
 
 use crate::destination::Destination;
 use crate::policy::{Policy, name_matches};
@@ -53,58 +52,6 @@ impl Config {
             credentials,
             routes: Vec::new(),
         }
-    }
-
-    /// The policy from a plan's `proxy` payload (the canonical JSON the planner wrote).
-    ///
-    /// # Errors
-    ///
-    /// A message naming the field that does not hold what the planner writes.
-    pub fn from_payload(source: &str, payload: &Value) -> Result<Config, String> {
-        let rules = |key: &str| -> Result<Vec<HostRule>, String> {
-            (payload
-                .get(key)
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten())
-            .map(|rule| {
-                let text = rule
-                    .as_str()
-                    .ok_or_else(|| format!("`{key}` holds a non-string"))?;
-                HostRule::parse(text).map_err(|e| format!("`{key}`: {}", e.reason))
-            })
-            .collect()
-        };
-        let default = payload
-            .get("default")
-            .and_then(Value::as_str)
-            .and_then(PolicyDefault::from_name)
-            .ok_or("`default` is not `allow` or `deny`")?;
-        let credentials = (payload.get("credentials").and_then(Value::as_array))
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                let field = |name: &str| {
-                    c.get(name)
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                        .ok_or_else(|| format!("a credential has no `{name}`"))
-                };
-                Ok(Credential {
-                    host: field("host")?,
-                    header: field("header")?,
-                    from_env: field("from_env")?,
-                })
-            })
-            .collect::<Result<_, String>>()?;
-        let policy = NetworkPolicy {
-            default,
-            allow: rules("allow")?,
-            deny: rules("deny")?,
-            bypass: rules("bypass")?,
-            credentials,
-        };
-        Ok(Config::new(source, &policy))
     }
 
     /// The credential for requests to `destination`, if it has one.

@@ -1,10 +1,9 @@
 //! Sandboxes: the guest agent protocol (`protocol`), what the agent does to enter a
 //! namespace sandbox (`setup`), the system calls both need (`sys`, the crate's only
 //! `unsafe`), the seccomp filter (`seccomp`), user-namespace id maps (`idmap`), cgroup
-//! limits (`cgroup`), template root filesystems (`rootfs`), agents (`agents`), and, with the
-//! `host` feature, the host's side: the backends, the agent client and image layers.
+//! limits (`cgroup`), template root filesystems (`rootfs`), and, with the `host` feature,
+//! the host's side: the backends, the agent client and image layers.
 
-pub mod agents;
 pub mod cgroup;
 pub mod guest;
 pub mod idmap;

@@ -7,6 +7,18 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
 use std::path::Path;
 
 use crate::idmap::IdRange;
+use crate::setup::PATH;
+
+/// Whether a root filesystem has `program` on the sandbox's `PATH`. A symbolic link counts
+/// as it is (npm links its commands, often by absolute path, which means the sandbox's
+/// root, not the host's).
+#[must_use]
+pub fn has_program(rootfs: &Path, program: &str) -> bool {
+    PATH.split(':').any(|dir| {
+        let path = rootfs.join(dir.trim_start_matches('/')).join(program);
+        path.symlink_metadata().is_ok()
+    })
+}
 
 /// Copies the tree at `source` to `dest` (which must not exist), shifting every owner by
 /// `range` (an owner outside the sandbox's ids becomes sandbox root). Special files
@@ -82,6 +94,21 @@ pub(crate) fn copy_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_program_is_found_on_the_path_of_the_root_and_a_link_counts() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(!has_program(root.path(), "codex"));
+        std::fs::create_dir_all(root.path().join("usr/local/bin")).unwrap();
+        // npm's link points into the sandbox's root, which the host does not have.
+        std::os::unix::fs::symlink(
+            "/usr/local/lib/node_modules/@openai/codex/bin/codex.js",
+            root.path().join("usr/local/bin/codex"),
+        )
+        .unwrap();
+        assert!(has_program(root.path(), "codex"));
+        assert!(!has_program(root.path(), "claude"));
+    }
 
     #[test]
     fn a_tree_is_copied_whole_with_owners_shifted() {

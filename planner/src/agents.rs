@@ -1,14 +1,13 @@
 //! The agents a sandbox runs: each one's command, how a template installs it, and the
-//! environment it expects.
+//! environment it expects. The planner reads it to make a sandbox's environment and the
+//! program its template must have; `sandbox run` reads it for the command.
 //!
 //! API keys are placeholders: the policy proxy sets the real value on the way out (a
 //! policy's `credentials`), so a sandbox never holds one. Base-URL variables name the
 //! vendor's API, where the agent reads one, so that a sandbox's `env:` can point it
 //! elsewhere (a local gateway, a stand-in) by the name the agent documents.
 
-use std::path::Path;
-
-use crate::setup::PATH;
+use aistack_spec::values::Agent;
 
 /// What an agent sees in place of an API key.
 pub const PLACEHOLDER: &str = "aistack-placeholder";
@@ -27,11 +26,11 @@ pub struct Profile {
     pub env: &'static [(&'static str, &'static str)],
 }
 
-/// The profile of the agent spelled `name` in the file (`claude`, `codex`, ...).
+/// The profile of an agent.
 #[must_use]
-pub fn profile(name: &str) -> Option<Profile> {
-    let profile = match name {
-        "claude" => Profile {
+pub fn profile(agent: Agent) -> Profile {
+    match agent {
+        Agent::Claude => Profile {
             command: "claude",
             install: "npm install -g @anthropic-ai/claude-code",
             keys: &["ANTHROPIC_API_KEY"],
@@ -40,19 +39,19 @@ pub fn profile(name: &str) -> Option<Profile> {
                 ("DISABLE_AUTOUPDATER", "1"),
             ],
         },
-        "codex" => Profile {
+        Agent::Codex => Profile {
             command: "codex",
             install: "npm install -g @openai/codex",
             keys: &["OPENAI_API_KEY"],
             env: &[("OPENAI_BASE_URL", "https://api.openai.com/v1")],
         },
-        "copilot" => Profile {
+        Agent::Copilot => Profile {
             command: "copilot",
             install: "npm install -g @github/copilot",
             keys: &["GH_TOKEN", "GITHUB_TOKEN"],
             env: &[],
         },
-        "gemini" => Profile {
+        Agent::Gemini => Profile {
             command: "gemini",
             install: "npm install -g @google/gemini-cli",
             keys: &["GEMINI_API_KEY"],
@@ -61,33 +60,31 @@ pub fn profile(name: &str) -> Option<Profile> {
                 "https://generativelanguage.googleapis.com",
             )],
         },
-        "opencode" => Profile {
+        Agent::Opencode => Profile {
             command: "opencode",
             install: "npm install -g opencode-ai",
             keys: &["ANTHROPIC_API_KEY", "OPENAI_API_KEY"],
             env: &[],
         },
-        "kiro" => Profile {
+        Agent::Kiro => Profile {
             command: "kiro-cli",
             install: "curl -fsSL https://cli.kiro.dev/install | bash",
             keys: &[],
             env: &[],
         },
-        "docker-agent" => Profile {
+        Agent::DockerAgent => Profile {
             command: "cagent",
             install: "curl -fsSL -o /usr/local/bin/cagent https://github.com/docker/cagent/releases/latest/download/cagent-linux-amd64 && chmod +x /usr/local/bin/cagent",
             keys: &["OPENAI_API_KEY", "ANTHROPIC_API_KEY"],
             env: &[],
         },
-        "shell" => Profile {
+        Agent::Shell => Profile {
             command: "sh",
             install: "apt-get install -y dash",
             keys: &[],
             env: &[],
         },
-        _ => return None,
-    };
-    Some(profile)
+    }
 }
 
 impl Profile {
@@ -99,17 +96,6 @@ impl Profile {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
     }
-
-    /// Whether a root filesystem has the agent's command on the sandbox's `PATH`. A
-    /// symbolic link counts as it is (npm links its commands, often by absolute path,
-    /// which means the sandbox's root, not the host's).
-    #[must_use]
-    pub fn is_installed(&self, rootfs: &Path) -> bool {
-        PATH.split(':').any(|dir| {
-            let path = rootfs.join(dir.trim_start_matches('/')).join(self.command);
-            path.symlink_metadata().is_ok()
-        })
-    }
 }
 
 #[cfg(test)]
@@ -117,25 +103,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_agent_of_the_file_has_a_profile() {
-        for name in [
-            "claude",
-            "codex",
-            "copilot",
-            "gemini",
-            "opencode",
-            "kiro",
-            "docker-agent",
-            "shell",
-        ] {
-            assert!(profile(name).is_some(), "{name}");
-        }
-        assert_eq!(profile("vim"), None);
-    }
-
-    #[test]
     fn keys_are_placeholders_and_base_urls_name_the_vendor() {
-        let env = profile("codex").unwrap().environment();
+        let env = profile(Agent::Codex).environment();
         assert_eq!(
             env,
             [
@@ -146,21 +115,6 @@ mod tests {
                 ),
             ]
         );
-    }
-
-    #[test]
-    fn a_command_is_found_on_the_path_of_the_root_and_a_link_counts() {
-        let root = tempfile::tempdir().unwrap();
-        let codex = profile("codex").unwrap();
-        assert!(!codex.is_installed(root.path()));
-        std::fs::create_dir_all(root.path().join("usr/local/bin")).unwrap();
-        // npm's link points into the sandbox's root, which the host does not have.
-        std::os::unix::fs::symlink(
-            "/usr/local/lib/node_modules/@openai/codex/bin/codex.js",
-            root.path().join("usr/local/bin/codex"),
-        )
-        .unwrap();
-        assert!(codex.is_installed(root.path()));
-        assert!(!profile("claude").unwrap().is_installed(root.path()));
+        assert_eq!(profile(Agent::DockerAgent).command, "cagent");
     }
 }

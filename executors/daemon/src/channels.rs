@@ -1,0 +1,159 @@
+//! The host side of sandboxes' channels: the forwarder of a sandbox's `proxy.sock` to its
+//! own proxy listener, and its published ports. Each is a task of this daemon, kept by
+//! sandbox (or build, `template:NAME`) until it is closed; the sandbox outlives them, so a
+//! restarted daemon opens them again.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use aistack_apply::HostError;
+use aistack_sandbox::backend::Layout;
+use aistack_sandbox::client::GuestClient;
+use aistack_sandbox::idmap::IdRange;
+use aistack_sandbox::setup::{Network, PROXY_SOCKET};
+use aistack_spec::values::PortMapping;
+
+use crate::home::Home;
+
+/// A task serving one channel.
+type Task = tokio::task::JoinHandle<()>;
+
+/// The open channels, by project and sandbox.
+pub struct Channels {
+    range: IdRange,
+    tasks: Mutex<HashMap<(String, String), Vec<Task>>>,
+}
+
+impl Channels {
+    /// No channels yet; sockets made for sandboxes belong to `range`'s root.
+    pub fn new(range: IdRange) -> Channels {
+        Channels {
+            range,
+            tasks: Mutex::default(),
+        }
+    }
+
+    /// Serves `proxy.sock` of the sandbox at `layout`: each connection is spliced to
+    /// `proxy`. Replaces a forwarder of an earlier start.
+    pub fn forward(
+        &self,
+        project: &str,
+        name: &str,
+        layout: &Layout,
+        proxy: SocketAddr,
+    ) -> Result<(), HostError> {
+        let cannot = |e: std::io::Error| {
+            HostError::new(format!(
+                "Cannot serve the proxy socket of sandbox `{name}`: {e}"
+            ))
+        };
+        layout.prepare(self.range).map_err(cannot)?;
+        let path = layout.control.join(PROXY_SOCKET);
+        let _ = fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).map_err(cannot)?;
+        // Only sandbox root (the agent) may use it.
+        chown(&path, Some(self.range.base), Some(self.range.base)).map_err(cannot)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(cannot)?;
+        let task = tokio::spawn(async move {
+            while let Ok((mut inside, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(proxy).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inside, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        self.keep(project, name, task);
+        Ok(())
+    }
+
+    /// Publishes the sandbox's `ports`: a host listener per mapping whose every
+    /// connection is tunnelled to the sandbox port through the agent at `socket`
+    /// (`connect`).
+    pub async fn publish(
+        &self,
+        project: &str,
+        name: &str,
+        ports: &[PortMapping],
+        socket: &Path,
+    ) -> Result<(), HostError> {
+        for mapping in ports {
+            let address = SocketAddr::new(mapping.host_ip, mapping.host_port);
+            let listener = bind_retrying(address).await.map_err(|e| HostError {
+                message: format!("Cannot publish `{mapping}` of sandbox `{name}`: {e}"),
+                help: Some(format!(
+                    "Stop what listens on `{address}`, or publish another host port in `sandboxes.{name}.ports`"
+                )),
+            })?;
+            let client = GuestClient::new(socket);
+            let port = mapping.sandbox_port;
+            let task = tokio::spawn(async move {
+                while let Ok((mut outside, _)) = listener.accept().await {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        if let Ok(mut inside) = client.connect(port).await {
+                            let _ = tokio::io::copy_bidirectional(&mut outside, &mut inside).await;
+                        }
+                    });
+                }
+            });
+            self.keep(project, name, task);
+        }
+        Ok(())
+    }
+
+    fn keep(&self, project: &str, name: &str, task: Task) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (project.to_owned(), name.to_owned());
+        tasks.entry(key).or_default().push(task);
+    }
+
+    /// Whether `name` of `project` has open channels.
+    pub fn are_open(&self, project: &str, name: &str) -> bool {
+        let tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        tasks.contains_key(&(project.to_owned(), name.to_owned()))
+    }
+
+    /// Closes the channels of `name` of `project`. Idempotent.
+    pub fn close(&self, project: &str, name: &str) {
+        let key = (project.to_owned(), name.to_owned());
+        let tasks = (self.tasks.lock().unwrap_or_else(PoisonError::into_inner)).remove(&key);
+        for task in tasks.into_iter().flatten() {
+            task.abort();
+        }
+    }
+}
+
+/// The network of a sandbox with a proxy: the project CA it trusts.
+pub fn network(home: &Home, project: &str) -> Result<Network, HostError> {
+    let ca = home.project(project).join("ca.pem");
+    let ca_pem = fs::read_to_string(&ca).map_err(|e| {
+        HostError::new(format!(
+            "Cannot read the project CA `{}`: {e}",
+            ca.display()
+        ))
+    })?;
+    Ok(Network { ca_pem })
+}
+
+/// Binds `address`, retrying for a second: a listener of the sandbox's previous start may
+/// still be closing.
+async fn bind_retrying(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match tokio::net::TcpListener::bind(address).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
