@@ -346,7 +346,10 @@ fn detail(step: &Step) -> String {
                 n => parts.push(format!("{n} CORS origins")),
             }
             if let Some(budget) = f.get("memory_budget").and_then(Value::as_u64) {
-                parts.push(format!("budget {}", human_size(budget)));
+                parts.push(format!(
+                    "budget {}",
+                    aistack_spec::values::human_size(budget)
+                ));
             }
             parts.join(", ")
         }
@@ -360,7 +363,7 @@ fn detail(step: &Step) -> String {
                 crate::Payload::RegistryModel {
                     size: Some(size), ..
                 } => {
-                    format!("{source} ({})", human_size(size))
+                    format!("{source} ({})", aistack_spec::values::human_size(size))
                 }
                 _ => source,
             }
@@ -545,21 +548,5 @@ impl<'de> Deserialize<'de> for Plan {
             graph.add_edge(d, n, ());
         }
         Ok(Plan::from_graph(input.project, graph))
-    }
-}
-
-/// A byte count in the largest binary unit that keeps it at or above 1 (`93.8 MiB`).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }

@@ -1,7 +1,7 @@
 //! What `aistack status` shows for a project.
 
 use aistack_planner::Kind;
-use aistack_planner::plan::human_size;
+use aistack_spec::values::human_size;
 use aistack_store::Store;
 
 use crate::api::{EngineServing, ModelServing, ProjectStatus, ResourceStatus};
