@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use aistack_planner::plan::human_size;
+use aistack_spec::values::human_size;
 
 /// How progress is shown.
 pub enum Progress {

@@ -289,7 +289,7 @@ impl GatewayPlan {
             "CORS origins",
         ));
         if let Some(budget) = self.memory_budget {
-            parts.push(format!("budget {}", crate::plan::human_size(budget)));
+            parts.push(format!("budget {}", aistack_spec::values::human_size(budget)));
         }
         parts.join(", ")
     }
@@ -313,7 +313,7 @@ impl ModelPlan {
             }
             Artifact::Pull {
                 size: Some(size), ..
-            } => format!("{source} ({})", crate::plan::human_size(*size)),
+            } => format!("{source} ({})", aistack_spec::values::human_size(*size)),
             _ => source.clone(),
         }
     }

@@ -482,19 +482,3 @@ impl<'de> Deserialize<'de> for Plan {
         Ok(Plan::from_graph(input.project, graph))
     }
 }
-
-/// A byte count in the largest binary unit that keeps it at or above 1 (`93.8 MiB`).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}

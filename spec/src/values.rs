@@ -583,6 +583,27 @@ impl std::str::FromStr for ByteSize {
     }
 }
 
+/// A byte count as people read it, for display only: below 1 KiB in bytes (`1023 B`), else
+/// in the largest binary unit that keeps the number at least 1, with one decimal below 100
+/// (`93.8 MiB`, `8.0 GiB`) and none from 100 (`300 MiB`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value >= 100.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{:.1} {}", (value * 10.0).round() / 10.0, UNITS[unit])
+    }
+}
+
 const DURATION_HELP: &str = "Write a duration such as `30s`, `5m`, `1h`, `1h30m` or `250ms`";
 
 /// Parses a duration: one or more `<integer><unit>` with units `ms`, `s`, `m`, `h`.
@@ -1113,6 +1134,18 @@ mod tests {
         assert!(p("1.GiB").is_err());
         assert!(p("2GIB").is_err());
         assert!(p("99999999999T").is_err());
+    }
+
+    #[test]
+    fn sizes_read_like_people_write_them() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(98_362_432), "93.8 MiB");
+        assert_eq!(human_size(300 << 20), "300 MiB");
+        assert_eq!(human_size(1_288_490_189), "1.2 GiB");
+        assert_eq!(human_size(8 << 30), "8.0 GiB");
+        assert_eq!(human_size(3 << 50), "3.0 PiB");
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use aistack_daemon::status::short_digest;
-use aistack_planner::plan::human_size;
 use aistack_spec::values::OciRef;
+use aistack_spec::values::human_size;
 use aistack_store::registry::{self, PullOptions, PullProgress};
 use aistack_store::{DigestCache, LocalFile, Store, local_shards};
 use clap::Subcommand;

@@ -4,8 +4,8 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::process::ExitCode;
 
-use aistack_planner::plan::human_size;
 use aistack_proxy::netlog::{self, Entry, Follower};
+use aistack_spec::values::human_size;
 use clap::Subcommand;
 
 use super::home;

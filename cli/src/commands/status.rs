@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use aistack_daemon::api::{ProjectStatus, ResourceStatus};
 use aistack_daemon::client::{Client, ClientError};
 use aistack_planner::Action;
-use aistack_planner::plan::human_size;
+use aistack_spec::values::human_size;
 use aistack_store::Store;
 
 use super::{home, plan_for};

@@ -12,6 +12,8 @@ use aistack_spec::values::{EngineKind, KeepAlive as SpecKeepAlive, ModelMode, is
 use aistack_store::Store;
 use aistack_store::artifact::{CHAT_TEMPLATE_MEDIA_TYPE, GGUF_MEDIA_TYPE};
 use aistack_store::gguf::{Header, Value as GgufValue, read_header};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// The context window of a model whose spec sets none: its training context, capped where
 /// the KV cache of small machines still fits.
@@ -170,37 +172,9 @@ pub fn model_config(
 /// Seconds since the epoch of an RFC 3339 time (`2025-02-07T10:11:12.5Z`,
 /// `2025-02-07T11:11:12+01:00`); the fraction is dropped.
 pub fn unix_seconds(text: &str) -> Option<i64> {
-    let num = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
-    let bytes = text.as_bytes();
-    if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || bytes[13] != b':' {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let rest = text[19..].trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let hours: i64 = rest.get(1..3)?.parse().ok()?;
-            let minutes: i64 = rest.get(4..6)?.parse().ok()?;
-            sign * (hours * 3600 + minutes * 60)
-        }
-        _ => return None,
-    };
-    // Howard Hinnant's days_from_civil.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
+    OffsetDateTime::parse(text, &Rfc3339)
+        .ok()
+        .map(OffsetDateTime::unix_timestamp)
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ pub fn short_digest(digest: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aistack_planner::plan::human_size;
+    use aistack_spec::values::human_size;
 
     #[test]
     fn sizes_and_digests_read_well() {

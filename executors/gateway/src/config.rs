@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aistack_engine_api::Mode;
+use aistack_spec::values::human_size;
 
 /// Settings of one listener (DESIGN §4 `gateway:`).
 #[derive(Clone)]
@@ -188,7 +189,7 @@ pub enum GatewayError {
         log: PathBuf,
     },
     /// The model does not fit in the memory budget, even after unloading idle models.
-    #[error("Model `{model}` needs {} but only {} of the {} memory budget is free", human_bytes(*needed), human_bytes(*free), human_bytes(*budget))]
+    #[error("Model `{model}` needs {} but only {} of the {} memory budget is free", human_size(*needed), human_size(*free), human_size(*budget))]
     Memory {
         /// The model.
         model: String,
@@ -239,37 +240,9 @@ impl GatewayError {
     }
 }
 
-/// Bytes as people read them: `512 B`, `1.2 GiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if value >= 100.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{:.1} {}", (value * 10.0).round() / 10.0, UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_read_like_people_write_them() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(1288490189), "1.2 GiB");
-        assert_eq!(human_bytes(8 << 30), "8.0 GiB");
-        assert_eq!(human_bytes(300 << 20), "300 MiB");
-    }
 
     #[test]
     fn debug_redacts_the_key() {

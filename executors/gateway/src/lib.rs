@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use aistack_engine_api::Mode;
 use axum::serve::ListenerExt;
-pub use config::{Auth, GatewayError, KeepAlive, Launcher, ModelConfig, Settings, human_bytes};
+pub use config::{Auth, GatewayError, KeepAlive, Launcher, ModelConfig, Settings};
 pub use models::{LoadedStatus, ModelStatus};
 pub use scope::HEADER as SCOPE_HEADER;
 use tokio_util::sync::CancellationToken;

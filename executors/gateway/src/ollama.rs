@@ -31,26 +31,16 @@ fn labelled(mut response: Response, model: &str) -> Response {
     response
 }
 
-/// RFC 3339 in UTC, as Ollama writes `created_at`.
+/// RFC 3339 in UTC, as Ollama writes `created_at`; a time outside the years RFC 3339 can
+/// write (0000 to 9999; an expiry after a keep-alive of millennia) is written as the nearest.
 fn timestamp(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    use time::format_description::well_known::Rfc3339;
+    // 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+    let unix = unix.clamp(-62_167_219_200, 253_402_300_799);
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|utc| utc.format(&Rfc3339).ok())
+        .expect("years 0000 to 9999 are RFC 3339 times")
 }
 
 fn format(request: &Value) -> Result<Option<Format>, ApiError> {
@@ -583,5 +573,6 @@ mod tests {
         assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
         assert_eq!(timestamp(1_795_478_400), "2026-11-24T00:00:00Z");
         assert_eq!(timestamp(951_782_400 + 3661), "2000-02-29T01:01:01Z");
+        assert_eq!(timestamp(i64::MAX), "9999-12-31T23:59:59Z");
     }
 }

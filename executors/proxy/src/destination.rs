@@ -4,12 +4,15 @@
 //! address: `2130706433`, `0177.0.0.1`, `0x7f.1` and `127.1` are all 127.0.0.1 to a URL
 //! parser (WHATWG's IPv4 parser, which browsers, curl and most HTTP libraries follow),
 //! `１２７．０．０．１` becomes it under IDNA mapping, and `[::ffff:127.0.0.1]` reaches it
-//! over IPv6. So every host is parsed here exactly as a URL parser would, and an IPv6
-//! address that embeds an IPv4 one (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`) is
-//! reduced to that IPv4 address, before any rule sees it.
+//! over IPv6. So every host goes through a URL parser's own host parser (the `url` crate's,
+//! which follows WHATWG's URL Standard), and an IPv6 address that embeds an IPv4 one
+//! (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`) is reduced to that IPv4 address,
+//! before any rule sees it.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use url::{Host, ParseError};
 
 /// Where a request goes: an address, or a name still to resolve.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -75,45 +78,42 @@ fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 }
 
 impl Destination {
-    /// Parses a host as a URL parser does: percent-decoding, `[IPv6]`, IDNA mapping (which
-    /// turns full-width digits and ideographic full stops into ASCII), the IPv4 number forms
-    /// (decimal, octal, hex, fewer than four parts), a trailing dot, any case.
+    /// Parses a host as a URL parser does ([`url::Host::parse`], WHATWG's host parser):
+    /// percent-decoding, `[IPv6]`, IDNA mapping (which turns full-width digits and
+    /// ideographic full stops into ASCII), the IPv4 number forms (decimal, octal, hex, fewer
+    /// than four parts), a trailing dot, any case. Then the address is made canonical and
+    /// the name checked as a host name, without its trailing dot.
     ///
     /// # Errors
     ///
-    /// [`DestinationError`] for an empty host, a bad escape, a bad IPv6 literal, a host
-    /// that ends in a number but is no IPv4 address, or an invalid name.
+    /// [`DestinationError`] for an empty host, a bad IPv6 literal, a host that ends in a
+    /// number but is no IPv4 address, or an invalid name.
     pub fn parse(host: &str) -> Result<Destination, DestinationError> {
-        let host = percent_decode(host)?;
-        if host.is_empty() {
-            return Err(error("empty host"));
+        let parsed = Host::parse(host).map_err(|e| {
+            error(match e {
+                ParseError::EmptyHost => "empty host".to_owned(),
+                ParseError::InvalidIpv6Address => {
+                    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                        Some(inside) => format!("`{inside}` is not an IPv6 address"),
+                        None => format!("`{host}` has an unclosed `[`"),
+                    }
+                }
+                ParseError::InvalidIpv4Address => {
+                    format!("`{host}` ends in a number but is not an IPv4 address")
+                }
+                _ if host.contains(':') => {
+                    format!("`{host}` is not a host: IPv6 addresses are written in brackets")
+                }
+                _ => format!("`{host}` is not a valid host name"),
+            })
+        })?;
+        match parsed {
+            Host::Ipv4(ip) => Ok(Destination::Ip(IpAddr::V4(ip))),
+            Host::Ipv6(ip) => Ok(Destination::Ip(canonical(IpAddr::V6(ip)))),
+            Host::Domain(name) => aistack_spec::values::normalize_hostname(&name)
+                .map(Destination::Name)
+                .map_err(|e| error(format!("`{host}`: {}", e.reason))),
         }
-        if let Some(inside) = host.strip_prefix('[') {
-            let inside = inside
-                .strip_suffix(']')
-                .ok_or_else(|| error(format!("`{host}` has an unclosed `[`")))?;
-            let ip: Ipv6Addr = inside
-                .parse()
-                .map_err(|_| error(format!("`{inside}` is not an IPv6 address")))?;
-            return Ok(Destination::Ip(canonical(IpAddr::V6(ip))));
-        }
-        if host.contains(':') {
-            return Err(error(format!(
-                "`{host}` is not a host: IPv6 addresses are written in brackets"
-            )));
-        }
-        let ascii = if host.is_ascii() {
-            host.to_ascii_lowercase()
-        } else {
-            idna::domain_to_ascii(&host)
-                .map_err(|_| error(format!("`{host}` is not a valid international host name")))?
-        };
-        if ends_in_a_number(&ascii) {
-            return ipv4(&ascii).map(|ip| Destination::Ip(IpAddr::V4(ip)));
-        }
-        aistack_spec::values::normalize_hostname(&ascii)
-            .map(Destination::Name)
-            .map_err(|e| error(format!("`{host}`: {}", e.reason)))
     }
 
     /// Parses an authority, `[userinfo@]host[:port]`; the userinfo is dropped (it is no part
@@ -168,90 +168,6 @@ impl Destination {
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         Destination::parse_authority(&rest[..end], Some(default_port))
     }
-}
-
-fn percent_decode(text: &str) -> Result<String, DestinationError> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| error(format!("`{text}` has a bad `%` escape")))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| error(format!("`{text}` decodes to invalid UTF-8")))
-}
-
-/// The dot-separated labels of `host`, one trailing dot ignored.
-fn labels(host: &str) -> Vec<&str> {
-    let mut labels: Vec<&str> = host.split('.').collect();
-    if labels.len() > 1 && labels.last() == Some(&"") {
-        labels.pop();
-    }
-    labels
-}
-
-/// WHATWG's "ends in a number": the last label (ignoring one trailing dot) is decimal
-/// digits or `0x` hex, so the whole host must parse as IPv4.
-fn ends_in_a_number(host: &str) -> bool {
-    let last = labels(host).last().copied().unwrap_or_default();
-    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
-        return true;
-    }
-    last.strip_prefix("0x")
-        .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// WHATWG's IPv4 parser: one to four parts, each decimal, octal (leading `0`) or hex
-/// (`0x`); every part but the last is one byte, the last fills the remaining bytes.
-fn ipv4(host: &str) -> Result<Ipv4Addr, DestinationError> {
-    let invalid = || {
-        error(format!(
-            "`{host}` ends in a number but is not an IPv4 address"
-        ))
-    };
-    let parts = labels(host);
-    if parts.len() > 4 {
-        return Err(invalid());
-    }
-    let mut numbers = Vec::with_capacity(parts.len());
-    for part in &parts {
-        let (digits, radix) = if let Some(hex) = part.strip_prefix("0x") {
-            (hex, 16)
-        } else if part.len() > 1 && part.starts_with('0') {
-            (&part[1..], 8)
-        } else {
-            (*part, 10)
-        };
-        let n = match (digits, radix) {
-            ("", 16) => 0,
-            ("", _) => return Err(invalid()),
-            _ => u64::from_str_radix(digits, radix).map_err(|_| invalid())?,
-        };
-        numbers.push(n);
-    }
-    let (last, rest) = numbers.split_last().ok_or_else(invalid)?;
-    if rest.iter().any(|&n| n > 255) {
-        return Err(invalid());
-    }
-    let room = 8 * (5 - numbers.len() as u32);
-    if *last >= 1u64 << room {
-        return Err(invalid());
-    }
-    let value = rest
-        .iter()
-        .enumerate()
-        .fold(*last, |acc, (i, &n)| acc + (n << (8 * (3 - i as u32))));
-    Ok(Ipv4Addr::from(u32::try_from(value).map_err(|_| invalid())?))
 }
 
 #[cfg(test)]
@@ -330,6 +246,15 @@ mod tests {
             "[fe80::1%eth0]",
             "1.2.3.256",
         ] {
+            assert!(Destination::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// What a URL parser refuses is refused, though it could be read as a host: a client
+    /// that follows WHATWG never sends it.
+    #[test]
+    fn hosts_a_url_parser_refuses_are_errors() {
+        for bad in ["xn--a.com", "%5B::1%5D", "[::%41]"] {
             assert!(Destination::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::gguf::Summary;
 
@@ -295,50 +297,21 @@ fn scaled(n: u64, units: &[(f64, &str)], suffix: &str, zero: &str) -> String {
 }
 
 /// `time` in RFC 3339 UTC with nanoseconds, trailing zeros dropped, as Go's `time.Time`
-/// marshals to JSON: `2025-02-07T10:11:12.5Z`.
+/// marshals to JSON: `2025-02-07T10:11:12.5Z`. A time outside the years RFC 3339 can write
+/// (0000 to 9999; a file's mtime can be anything) is written as the nearest one it can.
 pub fn rfc3339(time: SystemTime) -> String {
-    let (secs, nanos) = match time.duration_since(UNIX_EPOCH) {
-        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
-        Err(e) => {
-            let d = e.duration();
-            let nanos = d.subsec_nanos();
-            if nanos == 0 {
-                (-(d.as_secs() as i64), 0)
-            } else {
-                (-(d.as_secs() as i64) - 1, 1_000_000_000 - nanos)
-            }
-        }
+    // Nanoseconds since the epoch of 0000-01-01T00:00:00Z and of 9999-12-31T23:59:59.999999999Z.
+    const FIRST: i128 = -62_167_219_200 * 1_000_000_000;
+    const LAST: i128 = 253_402_300_800 * 1_000_000_000 - 1;
+    // A `SystemTime` is at most 2^64 seconds from the epoch: its nanoseconds fit an i128.
+    let nanos = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => after.as_nanos() as i128,
+        Err(before) => -(before.duration().as_nanos() as i128),
     };
-    let days = secs.div_euclid(86_400);
-    let of_day = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let mut text = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    );
-    if nanos != 0 {
-        let fraction = format!("{nanos:09}");
-        text.push('.');
-        text.push_str(fraction.trim_end_matches('0'));
-    }
-    text.push('Z');
-    text
-}
-
-/// The proleptic Gregorian date of `days` since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    OffsetDateTime::from_unix_timestamp_nanos(nanos.clamp(FIRST, LAST))
+        .ok()
+        .and_then(|utc| utc.format(&Rfc3339).ok())
+        .expect("years 0000 to 9999 are RFC 3339 times")
 }
 
 #[cfg(test)]
@@ -372,6 +345,14 @@ mod tests {
         assert_eq!(
             rfc3339(UNIX_EPOCH + Duration::new(951_782_400, 1)),
             "2000-02-29T00:00:00.000000001Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::new(1, 500_000_000)),
+            "1969-12-31T23:59:58.5Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1 << 40)),
+            "9999-12-31T23:59:59.999999999Z"
         );
     }
 

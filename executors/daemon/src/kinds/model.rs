@@ -102,7 +102,7 @@ impl Executor for ModelPlan {
                 let detail = format!(
                     "{} ({})",
                     short_digest(manifest),
-                    aistack_planner::plan::human_size(size)
+                    aistack_spec::values::human_size(size)
                 );
                 ("ready".to_owned(), Some(detail))
             }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
+use url::form_urlencoded;
 
 use super::error::RegistryError;
 
@@ -303,17 +304,21 @@ fn parse_params(text: &str) -> BTreeMap<String, String> {
     params
 }
 
-/// `text` percent-encoded for a query or form value.
-pub fn urlencode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// The parameters of a token request (Docker's token authentication), form-encoded:
+/// `service` when the challenge names one, and `scope`. With a refresh token they are the
+/// body of an OAuth2 refresh-token grant, which always carries `service`, if empty.
+pub fn token_params(service: Option<&str>, scope: &str, refresh_token: Option<&str>) -> String {
+    let mut params = form_urlencoded::Serializer::new(String::new());
+    if let Some(token) = refresh_token {
+        params
+            .append_pair("grant_type", "refresh_token")
+            .append_pair("client_id", "aistack")
+            .append_pair("refresh_token", token);
     }
-    out
+    if service.is_some() || refresh_token.is_some() {
+        params.append_pair("service", service.unwrap_or_default());
+    }
+    params.append_pair("scope", scope).finish()
 }
 
 #[cfg(test)]
@@ -360,10 +365,18 @@ mod tests {
     }
 
     #[test]
-    fn urlencodes() {
+    fn token_params_are_form_encoded() {
         assert_eq!(
-            urlencode("repository:a/b:pull,push"),
-            "repository%3Aa%2Fb%3Apull%2Cpush"
+            token_params(Some("registry.docker.io"), "repository:a/b:pull,push", None),
+            "service=registry.docker.io&scope=repository%3Aa%2Fb%3Apull%2Cpush"
+        );
+        assert_eq!(
+            token_params(None, "repository:a/b:pull", None),
+            "scope=repository%3Aa%2Fb%3Apull"
+        );
+        assert_eq!(
+            token_params(None, "repository:a/b:pull", Some("r+t/s=")),
+            "grant_type=refresh_token&client_id=aistack&refresh_token=r%2Bt%2Fs%3D&service=&scope=repository%3Aa%2Fb%3Apull"
         );
     }
 }

@@ -223,24 +223,13 @@ impl Client {
 
     /// A bearer token for this client's scope from `realm`.
     async fn token(&self, realm: &str, service: Option<&str>) -> Result<String, RegistryError> {
-        let mut query = format!("scope={}", auth::urlencode(&self.scope));
-        if let Some(service) = service {
-            query = format!("service={}&{query}", auth::urlencode(service));
-        }
+        let query = auth::token_params(service, &self.scope, None);
         let request = match &self.credentials {
-            Some(Credentials::IdentityToken { token, .. }) => {
-                let mut form = format!(
-                    "grant_type=refresh_token&client_id=aistack&refresh_token={}&{query}",
-                    auth::urlencode(token)
-                );
-                if service.is_none() {
-                    form.push_str("&service=");
-                }
-                self.http
-                    .post(realm)
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(form)
-            }
+            Some(Credentials::IdentityToken { token, .. }) => self
+                .http
+                .post(realm)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(auth::token_params(service, &self.scope, Some(token))),
             Some(Credentials::Basic { username, password }) => {
                 let sep = if realm.contains('?') { '&' } else { '?' };
                 self.http

@@ -30,6 +30,7 @@ use rustix::fs::FlockOperation;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
+use url::form_urlencoded;
 
 pub use auth::Credentials;
 pub use error::RegistryError;
@@ -402,7 +403,10 @@ async fn push_blob(
     };
     let location = client.absolute(location);
     let sep = if location.contains('?') { '&' } else { '?' };
-    let put = format!("{location}{sep}digest={}", auth::urlencode(&blob.digest));
+    let digest = form_urlencoded::Serializer::new(String::new())
+        .append_pair("digest", &blob.digest)
+        .finish();
+    let put = format!("{location}{sep}{digest}");
     let path = store.blob_path(&blob.digest)?;
     let sent = Arc::new(AtomicU64::new(0));
     let open = |path: &Path| -> Result<reqwest::Body, RegistryError> {
