@@ -306,3 +306,57 @@ pub(crate) async fn count_tokens(State(shared): State<Shared>, body: Body) -> Re
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::replay::text_and_a_call;
+
+    #[test]
+    fn a_streamed_message_closes_its_text_block_before_each_tool_use() {
+        let message = MessagesEncoder {
+            id: "msg_1".into(),
+            model: "chat".into(),
+            stop_sequences: false,
+            text_open: false,
+            index: 0,
+        };
+        assert_eq!(
+            text_and_a_call(message),
+            r#"event: message_start
+data: {"message":{"content":[],"id":"msg_1","model":"chat","role":"assistant","stop_reason":null,"stop_sequence":null,"type":"message","usage":{"input_tokens":0,"output_tokens":0}},"type":"message_start"}
+
+event: ping
+data: {"type":"ping"}
+
+event: content_block_start
+data: {"content_block":{"text":"","type":"text"},"index":0,"type":"content_block_start"}
+
+event: content_block_delta
+data: {"delta":{"text":"Let me check.\n","type":"text_delta"},"index":0,"type":"content_block_delta"}
+
+event: content_block_delta
+data: {"delta":{"text":"\n Done.","type":"text_delta"},"index":0,"type":"content_block_delta"}
+
+event: content_block_stop
+data: {"index":0,"type":"content_block_stop"}
+
+event: content_block_start
+data: {"content_block":{"id":"toolu_0","input":{},"name":"get_weather","type":"tool_use"},"index":1,"type":"content_block_start"}
+
+event: content_block_delta
+data: {"delta":{"partial_json":"{\"city\":\"Paris\"}","type":"input_json_delta"},"index":1,"type":"content_block_delta"}
+
+event: content_block_stop
+data: {"index":1,"type":"content_block_stop"}
+
+event: message_delta
+data: {"delta":{"stop_reason":"tool_use","stop_sequence":null},"type":"message_delta","usage":{"cache_read_input_tokens":4,"input_tokens":6,"output_tokens":3}}
+
+event: message_stop
+data: {"type":"message_stop"}
+
+"#
+        );
+    }
+}

@@ -318,3 +318,163 @@ pub(crate) fn new_id(prefix: &str) -> String {
         .map_or(0, |d| d.subsec_nanos());
     format!("{prefix}{:08x}{n:x}", nanos ^ std::process::id())
 }
+
+/// Engine events replayed through the driver's stream encoding, for tests of the bytes each
+/// dialect sends.
+#[cfg(test)]
+pub(crate) mod replay {
+    use aistack_engine_api::{Event, FinishReason, Tool, Usage};
+    use serde_json::json;
+
+    use super::{Encoder, Step, Streaming};
+
+    /// The counts every replayed generation ends with.
+    pub(crate) const USAGE: Usage = Usage {
+        prompt_tokens: 10,
+        cached_tokens: 4,
+        completion_tokens: 3,
+        time_to_first_token_ms: 12.5,
+        prompt_ms: 5.0,
+        decode_ms: 20.0,
+    };
+
+    /// The bytes a stream of `encoder` sends for `events`, with `tools` offered.
+    pub(crate) fn replay<E: Encoder>(encoder: E, tools: Vec<Tool>, events: Vec<Event>) -> String {
+        let mut streaming = Streaming::new(encoder, tools);
+        let mut frames = streaming.start();
+        for event in events {
+            frames.extend(streaming.step(Step::from(Some(Ok(event)))));
+        }
+        String::from_utf8(frames.concat()).expect("frames are UTF-8")
+    }
+
+    /// The weather tool, offered.
+    pub(crate) fn weather() -> Vec<Tool> {
+        vec![Tool {
+            name: "get_weather".into(),
+            description: Some("Weather".into()),
+            parameters: json!({"type": "object"}),
+        }]
+    }
+
+    /// The hardest stream to split: text, a tool call, and text after it.
+    pub(crate) fn text_and_a_call<E: Encoder>(encoder: E) -> String {
+        let call =
+            r#"<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>"#;
+        let events = ["Let me check.\n", call, " Done."]
+            .into_iter()
+            .map(|text| Event::Text { text: text.into() })
+            .chain([Event::Done {
+                finish_reason: FinishReason::Stop,
+                usage: USAGE,
+            }]);
+        replay(encoder, weather(), events.collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aistack_engine_api::{ErrorBody, ErrorKind};
+    use serde_json::json;
+
+    use super::replay::{USAGE, replay, text_and_a_call, weather};
+    use super::*;
+
+    /// Writes down what the driver hands an encoder.
+    struct Probe;
+
+    impl Encoder for Probe {
+        const API: Api = Api::Ollama;
+        const FRAMING: Framing = Framing::Sse;
+        const CALL_PREFIX: &'static str = "c";
+
+        fn whole(&self, end: &End) -> Value {
+            json!({"end": end.text})
+        }
+
+        fn start(&mut self) -> Vec<Value> {
+            vec![json!("start")]
+        }
+
+        fn text(&mut self, text: &str) -> Vec<Value> {
+            vec![json!(text)]
+        }
+
+        fn finish(&mut self, end: &End) -> Vec<Value> {
+            let calls: Vec<&str> = end.calls.iter().map(|c| c.id.as_str()).collect();
+            vec![json!({"held": end.text, "calls": calls, "generated": end.generated})]
+        }
+    }
+
+    fn text(text: &str) -> Event {
+        Event::Text { text: text.into() }
+    }
+
+    #[test]
+    fn a_stream_shows_text_holds_back_calls_and_ends_with_the_trailer() {
+        assert_eq!(
+            text_and_a_call(Probe),
+            r#"data: "start"
+
+data: "Let me check.\n"
+
+data: {"calls":["c0"],"generated":true,"held":"\n Done."}
+
+data: [DONE]
+
+"#
+        );
+    }
+
+    #[test]
+    fn without_tools_every_piece_is_shown_as_it_comes() {
+        let events = vec![text("a <tool_call>"), text("")];
+        assert_eq!(
+            replay(Probe, Vec::new(), events),
+            "data: \"start\"\n\ndata: \"a <tool_call>\"\n\n"
+        );
+    }
+
+    #[test]
+    fn a_failure_mid_stream_ends_it_in_the_dialects_shape_without_the_trailer() {
+        let failed = Event::Error {
+            error: ErrorBody::new(ErrorKind::Internal, "The engine failed")
+                .with_help("see its log"),
+        };
+        assert_eq!(
+            replay(Probe, weather(), vec![text("Hi"), failed]),
+            r#"data: "start"
+
+data: "Hi"
+
+data: {"error":"The engine failed; help: see its log"}
+
+"#
+        );
+    }
+
+    #[test]
+    fn an_engine_gone_mid_stream_is_a_failure_too() {
+        let mut streaming = Streaming::new(Probe, Vec::new());
+        let frames = streaming.step(Step::from(Some(Err(ClientError::Disconnected(None)))));
+        assert!(streaming.ended);
+        assert_eq!(
+            frames.concat(),
+            b"data: {\"error\":\"The model's engine stopped; the next request restarts it\"}\n\n"
+        );
+    }
+
+    #[test]
+    fn a_whole_reply_is_split_only_when_tools_were_offered() {
+        let text = " <tool_call>{\"name\": \"get_weather\"}</tool_call> ";
+        let end = |tools: &[Tool]| End::whole(text.into(), tools, "c", FinishReason::Stop, USAGE);
+        let plain = end(&[]);
+        assert_eq!((plain.text.as_str(), plain.calls.len()), (text, 0));
+        let split = end(&weather());
+        assert_eq!(split.text, "");
+        assert_eq!(split.calls[0].id, "c0");
+        assert_eq!(split.calls[0].arguments, "{}");
+        assert!(split.generated);
+        assert!(!End::whole(String::new(), &[], "c", FinishReason::Stop, USAGE).generated);
+    }
+}

@@ -470,6 +470,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_streamed_chat_ends_with_a_line_holding_the_rest_and_the_calls() {
+        let chat = OllamaEncoder {
+            model: "chat".into(),
+            chat: true,
+        };
+        let lines = crate::driver::replay::text_and_a_call(chat);
+        let untimed: String = (lines.lines())
+            .map(|line| {
+                let mut line: Value = serde_json::from_str(line).unwrap();
+                line["created_at"] = json!("T");
+                format!("{line}\n")
+            })
+            .collect();
+        assert_eq!(
+            untimed,
+            r#"{"created_at":"T","done":false,"message":{"content":"Let me check.\n","role":"assistant"},"model":"chat"}
+{"created_at":"T","done":true,"done_reason":"stop","eval_count":3,"eval_duration":20000000,"load_duration":0,"message":{"content":"\n Done.","role":"assistant","tool_calls":[{"function":{"arguments":{"city":"Paris"},"name":"get_weather"}}]},"model":"chat","prompt_eval_count":10,"prompt_eval_duration":5000000,"total_duration":25000000}
+"#
+        );
+    }
+
+    #[test]
     fn timestamps_are_rfc3339_utc() {
         assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
         assert_eq!(timestamp(1_795_478_400), "2026-11-24T00:00:00Z");

@@ -502,6 +502,34 @@ mod tests {
     }
 
     #[test]
+    fn a_streamed_chat_sends_its_text_then_its_tool_calls() {
+        let chat = ChatEncoder {
+            id: "chatcmpl-1".into(),
+            created: 7,
+            model: "chat".into(),
+            include_usage: true,
+        };
+        assert_eq!(
+            crate::driver::replay::text_and_a_call(chat),
+            r#"data: {"choices":[{"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-1","model":"chat","object":"chat.completion.chunk"}
+
+data: {"choices":[{"delta":{"content":"Let me check.\n"},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-1","model":"chat","object":"chat.completion.chunk"}
+
+data: {"choices":[{"delta":{"content":"\n Done."},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-1","model":"chat","object":"chat.completion.chunk"}
+
+data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"city\":\"Paris\"}","name":"get_weather"},"id":"call_0","index":0,"type":"function"}]},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-1","model":"chat","object":"chat.completion.chunk"}
+
+data: {"choices":[{"delta":{},"finish_reason":"tool_calls","index":0,"logprobs":null}],"created":7,"id":"chatcmpl-1","model":"chat","object":"chat.completion.chunk"}
+
+data: {"choices":[],"created":7,"id":"chatcmpl-1","model":"chat","object":"chat.completion.chunk","usage":{"completion_tokens":3,"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":4},"total_tokens":13}}
+
+data: [DONE]
+
+"#
+        );
+    }
+
+    #[test]
     fn errors_in_each_dialect() {
         let e = ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
