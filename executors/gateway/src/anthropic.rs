@@ -1,33 +1,20 @@
-//! The Anthropic Messages API: `/v1/messages` (with its streaming events) and
-//! `/v1/messages/count_tokens`. Tool use maps onto the engine's tool calls.
+//! The Anthropic Messages API: `/v1/messages` (a decoder and an encoder for the driver, with
+//! its named streaming events) and `/v1/messages/count_tokens`. Tool use maps onto the
+//! engine's tool calls.
 
 use aistack_engine_api::{
-    Event, FinishReason, Format, GenerateRequest, Input, Message, Mode, TokenizeRequest, Tool,
-    ToolCall, tools,
+    FinishReason, Format, GenerateRequest, Input, Message, Mode, TokenizeRequest, ToolCall,
 };
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
-use crate::common::{
-    Api, ApiError, from_client, generate, lease, model, new_id, read_json, sampling, stop_list,
-    stream_body, token_limit,
-};
-use crate::metrics::ModelLabel;
+use crate::driver::{Encoder, End, Generation, new_id, serve};
+use crate::error::{Api, ApiError, from_client};
+use crate::framing::Framing;
+use crate::request::{Call, answer, sampling, stop_list, string_at, token_limit, tool};
 use crate::state::Shared;
-
-fn fail(e: &ApiError) -> Response {
-    e.render(Api::Anthropic)
-}
-
-fn labelled(mut response: Response, model: &str) -> Response {
-    response
-        .extensions_mut()
-        .insert(ModelLabel(model.to_owned()));
-    response
-}
 
 fn blocks_text(value: &Value) -> String {
     match value {
@@ -43,7 +30,7 @@ fn blocks_text(value: &Value) -> String {
 }
 
 /// The chat, tools and constraint of a Messages request.
-fn input(request: &Value) -> Result<(Input, Vec<Tool>, Option<Format>), ApiError> {
+fn input(request: &Value) -> Result<(Input, Option<Format>), ApiError> {
     let Some(items) = request.get("messages").and_then(Value::as_array) else {
         return Err(ApiError::bad_request("messages: Field required"));
     };
@@ -84,16 +71,8 @@ fn input(request: &Value) -> Result<(Input, Vec<Tool>, Option<Format>), ApiError
                     );
                 }
                 Some("tool_use") => message.tool_calls.push(ToolCall {
-                    id: block
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                    name: block
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
+                    id: string_at(block, "/id"),
+                    name: string_at(block, "/name"),
                     arguments: block
                         .get("input")
                         .map_or_else(|| "{}".to_owned(), Value::to_string),
@@ -121,29 +100,13 @@ fn input(request: &Value) -> Result<(Input, Vec<Tool>, Option<Format>), ApiError
             messages.push(message);
         }
     }
-    let mut offered = Vec::new();
-    for tool in request
-        .get("tools")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let name = tool
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::bad_request("tools: every tool needs a `name`"))?;
-        offered.push(Tool {
-            name: name.to_owned(),
-            description: tool
-                .get("description")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            parameters: tool
-                .get("input_schema")
-                .cloned()
-                .unwrap_or_else(|| json!({"type": "object"})),
-        });
-    }
+    let items = request.get("tools").and_then(Value::as_array);
+    let mut offered = (items.into_iter().flatten())
+        .map(|item| {
+            tool(item, "input_schema", json!({"type": "object"}))
+                .ok_or_else(|| ApiError::bad_request("tools: every tool needs a `name`"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let format = match request.pointer("/tool_choice/type").and_then(Value::as_str) {
         None | Some("auto") => None,
         Some("none") => {
@@ -173,31 +136,53 @@ fn input(request: &Value) -> Result<(Input, Vec<Tool>, Option<Format>), ApiError
     if format.is_some() && offered.is_empty() {
         return Err(ApiError::bad_request("tool_choice requires `tools`"));
     }
-    Ok((
-        Input::Chat {
-            messages,
-            tools: offered.clone(),
+    let input = Input::Chat {
+        messages,
+        tools: offered,
+    };
+    Ok((input, format))
+}
+
+/// `POST /v1/messages`.
+pub(crate) async fn messages(State(shared): State<Shared>, body: Body) -> Response {
+    serve(&shared, body, decode).await
+}
+
+fn decode(call: &Call) -> Result<Generation<MessagesEncoder>, ApiError> {
+    let request = &call.body;
+    let max_tokens = token_limit(request, "max_tokens")?
+        .ok_or_else(|| ApiError::bad_request("max_tokens: Field required"))?;
+    let (input, format) = input(request)?;
+    let stop = stop_list(request.get("stop_sequences"))?;
+    let encoder = MessagesEncoder {
+        id: new_id("msg_"),
+        model: call.model.clone(),
+        stop_sequences: !stop.is_empty(),
+        text_open: false,
+        index: 0,
+    };
+    Ok(Generation {
+        request: GenerateRequest {
+            input,
+            sampling: sampling(request)?,
+            max_tokens: Some(max_tokens),
+            stop,
+            format,
         },
-        offered,
-        format,
-    ))
+        stream: request
+            .get("stream")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        encoder,
+    })
 }
 
-fn stop_reason(reason: FinishReason, called: bool, stopped_by_sequence: bool) -> &'static str {
-    match (reason, called) {
-        (_, true) => "tool_use",
-        (FinishReason::Length, false) => "max_tokens",
-        (FinishReason::Stop, false) if stopped_by_sequence => "stop_sequence",
-        (FinishReason::Stop, false) => "end_turn",
-    }
-}
-
-fn content_blocks(parsed: &tools::Parsed) -> Vec<Value> {
+fn content_blocks(end: &End) -> Vec<Value> {
     let mut blocks = Vec::new();
-    if !parsed.content.is_empty() || parsed.calls.is_empty() {
-        blocks.push(json!({"type": "text", "text": parsed.content}));
+    if !end.text.is_empty() || end.calls.is_empty() {
+        blocks.push(json!({"type": "text", "text": end.text}));
     }
-    for call in &parsed.calls {
+    for call in &end.calls {
         let input: Value = serde_json::from_str(&call.arguments).unwrap_or(json!({}));
         blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}));
     }
@@ -213,235 +198,165 @@ fn usage_json(usage: &aistack_engine_api::Usage) -> Value {
     })
 }
 
-fn event(name: &str, data: &Value) -> Bytes {
-    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+/// A `message` body, or the named events that build one: content blocks opened, filled and
+/// closed in order, text first, then each tool use.
+pub(crate) struct MessagesEncoder {
+    id: String,
+    model: String,
+    /// Whether the request gave `stop_sequences`.
+    stop_sequences: bool,
+    /// Whether a text block is open in the stream.
+    text_open: bool,
+    /// The index of the stream's current content block.
+    index: usize,
 }
 
-/// `POST /v1/messages`.
-pub(crate) async fn messages(State(shared): State<Shared>, body: Body) -> Response {
-    let request: Value = match read_json(&shared, body).await {
-        Ok(v) => v,
-        Err(e) => return fail(&e),
-    };
-    let name = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    match run(&shared, &request, &name).await {
-        Ok(r) => labelled(r, &name),
-        Err(e) => labelled(fail(&e), &name),
+impl MessagesEncoder {
+    fn stop_reason(&self, end: &End) -> &'static str {
+        match (end.reason, end.calls.is_empty()) {
+            (_, false) => "tool_use",
+            (FinishReason::Length, true) => "max_tokens",
+            // The engine does not say whether a stop string or the end of the turn stopped it:
+            // with stop strings given and text generated, a stop string is the better guess.
+            (FinishReason::Stop, true) if self.stop_sequences && end.generated => "stop_sequence",
+            (FinishReason::Stop, true) => "end_turn",
+        }
+    }
+
+    /// Events of one whole content block, which closes it.
+    fn block(&mut self, block: Value, delta: Value) -> Vec<Value> {
+        let index = self.index;
+        self.index += 1;
+        vec![
+            json!({"type": "content_block_start", "index": index, "content_block": block}),
+            json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            json!({"type": "content_block_stop", "index": index}),
+        ]
     }
 }
 
-async fn run(shared: &Shared, request: &Value, name: &str) -> Result<Response, ApiError> {
-    let max_tokens = token_limit(request, "max_tokens")?
-        .ok_or_else(|| ApiError::bad_request("max_tokens: Field required"))?;
-    let (input, offered, format) = input(request)?;
-    let stop = stop_list(request.get("stop_sequences"))?;
-    let generate_request = GenerateRequest {
-        input,
-        sampling: sampling(request)?,
-        max_tokens: Some(max_tokens),
-        stop: stop.clone(),
-        format,
-    };
-    let entry = model(shared, Some(name), Mode::Chat)?;
-    let streaming = request
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let (lease, mut events) = generate(shared, entry, &generate_request).await?;
-    let id = new_id("msg_");
-    let model_name = name.to_owned();
-    let by_sequence = move |text: &str, reason: FinishReason| {
-        reason == FinishReason::Stop && !stop.is_empty() && !text.is_empty()
-    };
-    if !streaming {
-        let mut text = String::new();
-        loop {
-            match events.next().await {
-                Some(Ok(Event::Text { text: t })) => text.push_str(&t),
-                Some(Ok(Event::Done {
-                    finish_reason,
-                    usage,
-                })) => {
-                    drop(lease);
-                    shared.metrics.generation(&model_name, &usage);
-                    let sequence = by_sequence(&text, finish_reason);
-                    let parsed = if offered.is_empty() {
-                        tools::Parsed {
-                            content: text,
-                            calls: Vec::new(),
-                        }
-                    } else {
-                        tools::parse(&text, &offered, "toolu_")
-                    };
-                    let called = !parsed.calls.is_empty();
-                    return Ok(axum::Json(json!({
-                        "id": id, "type": "message", "role": "assistant", "model": model_name,
-                        "content": content_blocks(&parsed),
-                        "stop_reason": stop_reason(finish_reason, called, sequence),
-                        "stop_sequence": null,
-                        "usage": usage_json(&usage),
-                    }))
-                    .into_response());
-                }
-                Some(Ok(Event::Error { error })) => {
-                    return Err(from_client(&aistack_engine_api::ClientError::Refused(
-                        error,
-                    )));
-                }
-                Some(Err(e)) => return Err(from_client(&e)),
-                None => {
-                    return Err(from_client(&aistack_engine_api::ClientError::Disconnected(
-                        None,
-                    )));
-                }
-            }
-        }
+impl Encoder for MessagesEncoder {
+    const API: Api = Api::Anthropic;
+    const FRAMING: Framing = Framing::NamedSse;
+    const CALL_PREFIX: &'static str = "toolu_";
+
+    fn whole(&self, end: &End) -> Value {
+        json!({
+            "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+            "content": content_blocks(end),
+            "stop_reason": self.stop_reason(end),
+            "stop_sequence": null,
+            "usage": usage_json(&end.usage),
+        })
     }
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        let _lease = lease;
-        let start = json!({"type": "message_start", "message": {
-            "id": id, "type": "message", "role": "assistant", "model": model_name, "content": [],
-            "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}}});
-        if tx.send(event("message_start", &start)).await.is_err() {
-            return;
+
+    fn start(&mut self) -> Vec<Value> {
+        vec![
+            json!({"type": "message_start", "message": {
+                "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+                "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+            json!({"type": "ping"}),
+        ]
+    }
+
+    fn text(&mut self, text: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        if !self.text_open {
+            self.text_open = true;
+            events.push(json!({"type": "content_block_start", "index": self.index, "content_block": {"type": "text", "text": ""}}));
         }
-        let _ = tx.send(event("ping", &json!({"type": "ping"}))).await;
-        let mut splitter = tools::Splitter::new();
-        let mut text_open = false;
-        let mut index = 0usize;
-        let mut all_text = String::new();
-        loop {
-            match events.next().await {
-                Some(Ok(Event::Text { text })) => {
-                    all_text.push_str(&text);
-                    let visible = if offered.is_empty() {
-                        text.clone()
-                    } else {
-                        splitter.push(&text).to_owned()
-                    };
-                    if visible.is_empty() {
-                        continue;
-                    }
-                    if !text_open {
-                        text_open = true;
-                        let _ = tx.send(event("content_block_start", &json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}))).await;
-                    }
-                    let delta = json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": visible}});
-                    if tx.send(event("content_block_delta", &delta)).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(Event::Done {
-                    finish_reason,
-                    usage,
-                })) => {
-                    shared.metrics.generation(&model_name, &usage);
-                    let mut calls = Vec::new();
-                    if !offered.is_empty() {
-                        let (parsed, unshown) = splitter.finish(&offered, "toolu_");
-                        if !unshown.is_empty() {
-                            if !text_open {
-                                text_open = true;
-                                let _ = tx.send(event("content_block_start", &json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}))).await;
-                            }
-                            let _ = tx.send(event("content_block_delta", &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": unshown}}))).await;
-                        }
-                        calls = parsed.calls;
-                    }
-                    if text_open {
-                        let _ = tx
-                            .send(event(
-                                "content_block_stop",
-                                &json!({"type": "content_block_stop", "index": index}),
-                            ))
-                            .await;
-                        index += 1;
-                    }
-                    for call in &calls {
-                        let _ = tx.send(event("content_block_start", &json!({"type": "content_block_start", "index": index,
-                            "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}}))).await;
-                        let _ = tx
-                            .send(event(
-                                "content_block_delta",
-                                &json!({"type": "content_block_delta", "index": index,
-                            "delta": {"type": "input_json_delta", "partial_json": call.arguments}}),
-                            ))
-                            .await;
-                        let _ = tx
-                            .send(event(
-                                "content_block_stop",
-                                &json!({"type": "content_block_stop", "index": index}),
-                            ))
-                            .await;
-                        index += 1;
-                    }
-                    let reason = stop_reason(
-                        finish_reason,
-                        !calls.is_empty(),
-                        by_sequence(&all_text, finish_reason),
-                    );
-                    let _ = tx
-                        .send(event(
-                            "message_delta",
-                            &json!({"type": "message_delta",
-                        "delta": {"stop_reason": reason, "stop_sequence": null},
-                        "usage": usage_json(&usage)}),
-                        ))
-                        .await;
-                    let _ = tx
-                        .send(event("message_stop", &json!({"type": "message_stop"})))
-                        .await;
-                    return;
-                }
-                Some(Ok(Event::Error { error })) => {
-                    let e = from_client(&aistack_engine_api::ClientError::Refused(error));
-                    let _ = tx.send(event("error", &e.body(Api::Anthropic))).await;
-                    return;
-                }
-                Some(Err(e)) => {
-                    let _ = tx
-                        .send(event("error", &from_client(&e).body(Api::Anthropic)))
-                        .await;
-                    return;
-                }
-                None => return,
-            }
+        events.push(json!({"type": "content_block_delta", "index": self.index, "delta": {"type": "text_delta", "text": text}}));
+        events
+    }
+
+    fn finish(&mut self, end: &End) -> Vec<Value> {
+        let mut events = Vec::new();
+        if !end.text.is_empty() {
+            events.extend(self.text(&end.text));
         }
-    });
-    Ok(stream_body("text/event-stream", rx))
+        if self.text_open {
+            events.push(json!({"type": "content_block_stop", "index": self.index}));
+            self.index += 1;
+        }
+        for call in &end.calls {
+            events.extend(self.block(
+                json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}}),
+                json!({"type": "input_json_delta", "partial_json": call.arguments}),
+            ));
+        }
+        events.push(json!({"type": "message_delta",
+            "delta": {"stop_reason": self.stop_reason(end), "stop_sequence": null},
+            "usage": usage_json(&end.usage)}));
+        events.push(json!({"type": "message_stop"}));
+        events
+    }
 }
 
 /// `POST /v1/messages/count_tokens`.
 pub(crate) async fn count_tokens(State(shared): State<Shared>, body: Body) -> Response {
-    let request: Value = match read_json(&shared, body).await {
-        Ok(v) => v,
-        Err(e) => return fail(&e),
-    };
-    let name = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let result = async {
-        let (input, _, _) = input(&request)?;
-        let entry = model(&shared, Some(&name), Mode::Chat)?;
-        let lease = lease(&shared, entry).await?;
+    answer(&shared, body, Api::Anthropic, async |call| {
+        let (input, _) = input(&call.body)?;
+        let lease = call.lease(&shared, Mode::Chat).await?;
         let counted = lease
             .client
             .tokenize(&TokenizeRequest { input })
             .await
             .map_err(|e| from_client(&e))?;
         Ok(axum::Json(json!({"input_tokens": counted.tokens})).into_response())
-    }
-    .await;
-    match result {
-        Ok(r) => labelled(r, &name),
-        Err(e) => labelled(fail(&e), &name),
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::replay::text_and_a_call;
+
+    #[test]
+    fn a_streamed_message_closes_its_text_block_before_each_tool_use() {
+        let message = MessagesEncoder {
+            id: "msg_1".into(),
+            model: "chat".into(),
+            stop_sequences: false,
+            text_open: false,
+            index: 0,
+        };
+        assert_eq!(
+            text_and_a_call(message),
+            r#"event: message_start
+data: {"message":{"content":[],"id":"msg_1","model":"chat","role":"assistant","stop_reason":null,"stop_sequence":null,"type":"message","usage":{"input_tokens":0,"output_tokens":0}},"type":"message_start"}
+
+event: ping
+data: {"type":"ping"}
+
+event: content_block_start
+data: {"content_block":{"text":"","type":"text"},"index":0,"type":"content_block_start"}
+
+event: content_block_delta
+data: {"delta":{"text":"Let me check.\n","type":"text_delta"},"index":0,"type":"content_block_delta"}
+
+event: content_block_delta
+data: {"delta":{"text":"\n Done.","type":"text_delta"},"index":0,"type":"content_block_delta"}
+
+event: content_block_stop
+data: {"index":0,"type":"content_block_stop"}
+
+event: content_block_start
+data: {"content_block":{"id":"toolu_0","input":{},"name":"get_weather","type":"tool_use"},"index":1,"type":"content_block_start"}
+
+event: content_block_delta
+data: {"delta":{"partial_json":"{\"city\":\"Paris\"}","type":"input_json_delta"},"index":1,"type":"content_block_delta"}
+
+event: content_block_stop
+data: {"index":1,"type":"content_block_stop"}
+
+event: message_delta
+data: {"delta":{"stop_reason":"tool_use","stop_sequence":null},"type":"message_delta","usage":{"cache_read_input_tokens":4,"input_tokens":6,"output_tokens":3}}
+
+event: message_stop
+data: {"type":"message_stop"}
+
+"#
+        );
     }
 }

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use subtle::ConstantTimeEq;
 
-use crate::common::{Api, ApiError};
 use crate::config::Auth;
+use crate::error::{Api, ApiError};
 use crate::metrics::ModelLabel;
 use crate::scope::{self, Scope};
 use crate::state::Shared;

@@ -3,16 +3,30 @@
 //! and Anthropic dialects, in front of engine processes (`aistack engine`) it starts on
 //! demand. Dialects translate to the engine protocol of `aistack_engine_api`; the engines do
 //! templates, tools and grammars.
+//!
+//! Generation takes one path whatever the dialect. Each dialect module (`openai`, `ollama`,
+//! `anthropic`) is only a decoder, from its request to the engine's neutral request, and an
+//! encoder (`driver::Encoder`), from how the generation went to its whole body or its stream
+//! events. The `driver` owns all between: the lease on the model's engine and its queue,
+//! tool-call splitting, errors before and during a stream, metrics, and streaming itself;
+//! `framing` writes the events as SSE or NDJSON, `error` shapes failures for each dialect, and
+//! `request` reads what every model route is asked (the body, the model, the metrics label).
+//! So a new dialect is one file. Embeddings (`embed`), listings and Ollama's model routes are
+//! not generation and answer directly.
 
 mod admission;
 mod anthropic;
-mod common;
 mod config;
+mod driver;
+mod embed;
+mod error;
+mod framing;
 mod http;
 mod metrics;
 mod models;
 mod ollama;
 mod openai;
+mod request;
 mod scope;
 mod state;
 

@@ -1,35 +1,24 @@
-//! The Ollama API: chat and generate (NDJSON streams by default), embeddings, and the model
-//! listing routes. Models come from aistack.yaml, so pull and delete explain that instead.
+//! The Ollama API: chat and generate (a decoder and an encoder for the driver; NDJSON streams
+//! by default), embeddings, and the model listing routes. Models come from aistack.yaml, so
+//! pull and delete explain that instead.
 
 use aistack_engine_api::{
-    Event, FinishReason, Format, GenerateRequest, Input, Message, Mode, Tool, ToolCall, tools,
+    FinishReason, Format, GenerateRequest, Input, Message, Mode, Tool, ToolCall,
 };
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::common::{
-    Api, ApiError, from_client, generate, model, ndjson, read_json, sampling, stop_list,
-    stream_body, token_limit,
-};
-use crate::metrics::ModelLabel;
-use crate::models::unix_now;
-use crate::openai::{embed, embed_inputs};
+use crate::driver::{Encoder, End, Generation, generate};
+use crate::embed::{embed, inputs};
+use crate::error::{Api, ApiError, unavailable};
+use crate::framing::Framing;
+use crate::models::{Unavailable, unix_now};
+use crate::request::{Call, answer, read_json, sampling, stop_list, string_at, token_limit, tool};
 use crate::state::Shared;
-
-fn fail(e: &ApiError) -> Response {
-    e.render(Api::Ollama)
-}
-
-fn labelled(mut response: Response, model: &str) -> Response {
-    response
-        .extensions_mut()
-        .insert(ModelLabel(model.to_owned()));
-    response
-}
 
 /// RFC 3339 in UTC, as Ollama writes `created_at`; a time outside the years RFC 3339 can
 /// write (0000 to 9999; an expiry after a keep-alive of millennia) is written as the nearest.
@@ -79,37 +68,10 @@ fn offered_tools(request: &Value) -> Result<Vec<Tool>, ApiError> {
         .iter()
         .map(|item| {
             let function = item.get("function").unwrap_or(item);
-            let name = function
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::bad_request("Every tool needs a `function.name`"))?;
-            Ok(Tool {
-                name: name.to_owned(),
-                description: function
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                parameters: function
-                    .get("parameters")
-                    .cloned()
-                    .unwrap_or_else(|| json!({"type": "object"})),
-            })
+            tool(function, "parameters", json!({"type": "object"}))
+                .ok_or_else(|| ApiError::bad_request("Every tool needs a `function.name`"))
         })
         .collect()
-}
-
-fn done_fields(reason: FinishReason, usage: &aistack_engine_api::Usage) -> Value {
-    let ns = |ms: f64| (ms * 1e6) as u64;
-    json!({
-        "done": true,
-        "done_reason": match reason { FinishReason::Stop => "stop", FinishReason::Length => "length" },
-        "total_duration": ns(usage.prompt_ms + usage.decode_ms),
-        "load_duration": 0,
-        "prompt_eval_count": usage.prompt_tokens,
-        "prompt_eval_duration": ns(usage.prompt_ms),
-        "eval_count": usage.completion_tokens,
-        "eval_duration": ns(usage.decode_ms),
-    })
 }
 
 fn merge(mut base: Value, extra: Value) -> Value {
@@ -119,149 +81,172 @@ fn merge(mut base: Value, extra: Value) -> Value {
     base
 }
 
+/// What an Ollama generation route asks for.
+enum Asked {
+    /// A generation.
+    Generate(Generation<OllamaEncoder>),
+    /// Only the model loaded: Ollama answers an empty chat or prompt that way.
+    Load(OllamaEncoder),
+}
+
+/// Answers a chat or generate route: a generation through the driver, or only the model
+/// loaded.
+async fn run(
+    shared: &Shared,
+    body: Body,
+    decode: fn(&Call) -> Result<Asked, ApiError>,
+) -> Response {
+    answer(shared, body, Api::Ollama, |call| async move {
+        match decode(&call)? {
+            Asked::Generate(generation) => generate(shared, &call, generation).await,
+            Asked::Load(encoder) => {
+                let entry = call.entry(shared, Mode::Chat)?;
+                (shared.models.ensure_loaded(&entry).await)
+                    .map_err(|e| unavailable(&call.model, Unavailable::Failed(e)))?;
+                let body = merge(
+                    encoder.piece("", &[]),
+                    json!({"done_reason": "load", "done": true}),
+                );
+                Ok(axum::Json(body).into_response())
+            }
+        }
+    })
+    .await
+}
+
 /// `POST /api/chat`.
 pub(crate) async fn chat(State(shared): State<Shared>, body: Body) -> Response {
-    let request: Value = match read_json(&shared, body).await {
-        Ok(v) => v,
-        Err(e) => return fail(&e),
+    run(&shared, body, decode_chat).await
+}
+
+fn decode_chat(call: &Call) -> Result<Asked, ApiError> {
+    let request = &call.body;
+    let Some(items) = request.get("messages").and_then(Value::as_array) else {
+        return Err(ApiError::bad_request(
+            "`messages` is required and must be an array",
+        ));
     };
-    let name = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let result = async {
-        let Some(items) = request.get("messages").and_then(Value::as_array) else {
-            return Err(ApiError::bad_request("`messages` is required and must be an array"));
-        };
-        let mut messages = Vec::new();
-        for m in items {
-            let role = m.get("role").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("Every message needs a `role`"))?;
-            let mut message = Message::new(role, m.get("content").and_then(Value::as_str).unwrap_or_default());
-            if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
-                for (i, call) in calls.iter().enumerate() {
-                    message.tool_calls.push(ToolCall {
-                        id: format!("call_{i}"),
-                        name: call.pointer("/function/name").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                        arguments: call.pointer("/function/arguments").map_or_else(|| "{}".to_owned(), Value::to_string),
-                    });
-                }
+    let mut messages = Vec::new();
+    for m in items {
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::bad_request("Every message needs a `role`"))?;
+        let mut message = Message::new(
+            role,
+            m.get("content").and_then(Value::as_str).unwrap_or_default(),
+        );
+        if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+            for (i, call) in calls.iter().enumerate() {
+                message.tool_calls.push(ToolCall {
+                    id: format!("call_{i}"),
+                    name: string_at(call, "/function/name"),
+                    arguments: call
+                        .pointer("/function/arguments")
+                        .map_or_else(|| "{}".to_owned(), Value::to_string),
+                });
             }
-            message.name = m.get("tool_name").and_then(Value::as_str).map(str::to_owned);
-            messages.push(message);
         }
-        if messages.is_empty() {
-            // Ollama answers an empty chat by loading the model.
-            let entry = model(&shared, Some(&name), Mode::Chat)?;
-            shared.models.ensure_loaded(&entry).await.map_err(|e| crate::common::unavailable(&name, crate::models::Unavailable::Failed(e)))?;
-            return Ok(axum::Json(json!({"model": name, "created_at": timestamp(unix_now()),
-                "message": {"role": "assistant", "content": ""}, "done_reason": "load", "done": true})).into_response());
-        }
-        let offered = offered_tools(&request)?;
-        let (sampling, max_tokens, stop) = options(&request)?;
-        let generate_request = GenerateRequest {
-            input: Input::Chat { messages, tools: offered.clone() },
-            sampling,
-            max_tokens,
-            stop,
-            format: format(&request)?,
-        };
-        respond(&shared, &request, &name, generate_request, offered, true).await
+        message.name = m
+            .get("tool_name")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        messages.push(message);
     }
-    .await;
-    match result {
-        Ok(r) => labelled(r, &name),
-        Err(e) => labelled(fail(&e), &name),
+    let encoder = OllamaEncoder {
+        model: call.model.clone(),
+        chat: true,
+    };
+    if messages.is_empty() {
+        return Ok(Asked::Load(encoder));
     }
+    let tools = offered_tools(request)?;
+    decoded(request, Input::Chat { messages, tools }, encoder)
 }
 
 /// `POST /api/generate`.
 pub(crate) async fn generate_route(State(shared): State<Shared>, body: Body) -> Response {
-    let request: Value = match read_json(&shared, body).await {
-        Ok(v) => v,
-        Err(e) => return fail(&e),
+    run(&shared, body, decode_generate).await
+}
+
+fn decode_generate(call: &Call) -> Result<Asked, ApiError> {
+    let request = &call.body;
+    let encoder = OllamaEncoder {
+        model: call.model.clone(),
+        chat: false,
     };
-    let name = request
-        .get("model")
+    let prompt = request
+        .get("prompt")
         .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let result = async {
-        let prompt = request
-            .get("prompt")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if prompt.is_empty() {
-            let entry = model(&shared, Some(&name), Mode::Chat)?;
-            shared.models.ensure_loaded(&entry).await.map_err(|e| {
-                crate::common::unavailable(&name, crate::models::Unavailable::Failed(e))
-            })?;
-            return Ok(
-                axum::Json(json!({"model": name, "created_at": timestamp(unix_now()),
-                "response": "", "done_reason": "load", "done": true}))
-                .into_response(),
-            );
+        .unwrap_or_default();
+    if prompt.is_empty() {
+        return Ok(Asked::Load(encoder));
+    }
+    let raw = request.get("raw").and_then(Value::as_bool).unwrap_or(false);
+    let input = if raw {
+        Input::Text {
+            prompt: prompt.to_owned(),
         }
-        let raw = request.get("raw").and_then(Value::as_bool).unwrap_or(false);
-        let input = if raw {
-            Input::Text {
-                prompt: prompt.to_owned(),
-            }
-        } else {
-            let mut messages = Vec::new();
-            if let Some(system) = request.get("system").and_then(Value::as_str) {
-                messages.push(Message::new("system", system));
-            }
-            messages.push(Message::new("user", prompt));
-            Input::Chat {
-                messages,
-                tools: Vec::new(),
-            }
-        };
-        let (sampling, max_tokens, stop) = options(&request)?;
-        let generate_request = GenerateRequest {
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = request.get("system").and_then(Value::as_str) {
+            messages.push(Message::new("system", system));
+        }
+        messages.push(Message::new("user", prompt));
+        Input::Chat {
+            messages,
+            tools: Vec::new(),
+        }
+    };
+    decoded(request, input, encoder)
+}
+
+/// The generation of a chat or generate request, from the fields they share.
+fn decoded(request: &Value, input: Input, encoder: OllamaEncoder) -> Result<Asked, ApiError> {
+    let (sampling, max_tokens, stop) = options(request)?;
+    Ok(Asked::Generate(Generation {
+        request: GenerateRequest {
             input,
             sampling,
             max_tokens,
             stop,
-            format: format(&request)?,
-        };
-        respond(
-            &shared,
-            &request,
-            &name,
-            generate_request,
-            Vec::new(),
-            false,
-        )
-        .await
-    }
-    .await;
-    match result {
-        Ok(r) => labelled(r, &name),
-        Err(e) => labelled(fail(&e), &name),
-    }
+            format: format(request)?,
+        },
+        stream: request
+            .get("stream")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+        encoder,
+    }))
 }
 
-/// Runs a chat (`message` objects) or generate (`response` strings) request.
-async fn respond(
-    shared: &Shared,
-    request: &Value,
-    name: &str,
-    generate_request: GenerateRequest,
-    offered: Vec<Tool>,
+fn done_fields(end: &End) -> Value {
+    let ns = |ms: f64| (ms * 1e6) as u64;
+    let usage = &end.usage;
+    json!({
+        "done": true,
+        "done_reason": match end.reason { FinishReason::Stop => "stop", FinishReason::Length => "length" },
+        "total_duration": ns(usage.prompt_ms + usage.decode_ms),
+        "load_duration": 0,
+        "prompt_eval_count": usage.prompt_tokens,
+        "prompt_eval_duration": ns(usage.prompt_ms),
+        "eval_count": usage.completion_tokens,
+        "eval_duration": ns(usage.decode_ms),
+    })
+}
+
+/// A chat's `message` objects or a generate's `response` strings, one JSON line each.
+pub(crate) struct OllamaEncoder {
+    model: String,
+    /// `/api/chat`, not `/api/generate`.
     chat: bool,
-) -> Result<Response, ApiError> {
-    let entry = model(shared, Some(name), Mode::Chat)?;
-    let streaming = request
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
-    let (lease, mut events) = generate(shared, entry, &generate_request).await?;
-    let model_name = name.to_owned();
-    let piece = move |text: &str, calls: &[ToolCall]| {
-        let mut v = json!({"model": model_name, "created_at": timestamp(unix_now())});
-        if chat {
+}
+
+impl OllamaEncoder {
+    /// The fields every line has: the model, the time, and the text (with a chat's calls).
+    fn piece(&self, text: &str, calls: &[ToolCall]) -> Value {
+        let mut v = json!({"model": self.model, "created_at": timestamp(unix_now())});
+        if self.chat {
             let mut message = json!({"role": "assistant", "content": text});
             if !calls.is_empty() {
                 message["tool_calls"] = Value::Array(
@@ -280,148 +265,51 @@ async fn respond(
             v["response"] = json!(text);
         }
         v
-    };
-    let label = name.to_owned();
-    if !streaming {
-        let mut text = String::new();
-        loop {
-            match events.next().await {
-                Some(Ok(Event::Text { text: t })) => text.push_str(&t),
-                Some(Ok(Event::Done {
-                    finish_reason,
-                    usage,
-                })) => {
-                    drop(lease);
-                    shared.metrics.generation(&label, &usage);
-                    let parsed = if offered.is_empty() {
-                        tools::Parsed {
-                            content: text,
-                            calls: Vec::new(),
-                        }
-                    } else {
-                        tools::parse(&text, &offered, "call_")
-                    };
-                    let body = merge(
-                        piece(&parsed.content, &parsed.calls),
-                        done_fields(finish_reason, &usage),
-                    );
-                    return Ok(axum::Json(body).into_response());
-                }
-                Some(Ok(Event::Error { error })) => {
-                    return Err(from_client(&aistack_engine_api::ClientError::Refused(
-                        error,
-                    )));
-                }
-                Some(Err(e)) => return Err(from_client(&e)),
-                None => {
-                    return Err(from_client(&aistack_engine_api::ClientError::Disconnected(
-                        None,
-                    )));
-                }
-            }
-        }
     }
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        let _lease = lease;
-        let mut splitter = tools::Splitter::new();
-        loop {
-            match events.next().await {
-                Some(Ok(Event::Text { text })) => {
-                    let visible = if offered.is_empty() {
-                        text.as_str()
-                    } else {
-                        splitter.push(&text)
-                    };
-                    if !visible.is_empty() {
-                        let line = merge(piece(visible, &[]), json!({"done": false}));
-                        if tx.send(ndjson(&line)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Some(Ok(Event::Done {
-                    finish_reason,
-                    usage,
-                })) => {
-                    shared.metrics.generation(&label, &usage);
-                    let (rest, calls) = if offered.is_empty() {
-                        (String::new(), Vec::new())
-                    } else {
-                        let (parsed, unshown) = splitter.finish(&offered, "call_");
-                        (unshown, parsed.calls)
-                    };
-                    let line = merge(piece(&rest, &calls), done_fields(finish_reason, &usage));
-                    let _ = tx.send(ndjson(&line)).await;
-                    return;
-                }
-                Some(Ok(Event::Error { error })) => {
-                    let e = from_client(&aistack_engine_api::ClientError::Refused(error));
-                    let _ = tx.send(ndjson(&e.body(Api::Ollama))).await;
-                    return;
-                }
-                Some(Err(e)) => {
-                    let _ = tx.send(ndjson(&from_client(&e).body(Api::Ollama))).await;
-                    return;
-                }
-                None => return,
-            }
-        }
-    });
-    Ok(stream_body("application/x-ndjson", rx))
+}
+
+impl Encoder for OllamaEncoder {
+    const API: Api = Api::Ollama;
+    const FRAMING: Framing = Framing::Ndjson;
+    const CALL_PREFIX: &'static str = "call_";
+
+    fn whole(&self, end: &End) -> Value {
+        merge(self.piece(&end.text, &end.calls), done_fields(end))
+    }
+
+    fn text(&mut self, text: &str) -> Vec<Value> {
+        vec![merge(self.piece(text, &[]), json!({"done": false}))]
+    }
+
+    /// Ollama's last line is the whole answer's, with what was held back as its text.
+    fn finish(&mut self, end: &End) -> Vec<Value> {
+        vec![self.whole(end)]
+    }
 }
 
 /// `POST /api/embed`.
 pub(crate) async fn embed_route(State(shared): State<Shared>, body: Body) -> Response {
-    let request: Value = match read_json(&shared, body).await {
-        Ok(v) => v,
-        Err(e) => return fail(&e),
-    };
-    let name = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let result = async {
-        let texts = embed_inputs(request.get("input"))?;
-        let (vectors, tokens) = embed(&shared, Some(&name), texts).await?;
-        Ok(
-            axum::Json(json!({"model": name, "embeddings": vectors, "prompt_eval_count": tokens}))
-                .into_response(),
-        )
-    }
-    .await;
-    match result {
-        Ok(r) => labelled(r, &name),
-        Err(e) => labelled(fail(&e), &name),
-    }
+    answer(&shared, body, Api::Ollama, async |call| {
+        let texts = inputs(call.body.get("input"))?;
+        let (vectors, tokens) = embed(&shared, &call, texts).await?;
+        let body = json!({"model": call.model, "embeddings": vectors, "prompt_eval_count": tokens});
+        Ok(axum::Json(body).into_response())
+    })
+    .await
 }
 
 /// `POST /api/embeddings` (Ollama's older route: `prompt` in, one `embedding` out).
 pub(crate) async fn embeddings_legacy(State(shared): State<Shared>, body: Body) -> Response {
-    let request: Value = match read_json(&shared, body).await {
-        Ok(v) => v,
-        Err(e) => return fail(&e),
-    };
-    let name = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let result = async {
-        let prompt = request
+    answer(&shared, body, Api::Ollama, async |call| {
+        let prompt = call
+            .body
             .get("prompt")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::bad_request("`prompt` is required"))?;
-        let (mut vectors, _) = embed(&shared, Some(&name), vec![prompt.to_owned()]).await?;
+        let (mut vectors, _) = embed(&shared, &call, vec![prompt.to_owned()]).await?;
         Ok(axum::Json(json!({"embedding": vectors.pop().unwrap_or_default()})).into_response())
-    }
-    .await;
-    match result {
-        Ok(r) => labelled(r, &name),
-        Err(e) => labelled(fail(&e), &name),
-    }
+    })
+    .await
 }
 
 fn details(config: &crate::ModelConfig) -> Value {
@@ -480,83 +368,86 @@ pub(crate) async fn ps(State(shared): State<Shared>) -> Response {
     axum::Json(json!({"models": models})).into_response()
 }
 
+/// Answers a route about a model, named by `model` or the older `name`. Such a route asks
+/// nothing of the model's engine, so the request counter leaves it out.
+async fn about_model(
+    shared: &Shared,
+    body: Body,
+    respond: fn(&Shared, &Value, Option<&str>) -> Result<Response, ApiError>,
+) -> Response {
+    let answer = match read_json::<Value>(shared, body).await {
+        Ok(request) => {
+            let name =
+                (request.get("model").or_else(|| request.get("name"))).and_then(Value::as_str);
+            respond(shared, &request, name)
+        }
+        Err(e) => Err(e),
+    };
+    answer.unwrap_or_else(|e| e.render(Api::Ollama))
+}
+
 /// `POST /api/show`.
 pub(crate) async fn show(State(shared): State<Shared>, body: Body) -> Response {
-    let request: Value = match read_json(&shared, body).await {
-        Ok(v) => v,
-        Err(e) => return fail(&e),
+    about_model(&shared, body, show_model).await
+}
+
+fn show_model(shared: &Shared, _: &Value, name: Option<&str>) -> Result<Response, ApiError> {
+    let name = name.ok_or_else(|| ApiError::bad_request("`model` is required"))?;
+    let entry = shared.models.find(name).map_err(|e| unavailable(name, e))?;
+    let c = &entry.config;
+    let capabilities = match c.mode {
+        Mode::Chat => json!(["completion", "tools"]),
+        Mode::Embedding => json!(["embedding"]),
     };
-    let Some(name) = request
-        .get("model")
-        .or_else(|| request.get("name"))
-        .and_then(Value::as_str)
-    else {
-        return fail(&ApiError::bad_request("`model` is required"));
-    };
-    match shared.models.find(name) {
-        Ok(entry) => {
-            let c = &entry.config;
-            let capabilities = match c.mode {
-                Mode::Chat => json!(["completion", "tools"]),
-                Mode::Embedding => json!(["embedding"]),
-            };
-            let template = c
-                .chat_template
-                .as_ref()
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .unwrap_or_default();
-            let mut info = json!({"general.architecture": c.architecture});
-            if let Some(context) = c.context_size {
-                info["aistack.context_size"] = json!(context);
-            }
-            axum::Json(json!({"modelfile": "", "parameters": "", "template": template, "details": details(c),
-                              "model_info": info, "capabilities": capabilities,
-                              "modified_at": timestamp(c.created)})).into_response()
-        }
-        Err(e) => fail(&crate::common::unavailable(name, e)),
+    let template = c
+        .chat_template
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let mut info = json!({"general.architecture": c.architecture});
+    if let Some(context) = c.context_size {
+        info["aistack.context_size"] = json!(context);
     }
+    let body = json!({"modelfile": "", "parameters": "", "template": template, "details": details(c),
+                      "model_info": info, "capabilities": capabilities,
+                      "modified_at": timestamp(c.created)});
+    Ok(axum::Json(body).into_response())
 }
 
 /// `POST /api/pull`: models are declared in aistack.yaml; a declared one is already here.
 pub(crate) async fn pull(State(shared): State<Shared>, body: Body) -> Response {
-    let request: Value = match read_json(&shared, body).await {
-        Ok(v) => v,
-        Err(e) => return fail(&e),
-    };
-    let name = request
-        .get("model")
-        .or_else(|| request.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    match shared.models.find(name) {
-        Ok(_) => {
-            let streaming = request
-                .get("stream")
-                .and_then(Value::as_bool)
-                .unwrap_or(true);
-            if streaming {
-                let (tx, rx) = mpsc::channel(2);
-                let _ = tx.try_send(ndjson(&json!({"status": "success"})));
-                drop(tx);
-                stream_body("application/x-ndjson", rx)
-            } else {
-                axum::Json(json!({"status": "success"})).into_response()
-            }
-        }
-        Err(_) => fail(&ApiError::new(
+    about_model(&shared, body, pull_model).await
+}
+
+fn pull_model(shared: &Shared, request: &Value, name: Option<&str>) -> Result<Response, ApiError> {
+    let name = name.unwrap_or_default();
+    if shared.models.find(name).is_err() {
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
                 "Model `{name}` is not declared; help: add it under `models:` in aistack.yaml and run `aistack up`, which pulls it"
             ),
-        )),
+        ));
     }
+    let success = json!({"status": "success"});
+    if !request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(true)
+    {
+        return Ok(axum::Json(success).into_response());
+    }
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.try_send(Framing::Ndjson.frame(&success));
+    Ok(Framing::Ndjson.response(rx))
 }
 
 /// `DELETE /api/delete`.
 pub(crate) async fn delete() -> Response {
-    fail(&ApiError::bad_request(
+    ApiError::bad_request(
         "Models are declared in aistack.yaml; help: remove the model there and run `aistack up`, or `aistack down --models`",
-    ))
+    )
+    .render(Api::Ollama)
 }
 
 /// `GET /api/version`.
@@ -567,6 +458,28 @@ pub(crate) async fn version() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streamed_chat_ends_with_a_line_holding_the_rest_and_the_calls() {
+        let chat = OllamaEncoder {
+            model: "chat".into(),
+            chat: true,
+        };
+        let lines = crate::driver::replay::text_and_a_call(chat);
+        let untimed: String = (lines.lines())
+            .map(|line| {
+                let mut line: Value = serde_json::from_str(line).unwrap();
+                line["created_at"] = json!("T");
+                format!("{line}\n")
+            })
+            .collect();
+        assert_eq!(
+            untimed,
+            r#"{"created_at":"T","done":false,"message":{"content":"Let me check.\n","role":"assistant"},"model":"chat"}
+{"created_at":"T","done":true,"done_reason":"stop","eval_count":3,"eval_duration":20000000,"load_duration":0,"message":{"content":"\n Done.","role":"assistant","tool_calls":[{"function":{"arguments":{"city":"Paris"},"name":"get_weather"}}]},"model":"chat","prompt_eval_count":10,"prompt_eval_duration":5000000,"total_duration":25000000}
+"#
+        );
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

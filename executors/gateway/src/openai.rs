@@ -1,35 +1,20 @@
-//! The OpenAI API (and Docker Model Runner's, which is OpenAI's under `/engines/...`):
-//! chat completions, completions, embeddings and models.
+//! The OpenAI API (and Docker Model Runner's, which is OpenAI's under `/engines/...`): chat
+//! completions and completions (decoders and encoders for the driver), embeddings and models.
 
-use aistack_engine_api::{
-    EmbedRequest, Event, FinishReason, Format, GenerateRequest, Input, Message, Mode, Tool,
-    ToolCall, tools,
-};
-use axum::body::{Body, Bytes};
+use aistack_engine_api::{FinishReason, Format, GenerateRequest, Input, Message, Tool, ToolCall};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
-use crate::common::{
-    Api, ApiError, from_client, generate, lease, model, new_id, read_json, sampling, sse,
-    stop_list, stream_body, token_limit,
-};
-use crate::metrics::ModelLabel;
+use crate::driver::{Encoder, End, Generation, new_id, serve};
+use crate::embed::{embed, inputs};
+use crate::error::{Api, ApiError, unavailable};
+use crate::framing::Framing;
 use crate::models::unix_now;
+use crate::request::{Call, answer, sampling, stop_list, string_at, token_limit, tool};
 use crate::state::Shared;
-
-fn fail(e: &ApiError) -> Response {
-    e.render(Api::OpenAi)
-}
-
-fn labelled(mut response: Response, model: &str) -> Response {
-    response
-        .extensions_mut()
-        .insert(ModelLabel(model.to_owned()));
-    response
-}
 
 /// Text of a `content` that is a string, null, or an array of parts.
 fn content_text(value: Option<&Value>) -> Result<String, ApiError> {
@@ -85,16 +70,8 @@ fn messages(request: &Value) -> Result<Vec<Message>, ApiError> {
                         None => "{}".to_owned(),
                     };
                     message.tool_calls.push(ToolCall {
-                        id: call
-                            .get("id")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned(),
-                        name: function
-                            .get("name")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned(),
+                        id: string_at(call, "/id"),
+                        name: string_at(function, "/name"),
                         arguments,
                     });
                 }
@@ -117,21 +94,11 @@ fn tool_choice(request: &Value) -> Result<(Vec<Tool>, Option<Format>), ApiError>
             let function = item
                 .get("function")
                 .ok_or_else(|| ApiError::bad_request("Every tool needs a `function`"))?;
-            let name = function
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::bad_request("Every tool function needs a `name`"))?;
-            offered.push(Tool {
-                name: name.to_owned(),
-                description: function
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                parameters: function
-                    .get("parameters")
-                    .cloned()
-                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-            });
+            let default_schema = json!({"type": "object", "properties": {}});
+            offered.push(
+                tool(function, "parameters", default_schema)
+                    .ok_or_else(|| ApiError::bad_request("Every tool function needs a `name`"))?,
+            );
         }
     }
     let format = match request.get("tool_choice") {
@@ -187,11 +154,92 @@ fn response_format(request: &Value) -> Result<Option<Format>, ApiError> {
     }
 }
 
-fn finish_reason(reason: FinishReason, called: bool) -> &'static str {
-    match (reason, called) {
-        (_, true) => "tool_calls",
-        (FinishReason::Stop, false) => "stop",
-        (FinishReason::Length, false) => "length",
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(State(shared): State<Shared>, body: Body) -> Response {
+    serve(&shared, body, decode_chat).await
+}
+
+fn decode_chat(call: &Call) -> Result<Generation<ChatEncoder>, ApiError> {
+    let request = &call.body;
+    let messages = messages(request)?;
+    let (offered, tool_format) = tool_choice(request)?;
+    let format = match tool_format {
+        Some(f) => Some(f),
+        None => response_format(request)?,
+    };
+    let max_tokens = match token_limit(request, "max_completion_tokens")? {
+        Some(n) => Some(n),
+        None => token_limit(request, "max_tokens")?,
+    };
+    Ok(Generation {
+        request: GenerateRequest {
+            input: Input::Chat {
+                messages,
+                tools: offered,
+            },
+            sampling: sampling(request)?,
+            max_tokens,
+            stop: stop_list(request.get("stop"))?,
+            format,
+        },
+        stream: flag(request, "/stream"),
+        encoder: ChatEncoder {
+            id: new_id("chatcmpl-"),
+            created: unix_now(),
+            model: call.model.clone(),
+            include_usage: flag(request, "/stream_options/include_usage"),
+        },
+    })
+}
+
+/// `POST /v1/completions`.
+pub(crate) async fn completions(State(shared): State<Shared>, body: Body) -> Response {
+    serve(&shared, body, decode_completion).await
+}
+
+fn decode_completion(call: &Call) -> Result<Generation<CompletionEncoder>, ApiError> {
+    let request = &call.body;
+    let prompt = match request.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or_default().to_owned()
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "`prompt` is required and must be a string",
+            ));
+        }
+    };
+    Ok(Generation {
+        request: GenerateRequest {
+            input: Input::Text { prompt },
+            sampling: sampling(request)?,
+            max_tokens: token_limit(request, "max_tokens")?,
+            stop: stop_list(request.get("stop"))?,
+            format: response_format(request)?,
+        },
+        stream: flag(request, "/stream"),
+        encoder: CompletionEncoder {
+            id: new_id("cmpl-"),
+            created: unix_now(),
+            model: call.model.clone(),
+        },
+    })
+}
+
+/// A boolean field, false when absent.
+fn flag(request: &Value, pointer: &str) -> bool {
+    request
+        .pointer(pointer)
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+fn finish_reason(end: &End) -> &'static str {
+    match (end.reason, end.calls.is_empty()) {
+        (_, false) => "tool_calls",
+        (FinishReason::Stop, true) => "stop",
+        (FinishReason::Length, true) => "length",
     }
 }
 
@@ -220,376 +268,113 @@ fn calls_json(calls: &[ToolCall], streaming: bool) -> Value {
     )
 }
 
-/// `POST /v1/chat/completions`.
-pub(crate) async fn chat_completions(State(shared): State<Shared>, body: Body) -> Response {
-    let request: Value = match read_json(&shared, body).await {
-        Ok(v) => v,
-        Err(e) => return fail(&e),
-    };
-    let name = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    match chat(&shared, &request, &name).await {
-        Ok(response) => labelled(response, &name),
-        Err(e) => labelled(fail(&e), &name),
+/// A chat completion: a `chat.completion` body, or `chat.completion.chunk` events.
+pub(crate) struct ChatEncoder {
+    id: String,
+    created: i64,
+    model: String,
+    /// `stream_options.include_usage`: a last chunk with the counts and no choices.
+    include_usage: bool,
+}
+
+impl ChatEncoder {
+    fn chunk(&self, delta: Value, finish: Value) -> Value {
+        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+               "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
     }
 }
 
-async fn chat(shared: &Shared, request: &Value, name: &str) -> Result<Response, ApiError> {
-    let messages = messages(request)?;
-    let (offered, tool_format) = tool_choice(request)?;
-    let format = match tool_format {
-        Some(f) => Some(f),
-        None => response_format(request)?,
-    };
-    let max_tokens = match token_limit(request, "max_completion_tokens")? {
-        Some(n) => Some(n),
-        None => token_limit(request, "max_tokens")?,
-    };
-    let generate_request = GenerateRequest {
-        input: Input::Chat {
-            messages,
-            tools: offered.clone(),
-        },
-        sampling: sampling(request)?,
-        max_tokens,
-        stop: stop_list(request.get("stop"))?,
-        format,
-    };
-    let entry = model(shared, Some(name), Mode::Chat)?;
-    let stream_flag = request
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let include_usage = request
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let (lease, mut events) = generate(shared, entry, &generate_request).await?;
-    let id = new_id("chatcmpl-");
-    let created = unix_now();
-    let model_name = name.to_owned();
-    if !stream_flag {
-        let mut text = String::new();
-        loop {
-            match events.next().await {
-                Some(Ok(Event::Text { text: t })) => text.push_str(&t),
-                Some(Ok(Event::Done {
-                    finish_reason: reason,
-                    usage,
-                })) => {
-                    drop(lease);
-                    shared.metrics.generation(&model_name, &usage);
-                    let parsed = if offered.is_empty() {
-                        tools::Parsed {
-                            content: text,
-                            calls: Vec::new(),
-                        }
-                    } else {
-                        tools::parse(&text, &offered, "call_")
-                    };
-                    let called = !parsed.calls.is_empty();
-                    let mut message = json!({"role": "assistant", "content": parsed.content});
-                    if called {
-                        message["tool_calls"] = calls_json(&parsed.calls, false);
-                        if parsed.content.is_empty() {
-                            message["content"] = Value::Null;
-                        }
-                    }
-                    return Ok(axum::Json(json!({
-                        "id": id, "object": "chat.completion", "created": created, "model": model_name,
-                        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(reason, called)}],
-                        "usage": usage_json(&usage),
-                    }))
-                    .into_response());
-                }
-                Some(Ok(Event::Error { error })) => {
-                    return Err(from_client(&aistack_engine_api::ClientError::Refused(
-                        error,
-                    )));
-                }
-                Some(Err(e)) => return Err(from_client(&e)),
-                None => {
-                    return Err(from_client(&aistack_engine_api::ClientError::Disconnected(
-                        None,
-                    )));
-                }
+impl Encoder for ChatEncoder {
+    const API: Api = Api::OpenAi;
+    const FRAMING: Framing = Framing::Sse;
+    const CALL_PREFIX: &'static str = "call_";
+
+    fn whole(&self, end: &End) -> Value {
+        let mut message = json!({"role": "assistant", "content": end.text});
+        if !end.calls.is_empty() {
+            message["tool_calls"] = calls_json(&end.calls, false);
+            if end.text.is_empty() {
+                message["content"] = Value::Null;
             }
         }
+        json!({
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(end)}],
+            "usage": usage_json(&end.usage),
+        })
     }
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        let _lease = lease;
-        let chunk = |delta: Value, finish: Value| {
-            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                   "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
-        };
-        if tx
-            .send(sse(&chunk(
-                json!({"role": "assistant", "content": ""}),
-                Value::Null,
-            )))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let mut splitter = tools::Splitter::new();
-        loop {
-            match events.next().await {
-                Some(Ok(Event::Text { text })) => {
-                    let visible = if offered.is_empty() {
-                        text.as_str()
-                    } else {
-                        splitter.push(&text)
-                    };
-                    if !visible.is_empty()
-                        && tx
-                            .send(sse(&chunk(json!({"content": visible}), Value::Null)))
-                            .await
-                            .is_err()
-                    {
-                        return;
-                    }
-                }
-                Some(Ok(Event::Done {
-                    finish_reason: reason,
-                    usage,
-                })) => {
-                    shared.metrics.generation(&model_name, &usage);
-                    let mut called = false;
-                    if !offered.is_empty() {
-                        let (parsed, unshown) = splitter.finish(&offered, "call_");
-                        if !unshown.is_empty() {
-                            let _ = tx
-                                .send(sse(&chunk(json!({"content": unshown}), Value::Null)))
-                                .await;
-                        }
-                        if !parsed.calls.is_empty() {
-                            called = true;
-                            let _ = tx
-                                .send(sse(&chunk(
-                                    json!({"tool_calls": calls_json(&parsed.calls, true)}),
-                                    Value::Null,
-                                )))
-                                .await;
-                        }
-                    }
-                    let _ = tx
-                        .send(sse(&chunk(json!({}), json!(finish_reason(reason, called)))))
-                        .await;
-                    if include_usage {
-                        let _ = tx
-                            .send(sse(&json!({"id": id, "object": "chat.completion.chunk", "created": created,
-                                              "model": model_name, "choices": [], "usage": usage_json(&usage)})))
-                            .await;
-                    }
-                    let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-                    return;
-                }
-                Some(Ok(Event::Error { error })) => {
-                    let e = from_client(&aistack_engine_api::ClientError::Refused(error));
-                    let _ = tx.send(sse(&e.body(Api::OpenAi))).await;
-                    return;
-                }
-                Some(Err(e)) => {
-                    let _ = tx.send(sse(&from_client(&e).body(Api::OpenAi))).await;
-                    return;
-                }
-                None => return,
-            }
-        }
-    });
-    Ok(stream_body("text/event-stream", rx))
-}
 
-/// `POST /v1/completions`.
-pub(crate) async fn completions(State(shared): State<Shared>, body: Body) -> Response {
-    let request: Value = match read_json(&shared, body).await {
-        Ok(v) => v,
-        Err(e) => return fail(&e),
-    };
-    let name = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    match completion(&shared, &request, &name).await {
-        Ok(response) => labelled(response, &name),
-        Err(e) => labelled(fail(&e), &name),
+    fn start(&mut self) -> Vec<Value> {
+        vec![self.chunk(json!({"role": "assistant", "content": ""}), Value::Null)]
+    }
+
+    fn text(&mut self, text: &str) -> Vec<Value> {
+        vec![self.chunk(json!({"content": text}), Value::Null)]
+    }
+
+    fn finish(&mut self, end: &End) -> Vec<Value> {
+        let mut events = Vec::new();
+        if !end.text.is_empty() {
+            events.extend(self.text(&end.text));
+        }
+        if !end.calls.is_empty() {
+            let delta = json!({"tool_calls": calls_json(&end.calls, true)});
+            events.push(self.chunk(delta, Value::Null));
+        }
+        events.push(self.chunk(json!({}), json!(finish_reason(end))));
+        if self.include_usage {
+            events.push(json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                               "model": self.model, "choices": [], "usage": usage_json(&end.usage)}));
+        }
+        events
     }
 }
 
-async fn completion(shared: &Shared, request: &Value, name: &str) -> Result<Response, ApiError> {
-    let prompt = match request.get("prompt") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
-            items[0].as_str().unwrap_or_default().to_owned()
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "`prompt` is required and must be a string",
-            ));
-        }
-    };
-    let generate_request = GenerateRequest {
-        input: Input::Text { prompt },
-        sampling: sampling(request)?,
-        max_tokens: token_limit(request, "max_tokens")?,
-        stop: stop_list(request.get("stop"))?,
-        format: response_format(request)?,
-    };
-    let entry = model(shared, Some(name), Mode::Chat)?;
-    let stream_flag = request
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let (lease, mut events) = generate(shared, entry, &generate_request).await?;
-    let id = new_id("cmpl-");
-    let created = unix_now();
-    let model_name = name.to_owned();
-    let label = name.to_owned();
-    let shared = shared.clone();
-    let object = move |text: &str, finish: Value, usage: Option<Value>| {
-        let mut v = json!({"id": id, "object": "text_completion", "created": created, "model": model_name,
+/// A text completion: one `text_completion` object, whole or as a stream of them.
+pub(crate) struct CompletionEncoder {
+    id: String,
+    created: i64,
+    model: String,
+}
+
+impl CompletionEncoder {
+    fn object(&self, text: &str, finish: Value, usage: Option<Value>) -> Value {
+        let mut v = json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}]});
         if let Some(usage) = usage {
             v["usage"] = usage;
         }
         v
-    };
-    if !stream_flag {
-        let mut text = String::new();
-        loop {
-            match events.next().await {
-                Some(Ok(Event::Text { text: t })) => text.push_str(&t),
-                Some(Ok(Event::Done {
-                    finish_reason: reason,
-                    usage,
-                })) => {
-                    drop(lease);
-                    shared.metrics.generation(&label, &usage);
-                    return Ok(axum::Json(object(
-                        &text,
-                        json!(finish_reason(reason, false)),
-                        Some(usage_json(&usage)),
-                    ))
-                    .into_response());
-                }
-                Some(Ok(Event::Error { error })) => {
-                    return Err(from_client(&aistack_engine_api::ClientError::Refused(
-                        error,
-                    )));
-                }
-                Some(Err(e)) => return Err(from_client(&e)),
-                None => {
-                    return Err(from_client(&aistack_engine_api::ClientError::Disconnected(
-                        None,
-                    )));
-                }
-            }
-        }
-    }
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(async move {
-        let _lease = lease;
-        loop {
-            match events.next().await {
-                Some(Ok(Event::Text { text })) => {
-                    if tx
-                        .send(sse(&object(&text, Value::Null, None)))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Some(Ok(Event::Done {
-                    finish_reason: reason,
-                    usage,
-                })) => {
-                    shared.metrics.generation(&label, &usage);
-                    let _ = tx
-                        .send(sse(&object(
-                            "",
-                            json!(finish_reason(reason, false)),
-                            Some(usage_json(&usage)),
-                        )))
-                        .await;
-                    let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-                    return;
-                }
-                Some(Ok(Event::Error { error })) => {
-                    let e = from_client(&aistack_engine_api::ClientError::Refused(error));
-                    let _ = tx.send(sse(&e.body(Api::OpenAi))).await;
-                    return;
-                }
-                Some(Err(e)) => {
-                    let _ = tx.send(sse(&from_client(&e).body(Api::OpenAi))).await;
-                    return;
-                }
-                None => return,
-            }
-        }
-    });
-    Ok(stream_body("text/event-stream", rx))
-}
-
-/// Texts to embed from `input`: a string or an array of strings.
-pub(crate) fn embed_inputs(value: Option<&Value>) -> Result<Vec<String>, ApiError> {
-    match value {
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|v| {
-                v.as_str().map(str::to_owned).ok_or_else(|| {
-                    ApiError::bad_request("`input` must be a string or an array of strings")
-                })
-            })
-            .collect(),
-        _ => Err(ApiError::bad_request(
-            "`input` is required: a string or a non-empty array of strings",
-        )),
     }
 }
 
-/// Embeds `texts` with the model `name`.
-pub(crate) async fn embed(
-    shared: &Shared,
-    name: Option<&str>,
-    texts: Vec<String>,
-) -> Result<(Vec<Vec<f32>>, u32), ApiError> {
-    let entry = model(shared, name, Mode::Embedding)?;
-    let model_name = entry.config.name.clone();
-    let lease = lease(shared, entry).await?;
-    let response = lease
-        .client
-        .embed(&EmbedRequest { input: texts })
-        .await
-        .map_err(|e| from_client(&e))?;
-    shared
-        .metrics
-        .prompt_tokens(&model_name, response.prompt_tokens);
-    Ok((response.embeddings, response.prompt_tokens))
+impl Encoder for CompletionEncoder {
+    const API: Api = Api::OpenAi;
+    const FRAMING: Framing = Framing::Sse;
+    const CALL_PREFIX: &'static str = "call_";
+
+    fn whole(&self, end: &End) -> Value {
+        self.object(
+            &end.text,
+            json!(finish_reason(end)),
+            Some(usage_json(&end.usage)),
+        )
+    }
+
+    fn text(&mut self, text: &str) -> Vec<Value> {
+        vec![self.object(text, Value::Null, None)]
+    }
+
+    fn finish(&mut self, end: &End) -> Vec<Value> {
+        vec![self.whole(end)]
+    }
 }
 
 /// `POST /v1/embeddings`.
 pub(crate) async fn embeddings(State(shared): State<Shared>, body: Body) -> Response {
-    let request: Value = match read_json(&shared, body).await {
-        Ok(v) => v,
-        Err(e) => return fail(&e),
-    };
-    let name = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let result = async {
-        let texts = embed_inputs(request.get("input"))?;
-        let base64 = match request.get("encoding_format").and_then(Value::as_str) {
+    answer(&shared, body, Api::OpenAi, async |call| {
+        let texts = inputs(call.body.get("input"))?;
+        let base64 = match call.body.get("encoding_format").and_then(Value::as_str) {
             None | Some("float") => false,
             Some("base64") => true,
             Some(other) => {
@@ -598,7 +383,7 @@ pub(crate) async fn embeddings(State(shared): State<Shared>, body: Body) -> Resp
                 )));
             }
         };
-        let (vectors, tokens) = embed(&shared, Some(&name), texts).await?;
+        let (vectors, tokens) = embed(&shared, &call, texts).await?;
         let data: Vec<Value> = vectors
             .iter()
             .enumerate()
@@ -612,17 +397,11 @@ pub(crate) async fn embeddings(State(shared): State<Shared>, body: Body) -> Resp
                 json!({"object": "embedding", "index": index, "embedding": embedding})
             })
             .collect();
-        Ok(
-            axum::Json(json!({"object": "list", "data": data, "model": name,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
-            .into_response(),
-        )
-    }
-    .await;
-    match result {
-        Ok(r) => labelled(r, &name),
-        Err(e) => labelled(fail(&e), &name),
-    }
+        let usage = json!({"prompt_tokens": tokens, "total_tokens": tokens});
+        let body = json!({"object": "list", "data": data, "model": call.model, "usage": usage});
+        Ok(axum::Json(body).into_response())
+    })
+    .await
 }
 
 fn model_object(config: &crate::ModelConfig) -> Value {
@@ -644,7 +423,7 @@ pub(crate) async fn list_models(State(shared): State<Shared>) -> Response {
 pub(crate) async fn get_model(State(shared): State<Shared>, Path(name): Path<String>) -> Response {
     match shared.models.find(&name) {
         Ok(entry) => axum::Json(model_object(&entry.config)).into_response(),
-        Err(e) => fail(&crate::common::unavailable(&name, e)),
+        Err(e) => unavailable(&name, e).render(Api::OpenAi),
     }
 }
 
@@ -720,6 +499,34 @@ mod tests {
             Some(Format::JsonSchema { schema })
         );
         assert!(response_format(&json!({"response_format": {"type": "yaml"}})).is_err());
+    }
+
+    #[test]
+    fn a_streamed_chat_sends_its_text_then_its_tool_calls() {
+        let chat = ChatEncoder {
+            id: "chatcmpl-1".into(),
+            created: 7,
+            model: "chat".into(),
+            include_usage: true,
+        };
+        assert_eq!(
+            crate::driver::replay::text_and_a_call(chat),
+            r#"data: {"choices":[{"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-1","model":"chat","object":"chat.completion.chunk"}
+
+data: {"choices":[{"delta":{"content":"Let me check.\n"},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-1","model":"chat","object":"chat.completion.chunk"}
+
+data: {"choices":[{"delta":{"content":"\n Done."},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-1","model":"chat","object":"chat.completion.chunk"}
+
+data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"city\":\"Paris\"}","name":"get_weather"},"id":"call_0","index":0,"type":"function"}]},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-1","model":"chat","object":"chat.completion.chunk"}
+
+data: {"choices":[{"delta":{},"finish_reason":"tool_calls","index":0,"logprobs":null}],"created":7,"id":"chatcmpl-1","model":"chat","object":"chat.completion.chunk"}
+
+data: {"choices":[],"created":7,"id":"chatcmpl-1","model":"chat","object":"chat.completion.chunk","usage":{"completion_tokens":3,"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":4},"total_tokens":13}}
+
+data: [DONE]
+
+"#
+        );
     }
 
     #[test]

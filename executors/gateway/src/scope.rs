@@ -16,7 +16,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::common::{Api, ApiError, read_body};
+use crate::error::{Api, ApiError};
+use crate::request::read_body;
 use crate::state::Shared;
 
 /// The header that names, comma-separated, the models a request may use.

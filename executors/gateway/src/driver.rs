@@ -1,0 +1,480 @@
+//! The one generation path (DESIGN §6). A dialect decodes a request into a [`Generation`]:
+//! the engine's neutral request, whether to stream, and an [`Encoder`] for its answer. The
+//! driver does the rest, once for every dialect: the lease on the model's engine after its
+//! turn in the queue, tool-call splitting, errors (the engine's refusal, a failure
+//! mid-stream, an engine that went away), metrics, and the answer as a whole body or as a
+//! stream of framed events fed through a channel.
+
+use aistack_engine_api::tools::{self, Splitter};
+use aistack_engine_api::{
+    ClientError, Event, EventStream, FinishReason, GenerateRequest, Input, Mode, Tool, ToolCall,
+    Usage,
+};
+use axum::body::{Body, Bytes};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::error::{Api, ApiError, from_client};
+use crate::framing::Framing;
+use crate::models::Lease;
+use crate::request::{Call, answer};
+use crate::state::Shared;
+
+/// What a dialect decoded a request into.
+pub(crate) struct Generation<E> {
+    /// What the engine is asked, with the tools offered.
+    pub(crate) request: GenerateRequest,
+    /// Whether the answer streams; each dialect has its own default.
+    pub(crate) stream: bool,
+    /// How the answer is written.
+    pub(crate) encoder: E,
+}
+
+/// How a generation ended, for an encoder's last words.
+#[derive(Debug)]
+pub(crate) struct End {
+    /// Text not sent yet: a whole reply's text outside any tool call, or what a stream's
+    /// tool-call splitter held back that turned out not to be a call.
+    pub(crate) text: String,
+    /// The tool calls the reply made (only when tools were offered).
+    pub(crate) calls: Vec<ToolCall>,
+    /// Why the engine stopped.
+    pub(crate) reason: FinishReason,
+    /// The engine's counts.
+    pub(crate) usage: Usage,
+    /// Whether the model produced any text, calls included: Anthropic tells a stop sequence
+    /// from the end of a turn by it.
+    pub(crate) generated: bool,
+}
+
+/// One dialect's way of writing a generation's answer, as JSON values: the driver frames
+/// them (by [`Encoder::FRAMING`]) and shapes failures (by [`Encoder::API`]). An answer that
+/// is not streamed gets [`Encoder::whole`]; a stream gets [`Encoder::start`], then
+/// [`Encoder::text`] for each piece of text that can be shown, then [`Encoder::finish`].
+pub(crate) trait Encoder: Send + 'static {
+    /// The dialect, whose error shape failures take.
+    const API: Api;
+    /// How its stream is framed.
+    const FRAMING: Framing;
+    /// What the ids of its tool calls start with.
+    const CALL_PREFIX: &'static str;
+
+    /// The body of an answer that is not streamed.
+    fn whole(&self, end: &End) -> Value;
+
+    /// The events that open a stream, before any text.
+    fn start(&mut self) -> Vec<Value> {
+        Vec::new()
+    }
+
+    /// The events that show more text.
+    fn text(&mut self, text: &str) -> Vec<Value>;
+
+    /// The events that close a stream that finished: held-back text, tool calls, the finish
+    /// reason and the counts.
+    fn finish(&mut self, end: &End) -> Vec<Value>;
+}
+
+/// Answers a generation route: `decode` reads the request, and the driver runs it.
+pub(crate) async fn serve<E: Encoder>(
+    shared: &Shared,
+    body: Body,
+    decode: fn(&Call) -> Result<Generation<E>, ApiError>,
+) -> Response {
+    answer(shared, body, E::API, |call| async move {
+        let generation = decode(&call)?;
+        generate(shared, &call, generation).await
+    })
+    .await
+}
+
+/// Runs `generation` on the engine of the model `call` names. Failures before the answer
+/// starts are the caller's to answer; later ones end the stream in the dialect's shape.
+pub(crate) async fn generate<E: Encoder>(
+    shared: &Shared,
+    call: &Call,
+    generation: Generation<E>,
+) -> Result<Response, ApiError> {
+    let Generation {
+        request,
+        stream,
+        encoder,
+    } = generation;
+    let lease = call.lease(shared, Mode::Chat).await?;
+    let events = lease.client.generate(&request).await;
+    let events = events.map_err(|e| from_client(&e))?;
+    let tools = match request.input {
+        Input::Chat { tools, .. } => tools,
+        Input::Text { .. } => Vec::new(),
+    };
+    let running = Running {
+        lease,
+        events,
+        shared: shared.clone(),
+        label: call.model.clone(),
+    };
+    if stream {
+        Ok(running.stream(Streaming::new(encoder, tools)))
+    } else {
+        running.whole(&encoder, &tools).await
+    }
+}
+
+/// A generation the engine accepted: the lease that holds its sequence, and its events.
+struct Running {
+    lease: Lease,
+    events: EventStream,
+    shared: Shared,
+    /// The model as the client named it, which the metrics count under.
+    label: String,
+}
+
+impl Running {
+    /// The engine's next step; a finished generation is counted here, however it is answered.
+    async fn next(&mut self) -> Step {
+        let step = Step::from(self.events.next().await);
+        if let Step::Done(_, usage) = &step {
+            self.shared.metrics.generation(&self.label, usage);
+        }
+        step
+    }
+
+    /// The whole answer, once the engine is done.
+    async fn whole<E: Encoder>(
+        mut self,
+        encoder: &E,
+        tools: &[Tool],
+    ) -> Result<Response, ApiError> {
+        let mut text = String::new();
+        loop {
+            match self.next().await {
+                Step::Text(piece) => text.push_str(&piece),
+                Step::Done(reason, usage) => {
+                    // The sequence is free for the next request before the answer is written.
+                    drop(self.lease);
+                    let end = End::whole(text, tools, E::CALL_PREFIX, reason, usage);
+                    return Ok(axum::Json(encoder.whole(&end)).into_response());
+                }
+                Step::Failed(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The answer as a stream, written by a task that holds the lease until the stream ends
+    /// or the client goes away (dropping the events then stops the engine's work).
+    fn stream<E: Encoder>(mut self, mut streaming: Streaming<E>) -> Response {
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        tokio::spawn(async move {
+            let mut frames = streaming.start();
+            loop {
+                for frame in frames {
+                    if tx.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                if streaming.ended {
+                    return;
+                }
+                frames = streaming.step(self.next().await);
+            }
+        });
+        E::FRAMING.response(rx)
+    }
+}
+
+/// What the engine did next, a failure already the error a client gets.
+#[derive(Debug)]
+enum Step {
+    Text(String),
+    Done(FinishReason, Usage),
+    Failed(ApiError),
+}
+
+impl From<Option<Result<Event, ClientError>>> for Step {
+    fn from(event: Option<Result<Event, ClientError>>) -> Step {
+        match event {
+            Some(Ok(Event::Text { text })) => Step::Text(text),
+            Some(Ok(Event::Done {
+                finish_reason,
+                usage,
+            })) => Step::Done(finish_reason, usage),
+            Some(Ok(Event::Error { error })) => {
+                Step::Failed(from_client(&ClientError::Refused(error)))
+            }
+            Some(Err(e)) => Step::Failed(from_client(&e)),
+            // The events end only after the last one, where the driver stops reading.
+            None => Step::Failed(from_client(&ClientError::Disconnected(None))),
+        }
+    }
+}
+
+impl End {
+    /// A whole reply's end: with tools offered, its calls taken out of its text.
+    fn whole(
+        text: String,
+        tools: &[Tool],
+        prefix: &str,
+        reason: FinishReason,
+        usage: Usage,
+    ) -> End {
+        let generated = !text.is_empty();
+        let (text, calls) = if tools.is_empty() {
+            (text, Vec::new())
+        } else {
+            let parsed = tools::parse(&text, tools, prefix);
+            (parsed.content, parsed.calls)
+        };
+        End {
+            text,
+            calls,
+            reason,
+            usage,
+            generated,
+        }
+    }
+}
+
+/// A stream being encoded: steps in, frames out. Pure, so a dialect's bytes are tested
+/// without an engine.
+struct Streaming<E> {
+    encoder: E,
+    tools: Vec<Tool>,
+    /// Holds back what may be a tool call, when tools were offered.
+    splitter: Option<Splitter>,
+    generated: bool,
+    /// Whether the last step came: nothing follows its frames.
+    ended: bool,
+}
+
+impl<E: Encoder> Streaming<E> {
+    fn new(encoder: E, tools: Vec<Tool>) -> Self {
+        Streaming {
+            encoder,
+            splitter: (!tools.is_empty()).then(Splitter::new),
+            tools,
+            generated: false,
+            ended: false,
+        }
+    }
+
+    fn start(&mut self) -> Vec<Bytes> {
+        framed::<E>(&self.encoder.start())
+    }
+
+    /// The frames for the engine's next step: none for text the splitter holds back.
+    fn step(&mut self, step: Step) -> Vec<Bytes> {
+        match step {
+            Step::Text(text) => {
+                self.generated |= !text.is_empty();
+                let shown = match &mut self.splitter {
+                    Some(splitter) => splitter.push(&text),
+                    None => &text,
+                };
+                if shown.is_empty() {
+                    return Vec::new();
+                }
+                framed::<E>(&self.encoder.text(shown))
+            }
+            Step::Done(reason, usage) => {
+                self.ended = true;
+                let (text, calls) = match self.splitter.take() {
+                    Some(splitter) => {
+                        let (parsed, held) = splitter.finish(&self.tools, E::CALL_PREFIX);
+                        (held, parsed.calls)
+                    }
+                    None => (String::new(), Vec::new()),
+                };
+                let end = End {
+                    text,
+                    calls,
+                    reason,
+                    usage,
+                    generated: self.generated,
+                };
+                let mut frames = framed::<E>(&self.encoder.finish(&end));
+                frames.extend(E::FRAMING.trailer());
+                frames
+            }
+            Step::Failed(e) => {
+                self.ended = true;
+                vec![E::FRAMING.frame(&e.body(E::API))]
+            }
+        }
+    }
+}
+
+fn framed<E: Encoder>(events: &[Value]) -> Vec<Bytes> {
+    events.iter().map(|event| E::FRAMING.frame(event)).collect()
+}
+
+/// An id for a reply, unique within this process and unlikely to repeat across restarts.
+pub(crate) fn new_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}{:08x}{n:x}", nanos ^ std::process::id())
+}
+
+/// Engine events replayed through the driver's stream encoding, for tests of the bytes each
+/// dialect sends.
+#[cfg(test)]
+pub(crate) mod replay {
+    use aistack_engine_api::{Event, FinishReason, Tool, Usage};
+    use serde_json::json;
+
+    use super::{Encoder, Step, Streaming};
+
+    /// The counts every replayed generation ends with.
+    pub(crate) const USAGE: Usage = Usage {
+        prompt_tokens: 10,
+        cached_tokens: 4,
+        completion_tokens: 3,
+        time_to_first_token_ms: 12.5,
+        prompt_ms: 5.0,
+        decode_ms: 20.0,
+    };
+
+    /// The bytes a stream of `encoder` sends for `events`, with `tools` offered.
+    pub(crate) fn replay<E: Encoder>(encoder: E, tools: Vec<Tool>, events: Vec<Event>) -> String {
+        let mut streaming = Streaming::new(encoder, tools);
+        let mut frames = streaming.start();
+        for event in events {
+            frames.extend(streaming.step(Step::from(Some(Ok(event)))));
+        }
+        String::from_utf8(frames.concat()).expect("frames are UTF-8")
+    }
+
+    /// The weather tool, offered.
+    pub(crate) fn weather() -> Vec<Tool> {
+        vec![Tool {
+            name: "get_weather".into(),
+            description: Some("Weather".into()),
+            parameters: json!({"type": "object"}),
+        }]
+    }
+
+    /// The hardest stream to split: text, a tool call, and text after it.
+    pub(crate) fn text_and_a_call<E: Encoder>(encoder: E) -> String {
+        let call =
+            r#"<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>"#;
+        let events = ["Let me check.\n", call, " Done."]
+            .into_iter()
+            .map(|text| Event::Text { text: text.into() })
+            .chain([Event::Done {
+                finish_reason: FinishReason::Stop,
+                usage: USAGE,
+            }]);
+        replay(encoder, weather(), events.collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aistack_engine_api::{ErrorBody, ErrorKind};
+    use serde_json::json;
+
+    use super::replay::{USAGE, replay, text_and_a_call, weather};
+    use super::*;
+
+    /// Writes down what the driver hands an encoder.
+    struct Probe;
+
+    impl Encoder for Probe {
+        const API: Api = Api::Ollama;
+        const FRAMING: Framing = Framing::Sse;
+        const CALL_PREFIX: &'static str = "c";
+
+        fn whole(&self, end: &End) -> Value {
+            json!({"end": end.text})
+        }
+
+        fn start(&mut self) -> Vec<Value> {
+            vec![json!("start")]
+        }
+
+        fn text(&mut self, text: &str) -> Vec<Value> {
+            vec![json!(text)]
+        }
+
+        fn finish(&mut self, end: &End) -> Vec<Value> {
+            let calls: Vec<&str> = end.calls.iter().map(|c| c.id.as_str()).collect();
+            vec![json!({"held": end.text, "calls": calls, "generated": end.generated})]
+        }
+    }
+
+    fn text(text: &str) -> Event {
+        Event::Text { text: text.into() }
+    }
+
+    #[test]
+    fn a_stream_shows_text_holds_back_calls_and_ends_with_the_trailer() {
+        assert_eq!(
+            text_and_a_call(Probe),
+            r#"data: "start"
+
+data: "Let me check.\n"
+
+data: {"calls":["c0"],"generated":true,"held":"\n Done."}
+
+data: [DONE]
+
+"#
+        );
+    }
+
+    #[test]
+    fn without_tools_every_piece_is_shown_as_it_comes() {
+        let events = vec![text("a <tool_call>"), text("")];
+        assert_eq!(
+            replay(Probe, Vec::new(), events),
+            "data: \"start\"\n\ndata: \"a <tool_call>\"\n\n"
+        );
+    }
+
+    #[test]
+    fn a_failure_mid_stream_ends_it_in_the_dialects_shape_without_the_trailer() {
+        let failed = Event::Error {
+            error: ErrorBody::new(ErrorKind::Internal, "The engine failed")
+                .with_help("see its log"),
+        };
+        assert_eq!(
+            replay(Probe, weather(), vec![text("Hi"), failed]),
+            r#"data: "start"
+
+data: "Hi"
+
+data: {"error":"The engine failed; help: see its log"}
+
+"#
+        );
+    }
+
+    #[test]
+    fn an_engine_gone_mid_stream_is_a_failure_too() {
+        let mut streaming = Streaming::new(Probe, Vec::new());
+        let frames = streaming.step(Step::from(Some(Err(ClientError::Disconnected(None)))));
+        assert!(streaming.ended);
+        assert_eq!(
+            frames.concat(),
+            b"data: {\"error\":\"The model's engine stopped; the next request restarts it\"}\n\n"
+        );
+    }
+
+    #[test]
+    fn a_whole_reply_is_split_only_when_tools_were_offered() {
+        let text = " <tool_call>{\"name\": \"get_weather\"}</tool_call> ";
+        let end = |tools: &[Tool]| End::whole(text.into(), tools, "c", FinishReason::Stop, USAGE);
+        let plain = end(&[]);
+        assert_eq!((plain.text.as_str(), plain.calls.len()), (text, 0));
+        let split = end(&weather());
+        assert_eq!(split.text, "");
+        assert_eq!(split.calls[0].id, "c0");
+        assert_eq!(split.calls[0].arguments, "{}");
+        assert!(split.generated);
+        assert!(!End::whole(String::new(), &[], "c", FinishReason::Stop, USAGE).generated);
+    }
+}
