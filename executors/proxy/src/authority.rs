@@ -48,83 +48,115 @@ pub enum AuthorityError {
     /// The project directory could not be created.
     #[error("Cannot create the directory `{}`", path.display())]
     CreateDir {
+        /// The directory that holds, or is to hold, `ca.pem` and `ca-key.pem`.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: io::Error,
     },
     /// A certificate or key file could not be read.
     #[error("Cannot read `{}`", path.display())]
     Read {
+        /// The file: `ca.pem`, `ca-key.pem` or the extra CA file.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: io::Error,
     },
     /// A certificate or key file could not be written.
     #[error("Cannot write `{}`", path.display())]
     Write {
+        /// The file being written: `ca.pem` or `ca-key.pem`.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: io::Error,
     },
     /// One of `ca.pem` and `ca-key.pem` exists without the other.
     #[error("`{}` is missing, but `{}` exists", missing.display(), present.display())]
-    Missing { present: PathBuf, missing: PathBuf },
+    Missing {
+        /// The file that exists.
+        present: PathBuf,
+        /// The file that does not.
+        missing: PathBuf,
+    },
     /// `ca.pem` holds no PEM certificate.
     #[error("`{}` holds no PEM certificate", path.display())]
     CertPem {
+        /// The `ca.pem` file.
         path: PathBuf,
+        /// What the PEM parser said.
         #[source]
         source: rustls::pki_types::pem::Error,
     },
     /// `ca.pem` is PEM but not a certificate rcgen can issue from.
     #[error("`{}` is not a valid CA certificate", path.display())]
     CertInvalid {
+        /// The `ca.pem` file.
         path: PathBuf,
+        /// What rcgen said.
         #[source]
         source: rcgen::Error,
     },
     /// `ca-key.pem` does not parse as a private key.
     #[error("`{}` is not a PEM private key", path.display())]
     KeyPem {
+        /// The `ca-key.pem` file.
         path: PathBuf,
+        /// What rcgen said.
         #[source]
         source: rcgen::Error,
     },
     /// `ca-key.pem` is not a private key we can sign with.
     #[error("`{}` is not a usable private key", path.display())]
     KeyInvalid {
+        /// The `ca-key.pem` file.
         path: PathBuf,
+        /// What rustls said.
         #[source]
         source: rustls::Error,
     },
     /// `ca-key.pem` is a key, but not the one `ca.pem` certifies.
     #[error("`{}` is not the private key of `{}`", key.display(), cert.display())]
-    KeyMismatch { cert: PathBuf, key: PathBuf },
+    KeyMismatch {
+        /// The `ca.pem` file.
+        cert: PathBuf,
+        /// The `ca-key.pem` file.
+        key: PathBuf,
+    },
     /// A new CA could not be generated.
     #[error("Cannot generate the certificate authority in `{}`", dir.display())]
     GenerateCa {
+        /// The directory the CA was to be written to.
         dir: PathBuf,
+        /// What rcgen said.
         #[source]
         source: rcgen::Error,
     },
     /// A host to intercept is neither a DNS name nor an IP address.
     #[error("`{host}` is not a DNS name or an IP address")]
     InvalidHost {
+        /// The host as given (an IPv6 address may keep its brackets).
         host: String,
+        /// Why it is not a DNS name.
         #[source]
         source: rustls::pki_types::InvalidDnsNameError,
     },
     /// A leaf certificate for a host could not be generated.
     #[error("Cannot generate a certificate for `{host}`")]
     GenerateLeaf {
+        /// The host as given.
         host: String,
+        /// What rcgen said.
         #[source]
         source: rcgen::Error,
     },
     /// rustls refused a configuration we built.
     #[error("Cannot build the TLS configuration for `{what}`")]
     Tls {
+        /// What the configuration was for: the host a leaf was signed for, or `upstreams`.
         what: String,
+        /// What rustls said.
         #[source]
         source: rustls::Error,
     },
@@ -134,17 +166,24 @@ pub enum AuthorityError {
     /// The extra CA file does not parse as PEM certificates.
     #[error("`{}` is not a PEM certificate file", path.display())]
     ExtraCaPem {
+        /// The extra CA file (the daemon's `AISTACK_EXTRA_CA_CERTS`).
         path: PathBuf,
+        /// What the PEM parser said.
         #[source]
         source: rustls::pki_types::pem::Error,
     },
     /// The extra CA file holds no certificate at all.
     #[error("`{}` holds no PEM certificate", path.display())]
-    ExtraCaEmpty { path: PathBuf },
+    ExtraCaEmpty {
+        /// The extra CA file.
+        path: PathBuf,
+    },
     /// A certificate in the extra CA file cannot be a trust anchor.
     #[error("A certificate in `{}` cannot be trusted as a root", path.display())]
     ExtraCaCert {
+        /// The extra CA file.
         path: PathBuf,
+        /// What rustls said.
         #[source]
         source: rustls::Error,
     },

@@ -8,6 +8,8 @@
 //! dials only addresses it checked, intercepts TLS for hosts with credentials with the
 //! project's CA ([`authority`]), and records every decision in the [`netlog`].
 
+#![warn(missing_docs)]
+
 pub mod authority;
 mod body;
 pub mod config;

@@ -57,7 +57,13 @@ pub enum Reason {
     /// A deny rule, as written.
     Deny(String),
     /// A built-in blocked range, and the address in it.
-    Blocked { range: IpNet, address: IpAddr },
+    Blocked {
+        /// The range, one of [`BLOCKED`].
+        range: IpNet,
+        /// The address in it: one the name resolved to, or the one named; an IPv4 address in IPv6
+        /// form is unwrapped first.
+        address: IpAddr,
+    },
     /// The policy's default.
     Default(PolicyDefault),
     /// The name resolved to nothing.

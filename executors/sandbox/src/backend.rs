@@ -43,11 +43,16 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// removed), `root/` (the mount point) and `control/` (the agent's socket).
 #[derive(Debug, Clone)]
 pub struct Layout {
+    /// The sandbox's directory, holding `upper/`, `work/` and `root/`.
     pub dir: PathBuf,
+    /// The control directory, mounted at [`CONTROL_DIR`](crate::setup::CONTROL_DIR) inside; it
+    /// holds the agent's socket.
     pub control: PathBuf,
 }
 
 impl Layout {
+    /// The layout of the sandbox whose directory is `dir` and control directory `control`; creates
+    /// nothing (that is [`Layout::prepare`]).
     pub fn new(dir: &Path, control: &Path) -> Self {
         Layout {
             dir: dir.to_path_buf(),
@@ -55,6 +60,7 @@ impl Layout {
         }
     }
 
+    /// The guest agent's socket as the host reaches it: [`GUEST_SOCKET`] in the control directory.
     pub fn socket(&self) -> PathBuf {
         self.control.join(GUEST_SOCKET)
     }
@@ -81,14 +87,19 @@ impl Layout {
 pub struct Spec {
     /// The guest agent binary (static).
     pub guest: PathBuf,
+    /// Its directories.
     pub layout: Layout,
     /// Template layers, top first.
     pub lower: Vec<PathBuf>,
+    /// The host directory shared read-write at the same absolute path inside, if any.
     pub workspace: Option<PathBuf>,
+    /// Its hostname, set in its UTS namespace.
     pub hostname: String,
+    /// The host ids its user namespace maps sandbox ids onto.
     pub range: IdRange,
     /// The host uid and gid the `agent` user maps to (the workspace's owner).
     pub owner: (u32, u32),
+    /// Its memory, CPU and process limits.
     pub limits: Limits,
     /// `/sys/fs/cgroup` (tests name another root only to read the files it writes).
     pub cgroup_root: PathBuf,
@@ -96,6 +107,8 @@ pub struct Spec {
     pub cgroup_id: String,
     /// Where the agent's own messages go.
     pub log: PathBuf,
+    /// The policy proxy's CA, when its commands reach the network through the proxy; with `None` it
+    /// has only `lo`.
     pub network: Option<crate::setup::Network>,
     /// Variables every command gets.
     pub env: Vec<(String, String)>,
@@ -105,27 +118,38 @@ pub struct Spec {
 /// backend (the agent's for `namespace`).
 #[derive(Debug)]
 pub struct Running {
+    /// The host process that lives as long as the sandbox: for `namespace`, the agent's parent
+    /// half, which exits with PID 1's status.
     pub child: Child,
     /// PID 1 of the sandbox, as the host numbers it.
     pub init_pid: u32,
+    /// Its cgroup, to remove once the child has exited.
     pub cgroup: Cgroup,
 }
 
+/// Why a sandbox did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Something the sandbox needs on the host could not be made.
     #[error("Cannot prepare the sandbox's {what}")]
     Prepare {
+        /// What: `directories`, `agent's files`, `cgroup` or `log`.
         what: &'static str,
+        /// What the system said.
         #[source]
         source: io::Error,
     },
+    /// The workspace owner's id lies inside the sandbox's id range, so it cannot be mapped apart
+    /// from the sandbox's own users.
     #[error(transparent)]
     Owner(#[from] crate::idmap::OwnerInRange),
+    /// The agent could not be run, or failed or stalled in the handshake; the text says which.
     #[error("The guest agent did not start the sandbox: {0}")]
     Agent(String),
 }
 
 impl StartError {
+    /// The fix for this error, for a `help:` line.
     pub fn help(&self) -> Option<String> {
         match self {
             StartError::Prepare { what: "cgroup", .. } => Some(

@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 /// What one sandbox may use.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
+    /// The most memory, in bytes; the sandbox also gets no swap where the host accounts for it.
+    /// Unlimited when `None`.
     pub memory: Option<u64>,
+    /// The CPU time it may use, in CPUs (`1.5` is one and a half), enforced as a CFS quota per 100
+    /// ms period. Unlimited when `None`.
     pub cpus: Option<f64>,
     /// The most processes and threads at once: a fork bomb stops here.
     pub pids: u64,

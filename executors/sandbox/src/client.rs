@@ -9,23 +9,31 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::protocol::{self, Exec, ExitStatus, Frame, Hello, Reply, Request, io_async};
 
+/// A failed request to the guest agent.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
+    /// The agent's socket accepts no connection: the sandbox is not running.
     #[error("Cannot reach the guest agent at `{}`", socket.display())]
     Unreachable {
+        /// The agent's socket on the host.
         socket: PathBuf,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
+    /// The agent answered `error`, with this message.
     #[error("The guest agent refused: {0}")]
     Refused(String),
+    /// The agent answered something the request does not allow, or closed the connection too early.
     #[error("The guest agent answered out of protocol: {0}")]
     Protocol(String),
+    /// Reading or writing the connection failed.
     #[error("The connection to the guest agent broke")]
     Io(#[from] std::io::Error),
 }
 
 impl GuestError {
+    /// The fix for this error, for a `help:` line; only an unreachable agent has one.
     pub fn help(&self) -> Option<String> {
         match self {
             GuestError::Unreachable { .. } => Some(
@@ -37,6 +45,8 @@ impl GuestError {
     }
 }
 
+/// The host's client of one sandbox's guest agent: it holds the socket's path, and each request
+/// opens its own connection.
 #[derive(Debug, Clone)]
 pub struct GuestClient {
     socket: PathBuf,
@@ -45,11 +55,14 @@ pub struct GuestClient {
 /// The guest's answer to a health request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
+    /// The agent's version (the `aistack-guest` package's).
     pub version: String,
+    /// Milliseconds since the agent started serving.
     pub uptime_ms: u64,
 }
 
 impl GuestClient {
+    /// A client of the agent whose socket is `socket`; it connects only when asked.
     pub fn new(socket: &Path) -> Self {
         GuestClient {
             socket: socket.to_path_buf(),
@@ -76,6 +89,7 @@ impl GuestClient {
         }
     }
 
+    /// Asks the agent whether it is up, and which version it is.
     pub async fn health(&self) -> Result<Health, GuestError> {
         match self.request(Request::Health).await? {
             (
@@ -151,34 +165,46 @@ impl GuestClient {
     }
 }
 
+/// What [`GuestClient::output`] collected: everything the command wrote, and how it ended.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Output {
+    /// Everything it wrote to standard output (in TTY mode, the terminal's output).
     pub stdout: Vec<u8>,
+    /// Everything it wrote to standard error.
     pub stderr: Vec<u8>,
+    /// How it ended; always set in what [`GuestClient::output`] returns.
     pub status: Option<ExitStatus>,
 }
 
+/// A command started by [`GuestClient::exec`], and the two halves of its connection.
 pub struct ExecSession {
+    /// The command's pid, as the agent's PID namespace numbers it.
     pub pid: u32,
+    /// Frames from the guest: the command's output, then [`Frame::Exit`].
     pub output: FrameReader,
+    /// Frames to the guest: standard input, signals and window sizes.
     pub input: FrameWriter,
 }
 
+/// The guest-to-host half of an exec connection.
 pub struct FrameReader {
     reader: OwnedReadHalf,
 }
 
 impl FrameReader {
+    /// The next frame; `None` once the guest has closed the connection.
     pub async fn next(&mut self) -> std::io::Result<Option<Frame>> {
         io_async::read_frame(&mut self.reader).await
     }
 }
 
+/// The host-to-guest half of an exec connection.
 pub struct FrameWriter {
     writer: OwnedWriteHalf,
 }
 
 impl FrameWriter {
+    /// Sends one frame.
     pub async fn send(&mut self, frame: &Frame) -> std::io::Result<()> {
         self.writer.write_all(&frame.encode()).await
     }

@@ -16,6 +16,8 @@ pub const AGENT_ID: u32 = 1000;
 /// common start.
 pub const DEFAULT_BASE: u32 = 2_000_000_000;
 
+/// Where a sandbox's ids lie on the host: sandbox id `n` is host id `base + n`, for [`SANDBOX_IDS`]
+/// ids, except the agent's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRange {
     /// The host id of sandbox id 0.
@@ -48,17 +50,23 @@ impl IdRange {
     }
 }
 
+/// A user namespace's uid or gid map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdMap {
     /// `(inside, outside, count)` lines, as `/proc/PID/uid_map` takes them.
     pub lines: Vec<(u32, u32, u32)>,
 }
 
+/// The workspace owner's host id lies inside the sandbox's id range, where a sandbox user would
+/// share it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("The workspace owner's id {owner} lies inside the sandbox id range {base}..{end}")]
 pub struct OwnerInRange {
+    /// The owner's host uid or gid.
     pub owner: u32,
+    /// The host id of sandbox id 0.
     pub base: u32,
+    /// The end of the range, exclusive.
     pub end: u64,
 }
 

@@ -6,6 +6,7 @@
 pub struct Host {
     /// `/proc/cpuinfo` lists `vmx` or `svm`.
     pub cpu_virtualisation: bool,
+    /// Whether KVM can run a guest here, and how fast.
     pub kvm: Kvm,
 }
 
@@ -18,7 +19,12 @@ pub enum Kvm {
     Failed(String),
     /// The probe ran a guest: its time over the host's for the same loop, and whether
     /// that is near native speed.
-    Measured { ratio: f64, near_native: bool },
+    Measured {
+        /// The guest's time over the host's for the same loop: 1.0 is native speed.
+        ratio: f64,
+        /// Whether that is close enough to native speed for the microVM backend.
+        near_native: bool,
+    },
 }
 
 #[cfg(feature = "host")]
@@ -55,7 +61,9 @@ impl Host {
 /// The backend chosen for a sandbox and the reason, for `status` and `sandbox ls`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
+    /// The backend's name, as `isolation:` spells it.
     pub backend: &'static str,
+    /// Why, as a phrase for `status`, e.g. `auto: there is no /dev/kvm (…)`.
     pub reason: String,
 }
 

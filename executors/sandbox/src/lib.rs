@@ -4,6 +4,8 @@
 //! limits (`cgroup`), template root filesystems (`rootfs`), and, with the `host` feature,
 //! the host's side: the backends, the agent client and image layers.
 
+#![warn(missing_docs)]
+
 pub mod cgroup;
 pub mod guest;
 pub mod idmap;

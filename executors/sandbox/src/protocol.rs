@@ -14,19 +14,24 @@ use serde::{Deserialize, Serialize};
 /// with an error naming both.
 pub const PROTOCOL: u32 = 1;
 
-/// The longest request or reply line accepted, and the longest frame payload.
+/// The longest request or reply line accepted, in bytes, its newline left out.
 pub const MAX_LINE: usize = 1 << 20;
+/// The longest frame payload accepted, in bytes; a longer length is refused before the payload is
+/// read.
 pub const MAX_FRAME: usize = 1 << 20;
 
 /// The first line of every connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Hello {
+    /// The version the host speaks: [`PROTOCOL`].
     pub protocol: u32,
+    /// What is asked; its `op` tag and fields sit beside `protocol` in the same JSON object.
     #[serde(flatten)]
     pub request: Request,
 }
 
 impl Hello {
+    /// The hello carrying `request` at this build's [`PROTOCOL`].
     pub fn new(request: Request) -> Self {
         Hello {
             protocol: PROTOCOL,
@@ -35,6 +40,7 @@ impl Hello {
     }
 }
 
+/// What the host asks, one request per connection; the JSON names it in `op`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -43,13 +49,21 @@ pub enum Request {
     /// Run a command.
     Exec(Exec),
     /// Connect to `127.0.0.1:port` inside the sandbox and splice this connection to it.
-    Connect { port: u16 },
+    Connect {
+        /// The TCP port on the sandbox's loopback.
+        port: u16,
+    },
     /// Stop every process (SIGTERM, then SIGKILL after `grace_ms`) and exit.
-    Shutdown { grace_ms: u64 },
+    Shutdown {
+        /// Milliseconds between SIGTERM and SIGKILL.
+        grace_ms: u64,
+    },
 }
 
+/// A command to run in the sandbox.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Exec {
+    /// The program and its arguments; the program is looked up in the command's `PATH`.
     pub argv: Vec<String>,
     /// The whole environment of the command (nothing is inherited from the agent).
     #[serde(default)]
@@ -68,9 +82,12 @@ pub struct Exec {
     pub detach: bool,
 }
 
+/// A terminal's size, in character cells.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WindowSize {
+    /// Its height, in rows.
     pub rows: u16,
+    /// Its width, in columns.
     pub cols: u16,
 }
 
@@ -78,17 +95,27 @@ pub struct WindowSize {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
+    /// Answer to `health`: the agent is up.
     Health {
+        /// The agent's version (the `aistack-guest` package's).
         version: String,
+        /// The protocol version it speaks.
         protocol: u32,
+        /// Milliseconds since it started serving.
         uptime_ms: u64,
     },
+    /// Answer to `exec`: the command runs, and frames follow (none when it was detached).
     Started {
+        /// The command's pid, as the agent's PID namespace numbers it.
         pid: u32,
     },
+    /// Answer to `connect`: from here on the connection carries the port's raw bytes.
     Connected,
+    /// Answer to `shutdown`: the agent stops every process and exits.
     Stopping,
+    /// The request was refused or failed; the connection closes.
     Error {
+        /// Why, as a sentence for the user.
         message: String,
     },
 }
@@ -96,7 +123,9 @@ pub enum Reply {
 /// How a command ended: its exit code, or the signal that killed it.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExitStatus {
+    /// The exit code, when the command exited.
     pub code: Option<i32>,
+    /// The number of the signal that killed it, when one did.
     pub signal: Option<i32>,
 }
 
@@ -140,6 +169,8 @@ const STDERR: u8 = 0x11;
 const EXIT: u8 = 0x12;
 
 impl Frame {
+    /// The frame in its wire form: the kind byte, the payload's length as a big-endian `u32`, the
+    /// payload.
     pub fn encode(&self) -> Vec<u8> {
         let (kind, payload): (u8, Vec<u8>) = match self {
             Frame::Stdin(data) => (STDIN, data.clone()),
@@ -197,6 +228,7 @@ impl Frame {
         Frame::decode(head[0], payload).map(Some)
     }
 
+    /// Writes the frame in its wire form.
     pub fn write_to(&self, writer: &mut impl Write) -> io::Result<()> {
         writer.write_all(&self.encode())
     }
@@ -257,6 +289,7 @@ pub mod io_async {
     use super::*;
     use tokio::io::{AsyncRead, AsyncReadExt};
 
+    /// Reads one frame; `None` at a clean end of stream (before a frame's first byte).
     pub async fn read_frame(reader: &mut (impl AsyncRead + Unpin)) -> io::Result<Option<Frame>> {
         let mut head = [0u8; 5];
         match reader.read_exact(&mut head[..1]).await {
@@ -269,6 +302,8 @@ pub mod io_async {
         Frame::decode(head[0], payload).map(Some)
     }
 
+    /// Reads one JSON line (the reply) byte by byte, so that what follows the newline stays in the
+    /// stream.
     pub async fn read_line(reader: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
         let mut line = Vec::new();
         loop {

@@ -71,8 +71,9 @@ impl Network {
 pub struct Launch {
     /// The template's root filesystem layers, top first (overlayfs lower directories).
     pub lower: Vec<PathBuf>,
-    /// The sandbox's own writable layer, and overlayfs's work directory beside it.
+    /// The sandbox's own writable layer (overlayfs upper directory).
     pub upper: PathBuf,
+    /// The overlayfs work directory, on the same filesystem as `upper`.
     pub work: PathBuf,
     /// Where the root is assembled before the pivot (an empty directory).
     pub root: PathBuf,
@@ -80,6 +81,7 @@ pub struct Launch {
     pub workspace: Option<PathBuf>,
     /// The host directory that holds the agent's socket, mounted at [`CONTROL_DIR`].
     pub control: PathBuf,
+    /// The sandbox's hostname, set in its UTS namespace.
     pub hostname: String,
     /// `cgroup.procs` files to join before anything else.
     pub cgroup_procs: Vec<PathBuf>,
@@ -92,9 +94,11 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
 }
 
-/// Handshake lines.
+/// Handshake line, agent to host: the user namespace exists; write its id maps.
 pub const USERNS: &str = "userns";
+/// Handshake line, host to agent: the uid and gid maps are written.
 pub const MAPPED: &str = "mapped";
+/// Handshake line, agent to host, after `pid N`: PID 1 serves on the socket.
 pub const READY: &str = "ready";
 
 /// Builds the sandbox. Returns in PID 1 of the new namespaces, inside the new root; the

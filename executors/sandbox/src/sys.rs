@@ -29,8 +29,11 @@ fn cstring(path: &Path) -> io::Result<CString> {
 /// Who a confined command runs as, and what it may still do.
 #[derive(Debug, Clone)]
 pub struct Confinement {
+    /// The user id it runs as, in the sandbox's user namespace.
     pub uid: u32,
+    /// The group id it runs as.
     pub gid: u32,
+    /// Its supplementary group ids, in place of the agent's.
     pub groups: Vec<u32>,
     /// Make the command a session leader with its standard input as the controlling
     /// terminal (TTY mode).
@@ -263,8 +266,11 @@ pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::unshare(flags) }).map(drop)
 }
 
+/// Which side of a [`fork`] this process is.
 pub enum Fork {
+    /// The new process.
     Child,
+    /// The parent, with the child's pid as this process's PID namespace numbers it.
     Parent(u32),
 }
 
@@ -297,6 +303,8 @@ pub fn die_with_parent() -> io::Result<()> {
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }).map(drop)
 }
 
+/// `mount(2)`: mounts `source` on `target` with the filesystem type, `MS_*` flags and options
+/// given.
 pub fn mount(
     source: &str,
     target: &Path,
@@ -333,6 +341,7 @@ pub fn pivot_to_cwd() -> io::Result<()> {
     Ok(())
 }
 
+/// `sethostname(2)`: names the host of the current UTS namespace.
 pub fn set_hostname(name: &str) -> io::Result<()> {
     // SAFETY: the pointer and length describe `name`'s bytes.
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
@@ -391,6 +400,7 @@ pub fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
+/// This process's pid, as its PID namespace numbers it.
 pub fn pid() -> u32 {
     std::process::id()
 }

@@ -60,8 +60,10 @@ pub const IMAGE_CONFIG_MEDIA_TYPES: [&str; 2] = [
     "application/vnd.oci.image.config.v1+json",
     "application/vnd.docker.container.image.v1+json",
 ];
-/// Media types of a container image's filesystem layer that aistack applies.
+/// Media type of a container image's uncompressed filesystem layer (OCI).
 pub const IMAGE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Media types of a container image's gzip-compressed filesystem layer (OCI, Docker);
+/// [`Store::put_image`](crate::Store::put_image) writes the first.
 pub const IMAGE_LAYER_GZIP: [&str; 2] = [
     "application/vnd.oci.image.layer.v1.tar+gzip",
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
@@ -86,10 +88,15 @@ pub const ANNOTATION_SOURCE: &str = "io.aistack.source";
 /// A content descriptor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor {
+    /// What the content is: one of the media types above, or another OCI or Docker type.
     #[serde(rename = "mediaType")]
     pub media_type: String,
+    /// The content's size in bytes.
     pub size: u64,
+    /// The content's `sha256:<hex>` digest, which names its blob under `blobs/sha256/`.
     pub digest: String,
+    /// Key/value metadata, left out of the JSON when empty: the `ANNOTATION_*` keys above, among
+    /// others.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
@@ -97,11 +104,18 @@ pub struct Descriptor {
 /// An OCI image manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// `schemaVersion`: 2, in OCI manifests and Docker schema 2 manifests alike.
     #[serde(rename = "schemaVersion")]
     pub schema_version: u32,
+    /// [`MANIFEST_MEDIA_TYPE`] in the manifests written here, or [`DOCKER_MANIFEST_MEDIA_TYPE`];
+    /// empty when a manifest leaves it out, as OCI allows.
     #[serde(rename = "mediaType", default)]
     pub media_type: String,
+    /// The config blob: DMR's model config ([`CONFIG_MEDIA_TYPE`]) for a model, an image config for
+    /// a template image.
     pub config: Descriptor,
+    /// The layers in order: a model's GGUF shards, then its licenses and chat template; an image's
+    /// filesystem layers, bottom first.
     #[serde(default)]
     pub layers: Vec<Descriptor>,
 }
@@ -109,10 +123,14 @@ pub struct Manifest {
 /// An OCI image index (`index.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Index {
+    /// `schemaVersion`: 2.
     #[serde(rename = "schemaVersion")]
     pub schema_version: u32,
+    /// [`INDEX_MEDIA_TYPE`]; empty when an index leaves it out, as OCI allows.
     #[serde(rename = "mediaType", default)]
     pub media_type: String,
+    /// One entry per name a manifest has, each naming it in the [`ANNOTATION_REF_NAME`]
+    /// annotation, or one entry without a name for a manifest that has none.
     #[serde(default)]
     pub manifests: Vec<Descriptor>,
 }
@@ -130,9 +148,12 @@ impl Default for Index {
 /// DMR's config blob.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigFile {
+    /// What the model is.
     pub config: ModelConfig,
+    /// When the model was made (DMR's `descriptor`).
     #[serde(default)]
     pub descriptor: Provenance,
+    /// The digests of the model's layers.
     #[serde(default)]
     pub rootfs: RootFs,
 }
@@ -140,24 +161,35 @@ pub struct ConfigFile {
 /// What a model is, as DMR describes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelConfig {
+    /// The weights' file format: `gguf` for the models made here; DMR also writes `safetensors` and
+    /// `diffusers`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub format: String,
+    /// The quantization, e.g. `Q4_K_M`: llama.cpp's name for `general.file_type`, else the most
+    /// common type of the model's matrices.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub quantization: String,
     /// The parameter count, e.g. `134.52M`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub parameters: String,
+    /// The model architecture, from `general.architecture`, e.g. `llama`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub architecture: String,
     /// The weights' size, e.g. `93.80MiB`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub size: String,
+    /// The GGUF header's metadata, each value written as DMR writes it
+    /// ([`Value::to_dmr_string`](crate::gguf::Value::to_dmr_string)).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub gguf: BTreeMap<String, String>,
+    /// The metadata of a safetensors model; kept so that a config DMR wrote reads back unchanged.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub safetensors: BTreeMap<String, String>,
+    /// The metadata of a Diffusers model; kept so that a config DMR wrote reads back unchanged.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub diffusers: BTreeMap<String, String>,
+    /// The context length in tokens the model runs with: `<arch>.context_length` from the GGUF
+    /// header, or what the model was packaged with. DMR's field is an `int32`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_size: Option<u32>,
 }
@@ -173,8 +205,11 @@ pub struct Provenance {
 /// The layer digests of a model.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootFs {
+    /// `type`: always `rootfs`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The `sha256:<hex>` digest of each layer, in manifest order (the layers are uncompressed, so
+    /// these are also their diff ids).
     pub diff_ids: Vec<String>,
 }
 
@@ -211,12 +246,19 @@ impl ModelConfig {
 /// The metadata annotation DMR puts on a layer (`types.FileMetadata`).
 #[derive(Serialize)]
 pub struct FileMetadata<'a> {
+    /// The file's name, without its directory.
     pub name: &'a str,
+    /// Its permission bits.
     pub mode: u32,
+    /// The owner's user id; always 0, as DMR writes it.
     pub uid: u32,
+    /// The owner's group id; always 0, as DMR writes it.
     pub gid: u32,
+    /// Its size in bytes.
     pub size: u64,
+    /// Its modification time, as [`rfc3339`] writes it.
     pub mtime: String,
+    /// Its tar type flag; 0, a regular file.
     pub typeflag: u8,
 }
 

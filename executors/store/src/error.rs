@@ -13,35 +13,45 @@ pub enum StoreError {
     /// The store's directories could not be created.
     #[error("Cannot create the model store at `{}`", path.display())]
     Create {
+        /// The store's directory, or the file or directory in it that could not be made.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
     /// The store's lock file could not be opened or locked.
     #[error("Cannot lock the model store at `{}`", path.display())]
     Lock {
+        /// The lock file: `.lock` or `.ingest.lock` in the store's directory.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
     /// `index.json` could not be read.
     #[error("Cannot read the model store index `{}`", path.display())]
     ReadIndex {
+        /// The store's `index.json`.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
     /// `index.json` is not an OCI image index.
     #[error("The model store index `{}` is not a valid OCI image index", path.display())]
     CorruptIndex {
+        /// The store's `index.json`.
         path: PathBuf,
+        /// Where and how the JSON is wrong.
         #[source]
         source: serde_json::Error,
     },
     /// `index.json` could not be written.
     #[error("Cannot write the model store index `{}`", path.display())]
     WriteIndex {
+        /// The store's `index.json`.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
@@ -50,76 +60,118 @@ pub enum StoreError {
     NoFiles,
     /// A shard of a sharded model is missing.
     #[error("Shard `{}` of `{}` is missing", missing.display(), first.display())]
-    ShardMissing { first: PathBuf, missing: PathBuf },
+    ShardMissing {
+        /// The first shard, as the spec names it.
+        first: PathBuf,
+        /// The shard that should sit next to it (`name-0000N-of-0000M.gguf`).
+        missing: PathBuf,
+    },
     /// A local model file could not be read.
     #[error("Cannot read `{}`", path.display())]
     ReadSource {
+        /// The local file: a model shard, a license, a chat template or an image layer to store.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
     /// A local model file is not what it was when the plan was made.
     #[error("`{}` changed since the plan was made: expected `{expected}`, found `{found}`", path.display())]
     SourceChanged {
+        /// The local file.
         path: PathBuf,
+        /// What the plan saw: its size (`N bytes`) or its `sha256:<hex>` digest.
         expected: String,
+        /// What the file holds now, in the same form.
         found: String,
     },
     /// A blob could not be written into the store.
     #[error("Cannot write `{}` into the model store", path.display())]
     WriteBlob {
+        /// The file being written in: the local file being copied, or the blob's path under
+        /// `blobs/`.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
     /// A blob could not be read.
     #[error("Cannot read blob `{digest}` of the model store")]
     ReadBlob {
+        /// The blob's `sha256:<hex>` digest.
         digest: String,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
     /// A blob a manifest names is not in the store.
     #[error("Blob `{digest}` is missing from the model store")]
-    BlobMissing { digest: String },
+    BlobMissing {
+        /// The blob's `sha256:<hex>` digest.
+        digest: String,
+    },
     /// A blob's content does not match its digest.
     #[error("Blob `{digest}` of the model store is corrupt: its content hashes to `{actual}`")]
-    BlobCorrupt { digest: String, actual: String },
+    BlobCorrupt {
+        /// The digest the blob is stored under.
+        digest: String,
+        /// The `sha256:<hex>` digest of what the file holds.
+        actual: String,
+    },
     /// A blob could not be deleted.
     #[error("Cannot delete blob `{digest}` from the model store")]
     RemoveBlob {
+        /// The blob's `sha256:<hex>` digest.
         digest: String,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
     /// A string that should be a digest is not one.
     #[error("`{digest}` is not a sha256 digest")]
-    InvalidDigest { digest: String },
+    InvalidDigest {
+        /// The string as given.
+        digest: String,
+    },
     /// A manifest or config blob is not valid JSON of its kind.
     #[error("Blob `{digest}` of the model store is not a valid {what}")]
     CorruptBlob {
+        /// The blob's `sha256:<hex>` digest.
         digest: String,
+        /// What the blob should be: `OCI image manifest` or `model config`.
         what: &'static str,
+        /// Where and how the JSON is wrong.
         #[source]
         source: serde_json::Error,
     },
     /// A reference name is not a valid OCI reference.
     #[error("Invalid reference `{reference}`: {reason}")]
     InvalidReference {
+        /// The reference as given.
         reference: String,
+        /// What is wrong with it, as the reference parser says.
         reason: String,
+        /// The fix, which [`StoreError::help`] returns.
         help: String,
     },
     /// No model in the store has this name or digest.
     #[error("No model `{reference}` in the store")]
-    UnknownReference { reference: String },
+    UnknownReference {
+        /// The name or manifest digest as given.
+        reference: String,
+    },
     /// A context size does not fit the model config's 32-bit field.
     #[error("The context size {value} is too large")]
-    ContextSizeTooLarge { value: u64 },
+    ContextSizeTooLarge {
+        /// The context size asked for, in tokens.
+        value: u64,
+    },
     /// A manifest or config could not be encoded.
     #[error("Cannot encode the {what} of the model")]
     Encode {
+        /// What was being encoded: `index`, `config`, `manifest` or `layer metadata`.
         what: &'static str,
+        /// What serde_json said.
         #[source]
         source: serde_json::Error,
     },

@@ -46,34 +46,60 @@ pub enum GgufError {
     /// The file could not be opened or read.
     #[error("Cannot read `{}`", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
     /// The first bytes are not the GGUF magic.
     #[error("`{}` is not a GGUF file: it starts with {found}, a GGUF file starts with `GGUF`", path.display())]
-    NotGguf { path: PathBuf, found: String },
+    NotGguf {
+        /// The file.
+        path: PathBuf,
+        /// Its first bytes, for the message: as text when printable, else as hex.
+        found: String,
+    },
     /// A GGUF version this reader does not know.
     #[error("`{}` is GGUF version {version}; only versions 2 and 3 are supported", path.display())]
-    UnsupportedVersion { path: PathBuf, version: u32 },
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version its header gives.
+        version: u32,
+    },
     /// A big-endian GGUF file.
     #[error("`{}` is a big-endian GGUF file; only little-endian files are supported", path.display())]
-    BigEndian { path: PathBuf },
+    BigEndian {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file ends inside its header.
     #[error("The GGUF header of `{}` ends unexpectedly at byte {offset}", path.display())]
-    Truncated { path: PathBuf, offset: u64 },
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// The byte at which the file ends (its size).
+        offset: u64,
+    },
     /// The header describes more tensor data than the file holds.
     #[error("The tensor data of `{}` ends unexpectedly at byte {actual}; its header describes {expected} bytes", path.display())]
     TruncatedData {
+        /// The file.
         path: PathBuf,
+        /// Where the header says the last tensor's data ends, in bytes from the start of the file.
         expected: u64,
+        /// The file's size in bytes.
         actual: u64,
     },
     /// A value in the header is impossible (a length over the caps, an unknown value type).
     #[error("The GGUF header of `{}` is corrupt at byte {offset}: {what}", path.display())]
     Corrupt {
+        /// The file.
         path: PathBuf,
+        /// Where the impossible value starts, in bytes from the start of the file.
         offset: u64,
+        /// What is wrong, for the message, e.g. `a boolean of value 2` or `3000000 tensors`.
         what: String,
     },
 }
@@ -105,21 +131,34 @@ impl GgufError {
     }
 }
 
-/// The type tag of a metadata value.
+/// The type tag of a metadata value: gguf.md's `GGUF_METADATA_VALUE_TYPE_*`, in tag order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueType {
+    /// Tag 0 (`UINT8`): an unsigned 8-bit integer.
     U8,
+    /// Tag 1 (`INT8`): a signed 8-bit integer.
     I8,
+    /// Tag 2 (`UINT16`): an unsigned 16-bit integer.
     U16,
+    /// Tag 3 (`INT16`): a signed 16-bit integer.
     I16,
+    /// Tag 4 (`UINT32`): an unsigned 32-bit integer.
     U32,
+    /// Tag 5 (`INT32`): a signed 32-bit integer.
     I32,
+    /// Tag 6 (`FLOAT32`): an IEEE 754 single-precision float.
     F32,
+    /// Tag 7 (`BOOL`): one byte, 0 or 1.
     Bool,
+    /// Tag 8 (`STRING`): a `u64` byte length, then that many bytes of UTF-8, not NUL-terminated.
     String,
+    /// Tag 9 (`ARRAY`): an item type tag, a `u64` item count, then the items.
     Array,
+    /// Tag 10 (`UINT64`): an unsigned 64-bit integer.
     U64,
+    /// Tag 11 (`INT64`): a signed 64-bit integer.
     I64,
+    /// Tag 12 (`FLOAT64`): an IEEE 754 double-precision float.
     F64,
 }
 
@@ -158,25 +197,40 @@ impl ValueType {
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// An unsigned 8-bit integer.
     U8(u8),
+    /// A signed 8-bit integer.
     I8(i8),
+    /// An unsigned 16-bit integer.
     U16(u16),
+    /// A signed 16-bit integer.
     I16(i16),
+    /// An unsigned 32-bit integer.
     U32(u32),
+    /// A signed 32-bit integer.
     I32(i32),
+    /// A single-precision float.
     F32(f32),
+    /// A boolean; a byte other than 0 or 1 is refused as corrupt.
     Bool(bool),
+    /// A string, checked to be UTF-8.
     String(String),
+    /// An array, its items kept only up to [`MAX_KEPT_ARRAY`].
     Array(Array),
+    /// An unsigned 64-bit integer.
     U64(u64),
+    /// A signed 64-bit integer.
     I64(i64),
+    /// A double-precision float.
     F64(f64),
 }
 
 /// A metadata array. Arrays longer than [`MAX_KEPT_ARRAY`] keep only their length.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Array {
+    /// The type of every item: GGUF arrays hold one type.
     pub item_type: ValueType,
+    /// How many items the file declares, known even when the items were not kept.
     pub len: u64,
     /// The items, or `None` when the array was too long to keep.
     pub items: Option<Vec<Value>>,
@@ -257,7 +311,9 @@ fn go_float(v: f64) -> String {
 /// One tensor's description.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorInfo {
+    /// The tensor's name, e.g. `blk.0.attn_q.weight`.
     pub name: String,
+    /// Its dimensions, innermost first (ggml's `ne`); at most four.
     pub dims: Vec<u64>,
     /// The ggml type id (`GGML_TYPE_*`).
     pub ggml_type: u32,
@@ -275,9 +331,11 @@ impl TensorInfo {
 /// A parsed GGUF header.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Header {
+    /// The GGUF version: 2 or 3.
     pub version: u32,
     /// The metadata, in file order.
     pub metadata: Vec<(String, Value)>,
+    /// The tensor infos, in file order.
     pub tensors: Vec<TensorInfo>,
     /// The alignment of the tensor data (`general.alignment`, else 32).
     pub alignment: u64,

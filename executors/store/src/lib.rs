@@ -6,6 +6,8 @@
 //! [`Store::import_local`] after their header is read by our own [`gguf`] reader, and their
 //! digests are cached by [`DigestCache`] so that planning costs one `stat` per file.
 
+#![warn(missing_docs)]
+
 pub mod artifact;
 pub mod digest_cache;
 mod error;

@@ -44,7 +44,9 @@ pub(crate) const COPY_BUFFER: usize = 4 << 20;
 /// A local model file as observed before planning.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalFile {
+    /// The file, as the caller found it (the spec's `source:` or a `package` argument).
     pub path: PathBuf,
+    /// Its size in bytes when observed; an import refuses a file whose size changed.
     pub size: u64,
     /// `sha256:<hex>`.
     pub digest: String,
@@ -53,20 +55,24 @@ pub struct LocalFile {
 /// The result of an import.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Imported {
+    /// The `sha256:<hex>` digest of the model's manifest, which names it in the store.
     pub manifest_digest: String,
     /// The total size of the layers.
     pub size: u64,
+    /// What the model is, from the GGUF header.
     pub config: ModelConfig,
 }
 
 /// A model in the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// The `sha256:<hex>` digest of its manifest.
     pub manifest_digest: String,
     /// The annotations of its `index.json` entry.
     pub annotations: BTreeMap<String, String>,
     /// The total size of the layers.
     pub size: u64,
+    /// What it is, from its config blob.
     pub config: ModelConfig,
     /// `descriptor.created` of its config.
     pub created: Option<String>,

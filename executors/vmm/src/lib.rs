@@ -2,5 +2,7 @@
 //! `isolation: auto` runs (`probe`); the system calls it needs are in `sys`, the crate's
 //! only `unsafe`.
 
+#![warn(missing_docs)]
+
 pub mod probe;
 mod sys;

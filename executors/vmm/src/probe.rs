@@ -38,25 +38,36 @@ pub struct Speed {
 }
 
 impl Speed {
+    /// Whether the guest takes at most [`NEAR_NATIVE`] times the host's time: fast enough for a
+    /// microVM backend.
     pub fn near_native(&self) -> bool {
         self.ratio <= NEAR_NATIVE
     }
 }
 
+/// Why the probe could not measure a guest.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// `/dev/kvm` could not be opened (absent, or not permitted).
     #[error("cannot open `/dev/kvm`: {0}")]
     Open(#[source] kvm_ioctls::Error),
+    /// A KVM call failed while the guest was set up or run.
     #[error("KVM refused to {what}: {source}")]
     Kvm {
+        /// What KVM was asked to do, as the message words it: `create a VM`, `run the guest`, …
         what: &'static str,
+        /// What KVM said.
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// The guest's memory could not be mapped.
     #[error("cannot map the guest's memory: {0}")]
     Memory(#[source] std::io::Error),
+    /// The guest did not run its loop as written: it exited other than by its port write, or its
+    /// counter was not zero at the end. The text names the exit or the register.
     #[error("the guest stopped with {0} instead of finishing its loop")]
     Guest(String),
+    /// This is not x86_64, the only architecture the probe's guest code runs on.
     #[error("the probe runs only on x86_64")]
     Architecture,
 }
@@ -92,6 +103,7 @@ pub fn run() -> Result<Speed, ProbeError> {
     })
 }
 
+/// Runs the probe; on this architecture it cannot ([`ProbeError::Architecture`]).
 #[cfg(not(target_arch = "x86_64"))]
 pub fn run() -> Result<Speed, ProbeError> {
     Err(ProbeError::Architecture)

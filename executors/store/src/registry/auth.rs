@@ -23,9 +23,20 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credentials {
     /// A user name and password (or personal access token).
-    Basic { username: String, password: String },
+    Basic {
+        /// The account name, sent with the password as HTTP Basic credentials.
+        username: String,
+        /// The password or token, sent only to the registry or its token realm.
+        password: String,
+    },
     /// An OAuth2 refresh token (`identitytoken`), exchanged at the token realm.
-    IdentityToken { username: String, token: String },
+    IdentityToken {
+        /// The user name the docker config lists with the token; empty when a credential helper
+        /// gave it (`<token>`).
+        username: String,
+        /// The refresh token, sent only to the token realm.
+        token: String,
+    },
 }
 
 impl fmt::Debug for Credentials {

@@ -10,29 +10,41 @@ pub enum RegistryError {
     /// The registry did not accept a connection.
     #[error("Cannot reach the registry `{registry}`")]
     Unreachable {
+        /// The registry, as references name it (`docker.io`, `127.0.0.1:5000`).
         registry: String,
+        /// What the HTTP client said.
         #[source]
         source: reqwest::Error,
     },
     /// A connection broke or timed out mid-transfer.
     #[error("The connection to the registry `{registry}` failed")]
     Connection {
+        /// The registry.
         registry: String,
+        /// What the HTTP client said.
         #[source]
         source: reqwest::Error,
     },
     /// A blob's download ended before its size.
     #[error("The registry `{registry}` stopped sending blob `{digest}` before its end")]
-    Incomplete { registry: String, digest: String },
+    Incomplete {
+        /// The registry.
+        registry: String,
+        /// The blob's `sha256:<hex>` digest.
+        digest: String,
+    },
     /// The registry has no such repository.
     #[error("The registry `{registry}` has no repository `{repository}`")]
     UnknownRepository {
+        /// The registry.
         registry: String,
+        /// The repository's path in the registry, e.g. `ai/smollm2`.
         repository: String,
     },
     /// The repository has no such tag or manifest.
     #[error("The registry has no `{reference}`")]
     UnknownManifest {
+        /// The full reference, `registry/repository[:tag][@digest]`.
         reference: String,
         /// `registry/repository`, for the help line.
         repository: String,
@@ -44,41 +56,58 @@ pub enum RegistryError {
         format!("The registry `{registry}` requires credentials for `{repository}`")
     })]
     Unauthorized {
+        /// The registry.
         registry: String,
+        /// The repository's path in the registry.
         repository: String,
+        /// Whether credentials were sent: they were refused, rather than missing.
         with_credentials: bool,
     },
     /// The artifact is not a Docker Model Runner model.
     #[error("`{reference}` is not a model artifact: its {what} is `{media_type}`")]
     NotAModel {
+        /// The full reference, `registry/repository[:tag][@digest]`.
         reference: String,
         /// `config`, `layer` or `manifest`.
         what: &'static str,
+        /// The media type found.
         media_type: String,
     },
     /// The artifact is not a container image.
     #[error("`{reference}` is not a container image: its {what} is `{media_type}`")]
     NotAnImage {
+        /// The full reference, `registry/repository[:tag][@digest]`.
         reference: String,
         /// `config`, `layer` or `manifest`.
         what: &'static str,
+        /// The media type found.
         media_type: String,
     },
     /// A blob or manifest does not hash to its digest.
     #[error("Blob `{digest}` of `{reference}` does not match its digest")]
-    DigestMismatch { reference: String, digest: String },
+    DigestMismatch {
+        /// The full reference, `registry/repository[:tag][@digest]`.
+        reference: String,
+        /// The `sha256:<hex>` digest the blob or manifest should have.
+        digest: String,
+    },
     /// The registry answered with something that is not what the protocol says.
     #[error("The registry `{registry}` sent an invalid {what}")]
     BadResponse {
+        /// The registry.
         registry: String,
+        /// What was invalid, e.g. `manifest`, `token` or `upload location`.
         what: &'static str,
+        /// Where and how the JSON is wrong, when the answer was JSON.
         #[source]
         source: Option<serde_json::Error>,
     },
     /// The registry answered with a status this client does not expect.
     #[error("The registry `{registry}` answered {status}{} to {action}", code.as_ref().map(|c| format!(" (`{c}`)")).unwrap_or_default())]
     UnexpectedStatus {
+        /// The registry.
         registry: String,
+        /// The HTTP status code.
         status: u16,
         /// The first error code of the registry's JSON answer.
         code: Option<String>,
@@ -88,38 +117,52 @@ pub enum RegistryError {
     /// A blob could not be written into the store (disk full, permissions).
     #[error("Cannot write `{}` into the model store", path.display())]
     Write {
+        /// The file in the store's `partial/` or `blobs/` directory.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
     /// A blob to push could not be read from the store.
     #[error("Cannot read `{}` from the model store", path.display())]
     Read {
+        /// The blob's file in the store.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
     /// The docker config could not be read.
     #[error("Cannot read the docker config `{}`", path.display())]
     DockerConfig {
+        /// The docker config file: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
         path: PathBuf,
+        /// What went wrong: reading the file, parsing it, or decoding an `auth` entry.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A `docker-credential-*` helper failed.
     #[error("The credential helper `docker-credential-{helper}` failed for `{registry}`")]
     CredentialHelper {
+        /// The helper's name, after `docker-credential-`.
         helper: String,
+        /// The registry the credentials were asked for.
         registry: String,
+        /// What the system said, when running the helper failed; `None` when it ran but failed or
+        /// answered something that is not JSON.
         #[source]
         source: Option<std::io::Error>,
     },
     /// The model to push is not in the store.
     #[error("No model `{reference}` in the store")]
-    NotInStore { reference: String },
+    NotInStore {
+        /// The name or manifest digest as given.
+        reference: String,
+    },
     /// The HTTP client could not be built (TLS roots).
     #[error("Cannot set up HTTPS")]
     Client {
+        /// What the HTTP client said.
         #[source]
         source: reqwest::Error,
     },

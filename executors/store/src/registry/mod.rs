@@ -69,24 +69,29 @@ impl Default for PullOptions {
 pub struct PullProgress {
     /// The blob's digest.
     pub layer: String,
+    /// Bytes of it moved so far: downloaded or found in the store on a pull, uploaded on a push.
     pub done: u64,
+    /// The blob's size in bytes.
     pub total: u64,
 }
 
 /// The result of a pull.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pulled {
+    /// The `sha256:<hex>` digest of the model's manifest.
     pub manifest_digest: String,
     /// The total size of the layers.
     pub size: u64,
     /// Blob bytes received from the registry (0 when the store had every blob).
     pub transferred_bytes: u64,
+    /// What the model is, from its config blob.
     pub config: ModelConfig,
 }
 
 /// The result of a push.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pushed {
+    /// The `sha256:<hex>` digest of the model's manifest.
     pub manifest_digest: String,
     /// The total size of the layers.
     pub size: u64,
@@ -138,6 +143,7 @@ enum Artifact {
 /// A container image pulled into the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PulledImage {
+    /// The `sha256:<hex>` digest of the image's manifest.
     pub manifest_digest: String,
     /// Its filesystem layers, bottom first.
     pub layers: Vec<Descriptor>,
