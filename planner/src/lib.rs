@@ -6,6 +6,8 @@
 //! argv, environments, defaults) is made here and written into the steps' typed payloads
 //! ([`payload`]).
 
+#![warn(missing_docs)]
+
 pub mod agents;
 pub mod observed;
 pub mod payload;
@@ -22,6 +24,4 @@ pub use plan::{Action, Cause, FORMAT_VERSION, Plan, Step, StepIndex, Summary};
 pub use reconcile::{
     GATEWAY, MODELS_HOST, PlanError, local_path, normalise, reconcile, reconcile_down,
 };
-pub use resource::{
-    Applied, Desired, MANIFEST_OUTPUT, RecordError, ResourceId, canonical_json, fields_hash,
-};
+pub use resource::{Applied, Desired, MANIFEST_OUTPUT, RecordError, ResourceId};

@@ -289,7 +289,10 @@ impl GatewayPlan {
             "CORS origins",
         ));
         if let Some(budget) = self.memory_budget {
-            parts.push(format!("budget {}", aistack_spec::values::human_size(budget)));
+            parts.push(format!(
+                "budget {}",
+                aistack_spec::values::human_size(budget)
+            ));
         }
         parts.join(", ")
     }

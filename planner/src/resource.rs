@@ -102,20 +102,13 @@ fn fields_of(payload: &Payload) -> BTreeMap<String, serde_json::Value> {
 
 /// sha256 (lower-case hex) over the canonical JSON of `fields`: object keys sorted at every
 /// level, no whitespace. Independent of serde_json's `preserve_order` feature.
-pub fn fields_hash(fields: &BTreeMap<String, serde_json::Value>) -> String {
+fn fields_hash(fields: &BTreeMap<String, serde_json::Value>) -> String {
     use sha2::{Digest, Sha256};
     let mut text = String::new();
     let object: serde_json::Map<String, serde_json::Value> =
         fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     write_canonical(&serde_json::Value::Object(object), &mut text);
     hex::encode(Sha256::digest(text.as_bytes()))
-}
-
-/// Canonical JSON of `value`: object keys sorted at every level, no whitespace.
-pub fn canonical_json(value: &serde_json::Value) -> String {
-    let mut text = String::new();
-    write_canonical(value, &mut text);
-    text
 }
 
 fn write_canonical(value: &serde_json::Value, out: &mut String) {

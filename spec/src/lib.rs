@@ -23,6 +23,8 @@
 //! `library/NAME` (Docker); a bare template `from:` within two edits of a template name is
 //! reported as a typo rather than pulled as an image.
 
+#![warn(missing_docs)]
+
 mod decode;
 pub mod diagnostic;
 pub mod interpolate;

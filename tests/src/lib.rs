@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: the `aistack` binary, a throwaway `AISTACK_HOME`, the
 //! real test model, and process control.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod registry;
 pub mod sandbox;

@@ -49,6 +49,8 @@
 //! step carries what its action needs and that the plan has no cycle. Any refusal means
 //! nothing at all is called on the host: `up` never half-applies a plan it could not finish.
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
@@ -131,6 +133,14 @@ impl HostError {
         HostError {
             message: message.into(),
             help: None,
+        }
+    }
+
+    /// `e` with its sources (see [`chain`]), and its fix.
+    pub fn from_error(e: &dyn std::error::Error, help: Option<String>) -> Self {
+        HostError {
+            message: chain(e),
+            help,
         }
     }
 

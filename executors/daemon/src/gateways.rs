@@ -143,10 +143,7 @@ impl Gateways {
             None => {
                 let gateway = Gateway::start(settings, self.launcher())
                     .await
-                    .map_err(|e| HostError {
-                        help: e.help(),
-                        message: aistack_apply::chain(&e),
-                    })?;
+                    .map_err(|e| HostError::from_error(&e, e.help()))?;
                 let addr = gateway.addr();
                 tracing::info!(project, %addr, "gateway listening");
                 inner.listeners.insert(spec.listen, gateway);
@@ -212,10 +209,7 @@ impl Gateways {
         gateway
             .register(config.clone())
             .await
-            .map_err(|e| HostError {
-                help: e.help(),
-                message: aistack_apply::chain(&e),
-            })?;
+            .map_err(|e| HostError::from_error(&e, e.help()))?;
         self.inner.lock().await.models.insert(key, config);
         Ok(())
     }
@@ -246,10 +240,10 @@ impl Gateways {
     /// Loads `name` of `project` now instead of at its first request.
     pub async fn preload(&self, project: &str, name: &str) -> Result<(), HostError> {
         let gateway = self.gateway_of(project).await?;
-        gateway.preload(project, name).await.map_err(|e| HostError {
-            help: e.help(),
-            message: aistack_apply::chain(&e),
-        })
+        gateway
+            .preload(project, name)
+            .await
+            .map_err(|e| HostError::from_error(&e, e.help()))
     }
 
     /// Stops the engine of `name` of `project`; the model stays registered and loads again

@@ -74,3 +74,122 @@ impl Host for MachineHost {
         with_kind!(current.id.kind, P => P::remove(current, delete_artifact, &cx, progress).await)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aistack_planner::{
+        Action, Artifact, Cause, EngineOptions, GatewayPlan, ModelPlan, ModelSettings, Payload,
+        SandboxPlan, SandboxSettings, Serving,
+    };
+    use aistack_spec::model::NetworkPolicy;
+    use aistack_spec::values::{Agent, EngineKind, GpuLayers, Isolation, KeepAlive, ModelMode};
+    use aistack_store::Store;
+
+    use super::*;
+    use crate::home::Home;
+
+    fn step(payload: Payload) -> Step {
+        let desired = Desired::new("chat", payload, Vec::new());
+        Step {
+            id: desired.id.clone(),
+            action: Action::Create,
+            cause: Cause::Missing,
+            desired: Some(desired),
+            current: None,
+            delete_artifact: false,
+        }
+    }
+
+    fn serving(engine: EngineKind, mode: ModelMode) -> Serving {
+        Serving {
+            engine,
+            context_size: None,
+            parallel: Some(4),
+            keep_alive: KeepAlive::Forever,
+            mode,
+            runtime_flags: Vec::new(),
+            options: EngineOptions::LlamaCpp {
+                threads: None,
+                gpu_layers: GpuLayers::Auto,
+            },
+        }
+    }
+
+    fn model(engine: EngineKind, mode: ModelMode) -> Payload {
+        Payload::Model(ModelPlan {
+            settings: ModelSettings {
+                source: "./chat.gguf".into(),
+                digests: Vec::new(),
+                serving: serving(engine, mode),
+            },
+            artifact: Artifact::Import { files: Vec::new() },
+        })
+    }
+
+    fn sandbox(isolation: Isolation) -> Payload {
+        Payload::Sandbox(SandboxPlan {
+            settings: SandboxSettings {
+                template: "dev".into(),
+                agent: Agent::Claude,
+                args: Vec::new(),
+                workspace: "/work".into(),
+                isolation,
+                cpus: None,
+                memory: None,
+                network_policy: None,
+                models: Vec::new(),
+                ports: Vec::new(),
+                env: Default::default(),
+            },
+            environment: Default::default(),
+            program: "claude".into(),
+            install: "npm install -g @anthropic-ai/claude-code".into(),
+        })
+    }
+
+    #[test]
+    fn llama_cpp_models_and_engines_run_and_the_rest_is_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let store = Arc::new(Store::open(&home.models()).unwrap());
+        let runtime = Arc::new(Runtime::new(home, store, "aistack".into()));
+        let host = MachineHost::new(runtime, "demo");
+        let gateway = Payload::Gateway(GatewayPlan {
+            listen: "127.0.0.1:12434".parse().unwrap(),
+            cors_origins: Vec::new(),
+            api_key_env: None,
+            memory_budget: None,
+        });
+        assert!(host.check(&step(gateway)).is_ok());
+        let llama = EngineKind::LlamaCpp;
+        assert!(host.check(&step(model(llama, ModelMode::Chat))).is_ok());
+        assert!(
+            host.check(&step(model(llama, ModelMode::Embedding)))
+                .is_ok()
+        );
+        let engine = Payload::Engine(serving(llama, ModelMode::Chat));
+        assert!(host.check(&step(engine)).is_ok());
+
+        let vllm = host
+            .check(&step(model(EngineKind::Vllm, ModelMode::Chat)))
+            .unwrap_err();
+        assert_eq!(vllm.message, "Engine `vllm` is not supported yet");
+        let image = host
+            .check(&step(model(llama, ModelMode::Image)))
+            .unwrap_err();
+        assert_eq!(image.message, "Image models are not supported yet");
+        let engine = Payload::Engine(serving(EngineKind::Vllm, ModelMode::Chat));
+        assert!(host.check(&step(engine)).is_err());
+        let proxy = Payload::Proxy(NetworkPolicy {
+            default: Default::default(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            bypass: Vec::new(),
+            credentials: Vec::new(),
+        });
+        assert!(host.check(&step(proxy)).is_ok());
+        assert!(host.check(&step(sandbox(Isolation::Auto))).is_ok());
+        let microvm = host.check(&step(sandbox(Isolation::Microvm))).unwrap_err();
+        assert_eq!(microvm.message, "MicroVM sandboxes are not supported yet");
+    }
+}

@@ -8,6 +8,8 @@
 //! ([`templates`]), sandboxes ([`sandboxes`]) and their channels ([`channels`]). The CLI
 //! talks to it with [`client::Client`].
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod channels;
 pub mod client;

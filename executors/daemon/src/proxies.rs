@@ -52,7 +52,9 @@ struct Inner {
 /// A sandbox's way out: its policy (none: deny everything), and its models.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Access {
+    /// The network policy it goes out under; `None`: nothing but its models.
     pub policy: Option<String>,
+    /// The models it reaches at [`MODELS_HOST`], if it lists any.
     pub models: Option<ModelAccess>,
 }
 

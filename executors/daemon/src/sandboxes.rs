@@ -157,10 +157,10 @@ impl Sandboxes {
         };
         self.ended(project, name).await;
         let _ = fs::create_dir_all(self.home.logs());
-        let mut running = backend.start(&spec).await.map_err(|e| HostError {
-            help: e.help(),
-            message: aistack_apply::chain(&e),
-        })?;
+        let mut running = backend
+            .start(&spec)
+            .await
+            .map_err(|e| HostError::from_error(&e, e.help()))?;
         let log = self.log(project, name);
         tracing::info!(
             project,

@@ -65,11 +65,9 @@ pub fn memory_estimate(
     weights.saturating_add(flags.kv_cache_bytes(elements))
 }
 
-fn host_error(e: aistack_store::StoreError) -> HostError {
-    HostError {
-        help: e.help(),
-        message: aistack_apply::chain(&e),
-    }
+/// A store error as a step's error, with its fix.
+pub(crate) fn store_error(e: aistack_store::StoreError) -> HostError {
+    HostError::from_error(&e, e.help())
 }
 
 /// The gateway's view of model `name` of `project`, from its recorded `settings` and
@@ -108,24 +106,21 @@ pub fn model_config(
         HostError::new(format!("Model `{name}` has no artifact recorded"))
             .with_help("Run `aistack up` again")
     })?;
-    let manifest = store.manifest(digest).map_err(host_error)?;
-    let config = store.config(&manifest).map_err(host_error)?;
+    let manifest = store.manifest(digest).map_err(store_error)?;
+    let config = store.config(&manifest).map_err(store_error)?;
     let blob = |media_type: &str| {
         (manifest.layers.iter())
             .find(|l| l.media_type == media_type)
             .map(|l| store.blob_path(&l.digest))
             .transpose()
-            .map_err(host_error)
+            .map_err(store_error)
     };
     let model_path = blob(GGUF_MEDIA_TYPE)?.ok_or_else(|| {
         HostError::new(format!("Model `{name}` has no GGUF layer"))
             .with_help("Only GGUF models are served so far; use a GGUF source")
     })?;
     let chat_template = blob(CHAT_TEMPLATE_MEDIA_TYPE)?;
-    let header = read_header(&model_path).map_err(|e| HostError {
-        help: e.help(),
-        message: aistack_apply::chain(&e),
-    })?;
+    let header = read_header(&model_path).map_err(|e| HostError::from_error(&e, e.help()))?;
     let weights: u64 = (manifest.layers.iter())
         .filter(|l| l.media_type == GGUF_MEDIA_TYPE)
         .map(|l| l.size)

@@ -250,10 +250,10 @@ impl Templates {
         let _ = fs::create_dir_all(self.home.logs());
         // A build runs on the namespace backend whatever its sandboxes use: its result is
         // a directory, the layer every backend starts from.
-        let mut running = Namespace.start(&spec).await.map_err(|e| HostError {
-            help: e.help(),
-            message: aistack_apply::chain(&e),
-        })?;
+        let mut running = Namespace
+            .start(&spec)
+            .await
+            .map_err(|e| HostError::from_error(&e, e.help()))?;
         let client = GuestClient::new(&layout.socket());
         let mut failure = None;
         for (number, step) in steps.iter().enumerate() {

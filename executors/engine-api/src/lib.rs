@@ -2,6 +2,8 @@
 //! bodies over the engine's unix socket. Generation streams NDJSON [`Event`]s. Dialects
 //! (OpenAI, Ollama, Anthropic) are the gateway's business; this protocol is dialect-neutral.
 
+#![warn(missing_docs)]
+
 mod client;
 mod protocol;
 pub mod tools;

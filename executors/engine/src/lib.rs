@@ -2,6 +2,8 @@
 //! its chat template with minijinja, and generate text with streaming, stop strings and usage
 //! counts. No HTTP here; the engine process and gateway build on this.
 
+#![warn(missing_docs)]
+
 mod batch;
 mod embed;
 mod error;

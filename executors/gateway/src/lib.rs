@@ -14,6 +14,8 @@
 //! So a new dialect is one file. Embeddings (`embed`), listings and Ollama's model routes are
 //! not generation and answer directly.
 
+#![warn(missing_docs)]
+
 mod admission;
 mod anthropic;
 mod config;

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use aistack_apply::{HostError, Outputs, Progress, chain};
+use aistack_apply::{HostError, Outputs, Progress};
 use aistack_planner::{Applied, Artifact, FileFact, MANIFEST_OUTPUT, ModelPlan, ModelSettings};
 use aistack_spec::values::{EngineKind, ModelMode, OciRef};
 use aistack_store::registry::{self, PullOptions, PullProgress};
 use aistack_store::{LocalFile, Store};
 
 use super::{Cx, Executor};
-use crate::serving::model_config;
+use crate::serving::{model_config, store_error};
 use crate::status::short_digest;
 
 /// Output key of a model resource: the manifest digest in the store.
@@ -123,13 +123,6 @@ async fn register(
     cx.runtime.gateways.register(config).await
 }
 
-fn store_error(e: aistack_store::StoreError) -> HostError {
-    HostError {
-        help: e.help(),
-        message: chain(&e),
-    }
-}
-
 fn outputs(manifest: String, size: u64) -> Outputs {
     Outputs::from([
         (MANIFEST.to_owned(), manifest),
@@ -188,10 +181,7 @@ async fn pull(
     let mut report = |p: PullProgress| progress.part_bytes(p.layer, p.done, p.total);
     let pulled = registry::pull(store, &oci, &PullOptions::default(), &mut report)
         .await
-        .map_err(|e| HostError {
-            help: e.help(),
-            message: chain(&e),
-        })?;
+        .map_err(|e| HostError::from_error(&e, e.help()))?;
     if let Some(digest) = digest
         && pulled.manifest_digest != digest
     {

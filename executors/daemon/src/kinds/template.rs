@@ -12,6 +12,7 @@ use aistack_store::registry::{self, PullOptions, PullProgress};
 
 use super::{Cx, Executor};
 use crate::proxies::Access;
+use crate::serving::store_error;
 use crate::templates::Tree;
 
 /// Output key of a template: its layers, top first, `:`-separated.
@@ -117,19 +118,13 @@ async fn image(
             let mut report = |p: PullProgress| progress.part_bytes(p.layer, p.done, p.total);
             let pulled = registry::pull_image(store, &oci, &PullOptions::default(), &mut report)
                 .await
-                .map_err(|e| HostError {
-                    help: e.help(),
-                    message: chain(&e),
-                })?;
+                .map_err(|e| HostError::from_error(&e, e.help()))?;
             pulled.layers
         }
     };
     (layers.iter())
         .map(|layer| {
-            let blob = store.blob_path(&layer.digest).map_err(|e| HostError {
-                help: e.help(),
-                message: chain(&e),
-            })?;
+            let blob = store.blob_path(&layer.digest).map_err(store_error)?;
             let gzip =
                 aistack_store::artifact::IMAGE_LAYER_GZIP.contains(&layer.media_type.as_str());
             Ok((blob, gzip))
