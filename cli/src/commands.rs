@@ -86,19 +86,25 @@ pub fn schema() -> Result<ExitCode, Failure> {
 
 /// The home this invocation works in.
 pub fn home() -> Result<Home, Failure> {
-    Home::resolve(|name| std::env::var(name).ok()).ok_or_else(|| {
-        Report::new(
+    let home = Home::resolve(|name| std::env::var(name).ok()).ok_or_else(|| {
+        Failure::from(Report::new(
             "Cannot find where to keep aistack's data: neither `AISTACK_HOME` nor `HOME` is set",
             Some("Set `AISTACK_HOME` to a directory aistack may use".to_owned()),
+        ))
+    })?;
+    home.create().map_err(|e| {
+        Report::new(
+            format!("Cannot create `{}`: {e}", home.root().display()),
+            Some("Set `AISTACK_HOME` to a directory aistack may use".to_owned()),
         )
-        .into()
-    })
+    })?;
+    Ok(home)
 }
 
 /// Observes and plans the loaded spec (`pull`: re-resolving registry tags); planner errors
 /// point at their spans.
 pub async fn plan_for(home: &Home, loaded: &Loaded, pull: bool) -> Result<Plan, Failure> {
-    let observed = observe(
+    let mut observed = observe(
         home,
         &loaded.project,
         &loaded.document.spec,
@@ -106,6 +112,8 @@ pub async fn plan_for(home: &Home, loaded: &Loaded, pull: bool) -> Result<Plan, 
         pull,
     )
     .await?;
+    observed.spec_files = loaded.spec_files.clone();
+    observed.dotenv = loaded.dotenv.clone();
     aistack_planner::reconcile(
         &loaded.project,
         &loaded.document.spec,

@@ -27,6 +27,10 @@ pub struct Loaded {
     pub base_dir: PathBuf,
     /// The project name.
     pub project: String,
+    /// The spec files, absolute.
+    pub spec_files: Vec<PathBuf>,
+    /// The `.env` beside the spec, absolute, when there is one.
+    pub dotenv: Option<PathBuf>,
 }
 
 impl SpecArgs {
@@ -92,11 +96,17 @@ impl SpecArgs {
                 )
             })?;
         let project = self.project_name(document.spec.name.as_deref(), &base_dir)?;
+        let spec_files = (self.paths().iter())
+            .filter_map(|path| fs::canonicalize(path).ok())
+            .collect();
+        let dotenv = Some(base_dir.join(".env")).filter(|path| path.is_file());
         Ok(Loaded {
             document,
             sources,
             base_dir,
             project,
+            spec_files,
+            dotenv,
         })
     }
 

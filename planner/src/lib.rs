@@ -17,8 +17,8 @@ pub mod resource;
 
 pub use observed::{FileFact, LocalFile, Observed, RegistryFact};
 pub use payload::{
-    Artifact, Base, EngineOptions, GatewayPlan, Kind, KindPlan, ModelPlan, ModelSettings, Payload,
-    SandboxPlan, SandboxSettings, Serving, Settings, TemplatePlan, TemplateSettings,
+    Artifact, Base, EngineOptions, GatewayPlan, Kind, KindPlan, Limits, ModelPlan, ModelSettings,
+    Payload, SandboxPlan, SandboxSettings, Serving, Settings, TemplatePlan, TemplateSettings,
 };
 pub use plan::{Action, Cause, FORMAT_VERSION, Plan, Step, StepIndex, Summary};
 pub use reconcile::{

@@ -32,6 +32,13 @@ pub struct Observed {
     /// The template images the store holds: manifest digest by normalised reference.
     #[serde(default)]
     pub images: BTreeMap<String, String>,
+    /// The files the spec was read from, absolute: a sandbox whose workspace holds them
+    /// may not change them.
+    #[serde(default)]
+    pub spec_files: Vec<PathBuf>,
+    /// The `.env` read beside the spec, absolute, when there is one.
+    #[serde(default)]
+    pub dotenv: Option<PathBuf>,
 }
 
 /// A registry reference, resolved.
@@ -54,6 +61,8 @@ impl Observed {
             other_gateways: BTreeMap::new(),
             other_artifacts: BTreeSet::new(),
             images: BTreeMap::new(),
+            spec_files: Vec::new(),
+            dotenv: None,
         }
     }
 

@@ -425,11 +425,47 @@ pub enum Base {
     Image(String),
 }
 
+/// What a sandbox (or a template's build) may use: the spec's limits, else these defaults,
+/// so that no sandbox runs unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory in bytes: `memory:`, else [`Limits::DEFAULT_MEMORY`].
+    pub memory: u64,
+    /// CPUs: `cpus:`, else [`Limits::DEFAULT_CPUS`].
+    pub cpus: f64,
+    /// Processes and threads at once.
+    pub pids: u64,
+    /// The size of its `/tmp` (a tmpfs, whose pages count as its memory): half its memory.
+    pub tmp: u64,
+}
+
+impl Limits {
+    /// Enough for an agent, a language server and a build; `memory:` says otherwise.
+    pub const DEFAULT_MEMORY: u64 = 4 << 30;
+    /// `cpus:` says otherwise.
+    pub const DEFAULT_CPUS: f64 = 2.0;
+    /// A fork bomb stops here, and the host stays responsive.
+    pub const PIDS: u64 = 2048;
+
+    /// The limits of a sandbox with these `memory:` and `cpus:` settings.
+    pub fn of(memory: Option<ByteSize>, cpus: Option<u32>) -> Limits {
+        let memory = memory.map_or(Limits::DEFAULT_MEMORY, |m| m.0);
+        Limits {
+            memory,
+            cpus: cpus.map_or(Limits::DEFAULT_CPUS, f64::from),
+            pids: Limits::PIDS,
+            tmp: memory / 2,
+        }
+    }
+}
+
 /// A template to build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TemplatePlan {
     /// What apply records.
     pub settings: TemplateSettings,
+    /// What its build sandbox may use.
+    pub limits: Limits,
     /// The manifest digest of the `from:` image in the store, when the store has it: it is
     /// used as it is, as Docker's default pull policy does. Otherwise the image is pulled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -485,6 +521,13 @@ pub struct SandboxPlan {
     pub program: String,
     /// The build step that installs it, for the error that says it is missing.
     pub install: String,
+    /// What it may use.
+    pub limits: Limits,
+    /// The spec files inside its workspace, which its commands may read but not change.
+    pub read_only: Vec<String>,
+    /// The `.env` beside the spec, when it is inside its workspace: its commands see it
+    /// empty (it holds the project's secrets).
+    pub hidden: Vec<String>,
 }
 
 /// A sandbox's recorded settings.

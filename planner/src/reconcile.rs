@@ -42,7 +42,7 @@ use petgraph::graph::DiGraph;
 use serde::Serialize;
 
 use crate::payload::{
-    Artifact, Base, EngineOptions, GatewayPlan, ModelPlan, ModelSettings, SandboxPlan,
+    Artifact, Base, EngineOptions, GatewayPlan, Limits, ModelPlan, ModelSettings, SandboxPlan,
     SandboxSettings, Serving, TemplatePlan, TemplateSettings,
 };
 use crate::{
@@ -522,6 +522,7 @@ impl Reconciler<'_> {
         };
         let payload = Payload::Template(TemplatePlan {
             settings,
+            limits: Limits::of(None, None),
             image_in_store,
         });
         Desired::new(key, payload, depends_on)
@@ -572,7 +573,24 @@ impl Reconciler<'_> {
             ports: sandbox.ports.clone(),
             env,
         };
+        let inside = |path: &&PathBuf| path.starts_with(&workspace);
+        let text = |path: &PathBuf| path.to_string_lossy().into_owned();
         let payload = Payload::Sandbox(SandboxPlan {
+            limits: Limits::of(settings.memory, settings.cpus),
+            read_only: self
+                .observed
+                .spec_files
+                .iter()
+                .filter(inside)
+                .map(text)
+                .collect(),
+            hidden: self
+                .observed
+                .dotenv
+                .iter()
+                .filter(inside)
+                .map(text)
+                .collect(),
             settings,
             environment,
             program: profile.command.to_owned(),

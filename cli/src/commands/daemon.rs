@@ -72,12 +72,11 @@ pub async fn ensure_daemon(home: &Home) -> Result<Client, Failure> {
             if client.health().await.is_ok() {
                 return Ok(client);
             }
+            // Its report is the last lines of its log: the error, then its `help:`.
+            let (said, help) = last_report(&log_path);
             return Err(Report::new(
-                format!(
-                    "The aistack daemon exited as it started ({status}): {}",
-                    last_line(&log_path)
-                ),
-                Some(format!("See `{}`", log_path.display())),
+                format!("The aistack daemon exited as it started ({status}): {said}"),
+                Some(help.unwrap_or_else(|| format!("See `{}`", log_path.display()))),
             )
             .into());
         }
@@ -93,16 +92,23 @@ pub async fn ensure_daemon(home: &Home) -> Result<Client, Failure> {
     .into())
 }
 
-fn last_line(path: &std::path::Path) -> String {
-    fs::read_to_string(path)
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "it wrote nothing".to_owned())
+/// What the daemon said last in its log: its error report (the `×` line) and the report's
+/// `help:`, when it ended with one; else its last line.
+fn last_report(path: &std::path::Path) -> (String, Option<String>) {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = (text.lines().map(str::trim))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let Some(last) = lines.last() else {
+        return ("it wrote nothing".to_owned(), None);
+    };
+    let Some(help) = last.strip_prefix("help:") else {
+        return ((*last).to_owned(), None);
+    };
+    let said = (lines.iter().rev())
+        .find_map(|l| l.strip_prefix('×'))
+        .unwrap_or(last);
+    (said.trim().to_owned(), Some(help.trim().to_owned()))
 }
 
 /// `aistack logs [NAME] [-f]`: the daemon's log, or the engine log of model NAME of the

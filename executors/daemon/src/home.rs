@@ -33,6 +33,20 @@ impl Home {
         &self.root
     }
 
+    /// Makes the root directory, if it is missing, this user's alone (mode 0700): what it
+    /// holds decides what the daemon runs, and a umask of 002 must not open it to a group.
+    /// Its parents are made as usual. An existing root is left as it is (the daemon checks it).
+    pub fn create(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Some(parent) = self.root.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.root) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+    }
+
     /// The shared model store (an OCI image layout).
     pub fn models(&self) -> PathBuf {
         self.root.join("models")

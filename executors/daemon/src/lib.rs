@@ -59,6 +59,17 @@ pub enum DaemonError {
     /// The model store could not be opened.
     #[error("Cannot open the model store")]
     Store(#[source] StoreError),
+    /// `AISTACK_HOME` is not the daemon's alone: another user could change what the daemon,
+    /// running as root, reads and runs.
+    #[error("`{}` is {why}", path.display())]
+    UnsafeHome {
+        /// The home.
+        path: PathBuf,
+        /// What is wrong (`writable by its group`, `owned by uid 1000`).
+        why: String,
+        /// The daemon's uid.
+        uid: u32,
+    },
     /// Serving stopped.
     #[error("The control API stopped")]
     Serve(#[source] io::Error),
@@ -73,6 +84,11 @@ impl DaemonError {
                     .to_owned(),
             ),
             DaemonError::Store(e) => e.help(),
+            DaemonError::UnsafeHome { path, uid, .. } => Some(format!(
+                "Make it the daemon's alone: `chown {uid} {0} && chmod go-w {0}`, or set \
+                 `AISTACK_HOME` to a directory only this user can write",
+                path.display()
+            )),
             DaemonError::Prepare { .. } | DaemonError::Serve(_) => {
                 Some("Check the permissions and free space of `AISTACK_HOME`".to_owned())
             }
@@ -80,12 +96,39 @@ impl DaemonError {
     }
 }
 
+/// Refuses a home another user could write to or owns: what the daemon reads there (the
+/// projects' records, the guest agent it may find, templates) decides what it runs as root.
+fn check_home(root: &std::path::Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = rustix::process::getuid().as_raw();
+    let meta = fs::metadata(root).map_err(|source| DaemonError::Prepare {
+        path: root.to_owned(),
+        source,
+    })?;
+    let why = if meta.uid() != uid {
+        format!("owned by uid {}, not by the daemon's user", meta.uid())
+    } else if meta.mode() & 0o002 != 0 {
+        "writable by every user".to_owned()
+    } else if meta.mode() & 0o020 != 0 {
+        "writable by its group".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(DaemonError::UnsafeHome {
+        path: root.to_owned(),
+        why,
+        uid,
+    })
+}
+
 /// Runs the daemon for `home` until SIGINT or SIGTERM.
 pub async fn run(home: Home) -> Result<(), DaemonError> {
     let prepare = |path: PathBuf| move |source| DaemonError::Prepare { path, source };
+    home.create().map_err(prepare(home.root().to_owned()))?;
     let run_dir = home.run();
     fs::create_dir_all(&run_dir).map_err(prepare(run_dir.clone()))?;
     fs::create_dir_all(home.logs()).map_err(prepare(home.logs()))?;
+    check_home(home.root())?;
 
     let lock_path = run_dir.join("daemon.lock");
     let lock = fs::OpenOptions::new()

@@ -19,10 +19,11 @@ use std::time::Duration;
 use aistack_apply::HostError;
 use aistack_planner::SandboxPlan;
 use aistack_sandbox::backend::{Backend, Layout, Spec};
-use aistack_sandbox::cgroup::{DEFAULT_PIDS, Limits};
+use aistack_sandbox::cgroup::Limits;
 use aistack_sandbox::client::GuestClient;
 use aistack_sandbox::idmap::{DEFAULT_BASE, IdRange};
 use aistack_sandbox::rootfs;
+use aistack_sandbox::setup::Workspace;
 use sha2::{Digest, Sha256};
 
 use crate::channels::{self, Channels};
@@ -135,7 +136,14 @@ impl Sandboxes {
             message: format!("Cannot use the workspace `{}`: {e}", workspace.display()),
             help: Some("Create the directory, or point `workspace:` at one".to_owned()),
         })?;
-        let owner = (meta.uid(), meta.gid());
+        let paths = |paths: &[String]| paths.iter().map(PathBuf::from).collect();
+        let workspace = Workspace {
+            path: workspace,
+            owner: (meta.uid(), meta.gid()),
+            agent: self.range.agent(),
+            read_only: paths(&plan.read_only),
+            hidden: paths(&plan.hidden),
+        };
         let spec = Spec {
             guest: guest_binary()?,
             layout,
@@ -143,12 +151,8 @@ impl Sandboxes {
             workspace: Some(workspace),
             hostname: name.to_owned(),
             range: self.range,
-            owner,
-            limits: Limits {
-                memory: sandbox.memory.map(|m| m.0),
-                cpus: sandbox.cpus.map(f64::from),
-                pids: DEFAULT_PIDS,
-            },
+            limits: limits(&plan.limits),
+            tmp_bytes: plan.limits.tmp,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_id: self.cgroup_id(project, name),
             log: self.log(project, name),
@@ -157,10 +161,12 @@ impl Sandboxes {
         };
         self.ended(project, name).await;
         let _ = fs::create_dir_all(self.home.logs());
-        let mut running = backend
-            .start(&spec)
-            .await
-            .map_err(|e| HostError::from_error(&e, e.help()))?;
+        let mut running = backend.start(&spec).await.map_err(|e| {
+            let help = e.help().unwrap_or_else(|| {
+                format!("`aistack sandbox logs {name}` shows what the sandbox's agent said")
+            });
+            HostError::from_error(&e, Some(help))
+        })?;
         let log = self.log(project, name);
         tracing::info!(
             project,
@@ -238,6 +244,15 @@ impl Sandboxes {
     fn cgroup_id(&self, project: &str, name: &str) -> String {
         let home = Sha256::digest(self.home.root().as_os_str().as_encoded_bytes());
         format!("{project}-{name}-{}", &hex::encode(home)[..12])
+    }
+}
+
+/// The cgroup limits of a plan's limits.
+pub(crate) fn limits(limits: &aistack_planner::Limits) -> Limits {
+    Limits {
+        memory: Some(limits.memory),
+        cpus: Some(limits.cpus),
+        pids: limits.pids,
     }
 }
 

@@ -14,9 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aistack_apply::HostError;
-use aistack_planner::TemplateSettings;
+use aistack_planner::TemplatePlan;
 use aistack_sandbox::backend::{Backend, Layout, Spec};
-use aistack_sandbox::cgroup::Limits;
 use aistack_sandbox::client::GuestClient;
 use aistack_sandbox::idmap::IdRange;
 use aistack_sandbox::namespace::Namespace;
@@ -109,7 +108,7 @@ impl Templates {
         name: &str,
         hash: &str,
         base: Tree,
-        template: &TemplateSettings,
+        template: &TemplatePlan,
         build: Option<SocketAddr>,
     ) -> Result<Vec<PathBuf>, HostError> {
         let dir = self.dir(hash);
@@ -130,7 +129,7 @@ impl Templates {
             }
             Tree::Layers(layers) => layers,
         };
-        if !template.run.is_empty() {
+        if !template.settings.run.is_empty() {
             let layer = (self.run_steps(project, name, &dir, &layers, template, build)).await?;
             layers.insert(0, layer);
         }
@@ -199,10 +198,10 @@ impl Templates {
         name: &str,
         dir: &Path,
         lower: &[PathBuf],
-        template: &TemplateSettings,
+        template: &TemplatePlan,
         build: Option<SocketAddr>,
     ) -> Result<PathBuf, HostError> {
-        let steps = &template.run;
+        let steps = &template.settings.run;
         let staging = dir.join("build");
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(|e| {
@@ -225,7 +224,7 @@ impl Templates {
             }
             None => None,
         };
-        let env = (template.env.iter())
+        let env = (template.settings.env.iter())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let log = self
@@ -239,8 +238,8 @@ impl Templates {
             workspace: None,
             hostname: format!("build-{name}"),
             range: self.range,
-            owner: (self.range.agent(), self.range.agent()),
-            limits: Limits::default(),
+            limits: crate::sandboxes::limits(&template.limits),
+            tmp_bytes: template.limits.tmp,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_id: format!("aistack-build-{short}"),
             log: log.clone(),
@@ -250,10 +249,12 @@ impl Templates {
         let _ = fs::create_dir_all(self.home.logs());
         // A build runs on the namespace backend whatever its sandboxes use: its result is
         // a directory, the layer every backend starts from.
-        let mut running = Namespace
-            .start(&spec)
-            .await
-            .map_err(|e| HostError::from_error(&e, e.help()))?;
+        let mut running = Namespace.start(&spec).await.map_err(|e| {
+            let help = (e.help()).unwrap_or_else(|| {
+                format!("What the build's agent said is in `{}`", log.display())
+            });
+            HostError::from_error(&e, Some(help))
+        })?;
         let client = GuestClient::new(&layout.socket());
         let mut failure = None;
         for (number, step) in steps.iter().enumerate() {
@@ -354,14 +355,20 @@ fn read_layers(path: &Path) -> Option<Vec<PathBuf>> {
 /// Takes the build project's CA out of a template layer: the template may serve other
 /// projects, which must not trust it. Each sandbox adds its own project's CA at start.
 fn scrub_ca(layer: &Path, pem: &str) -> std::io::Result<()> {
-    let inside = |path: &str| layer.join(path.trim_start_matches('/'));
     for path in [CA_FILE, CA_BUNDLE] {
-        match fs::remove_file(inside(path)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        if let Some(file) = in_layer(layer, path) {
+            match fs::remove_file(file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
     }
-    let system = inside(SYSTEM_BUNDLE);
+    let Some(system) = in_layer(layer, SYSTEM_BUNDLE) else {
+        return Ok(());
+    };
+    if !fs::symlink_metadata(&system).is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
     if let Ok(bundle) = fs::read_to_string(&system)
         && bundle.contains(pem.trim())
     {
@@ -371,6 +378,24 @@ fn scrub_ca(layer: &Path, pem: &str) -> std::io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// `path` (absolute, as the sandbox sees it) in `layer`, if each directory on its way is a
+/// directory of the layer and not a link: a build step may have made one a link to a host
+/// path, which the daemon, root of the host, must not follow. The last component is not
+/// followed by whoever acts on it (removing) or is checked (rewriting).
+fn in_layer(layer: &Path, path: &str) -> Option<PathBuf> {
+    let relative = Path::new(path.trim_start_matches('/'));
+    let mut at = layer.to_path_buf();
+    if let Some(parent) = relative.parent() {
+        for component in parent.components() {
+            at.push(component);
+            if !fs::symlink_metadata(&at).ok()?.is_dir() {
+                return None;
+            }
+        }
+    }
+    Some(at.join(relative.file_name()?))
 }
 
 fn append(log: &Path, text: &str) {

@@ -115,7 +115,7 @@ fn start(shared: &Shared, request: &protocol::Exec) -> io::Result<Started> {
     })?;
     let user = match (&request.user, shared.mode) {
         (Some(spec), _) => users::resolve(spec)?,
-        (None, Mode::Init) => users::resolve(AGENT)?,
+        (None, Mode::Init { .. }) => users::resolve(AGENT)?,
         (None, Mode::Process) => users::resolve(&own_ids())?,
     };
     let mut command = Command::new(program);

@@ -6,28 +6,30 @@ use std::fs;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use aistack_sandbox::setup::{
-    CA_BUNDLE, CA_FILE, CONTROL_DIR, Network, PROXY_PORT, PROXY_SOCKET, SYSTEM_BUNDLE,
-};
+use aistack_sandbox::setup::{CA_BUNDLE, CA_FILE, Network, PROXY_PORT, SYSTEM_BUNDLE};
 
-pub fn start(network: &Network) -> io::Result<()> {
+/// Installs the CA and serves the proxy port, each connection spliced to `socket` (the
+/// host's `proxy.sock`).
+pub fn start(network: &Network, socket: PathBuf) -> io::Result<()> {
     install_ca(Path::new("/"), &network.ca_pem)?;
     let listener = TcpListener::bind(("127.0.0.1", PROXY_PORT))?;
+    let socket = Arc::new(socket);
     crate::thread(move || {
-        for client in listener.incoming().flatten() {
-            if let Err(e) = crate::thread(move || forward(client)) {
+        crate::accept_each(listener.incoming(), |client| {
+            let socket = Arc::clone(&socket);
+            if let Err(e) = crate::thread(move || forward(client, &socket)) {
                 eprintln!("aistack-guest: dropping a proxy connection: {e}");
             }
-        }
+        });
     })?;
     Ok(())
 }
 
-fn forward(client: TcpStream) {
-    let socket = Path::new(CONTROL_DIR).join(PROXY_SOCKET);
-    let host = match UnixStream::connect(&socket) {
+fn forward(client: TcpStream, socket: &Path) {
+    let host = match UnixStream::connect(socket) {
         Ok(host) => host,
         Err(e) => {
             eprintln!("aistack-guest: the host proxy at {}: {e}", socket.display());

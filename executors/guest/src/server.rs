@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aistack_sandbox::protocol::{self, Hello, PROTOCOL, Reply, Request};
-use aistack_sandbox::{seccomp, sys};
+use aistack_sandbox::seccomp::{self, SetId};
+use aistack_sandbox::sys;
 
 use crate::children::Children;
 use crate::exec;
@@ -17,8 +18,12 @@ use crate::exec;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// PID 1 of a sandbox: commands run as `agent` unless told otherwise, and shutdown
-    /// signals the whole PID namespace.
-    Init,
+    /// signals the whole PID namespace. With a `workspace`, commands may not set set-uid
+    /// or set-gid bits (the workspace's files are its owner's on the host).
+    Init {
+        /// Whether the sandbox has a workspace.
+        workspace: bool,
+    },
     /// An ordinary process: commands run as the agent's own user.
     Process,
 }
@@ -52,7 +57,10 @@ impl Server {
             shared: Shared {
                 mode,
                 children: Children::default(),
-                seccomp: seccomp::programs(),
+                seccomp: seccomp::programs(match mode {
+                    Mode::Init { workspace: true } => SetId::Refused,
+                    _ => SetId::Allowed,
+                }),
                 env,
                 started: Instant::now(),
             },
@@ -71,14 +79,7 @@ impl Server {
                 on_signal.shutdown(Duration::from_secs(5));
             }
         });
-        for stream in self.listener.incoming() {
-            let stream = match stream {
-                Ok(stream) => stream,
-                Err(e) => {
-                    eprintln!("aistack-guest: accept: {e}");
-                    continue;
-                }
-            };
+        crate::accept_each(self.listener.incoming(), |stream| {
             let shared = self.shared.clone();
             let spawned = crate::thread(move || {
                 if let Err(e) = shared.handle(stream) {
@@ -88,7 +89,7 @@ impl Server {
             if let Err(e) = spawned {
                 eprintln!("aistack-guest: dropping a connection: {e}");
             }
-        }
+        });
         Ok(())
     }
 }
@@ -128,7 +129,8 @@ impl Shared {
 
     fn shutdown(&self, grace: Duration) -> ! {
         eprintln!("aistack-guest: shutting down");
-        self.children.terminate(self.mode == Mode::Init, grace);
+        self.children
+            .terminate(matches!(self.mode, Mode::Init { .. }), grace);
         std::process::exit(0);
     }
 }

@@ -40,13 +40,13 @@ pub fn named(kind: &str) -> Option<&'static dyn Backend> {
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A sandbox's directories: `upper/` and `work/` (its own layer, kept until it is
-/// removed), `root/` (the mount point) and `control/` (the agent's socket).
+/// removed) and `control/` (the agent's socket and the proxy's).
 #[derive(Debug, Clone)]
 pub struct Layout {
-    /// The sandbox's directory, holding `upper/`, `work/` and `root/`.
+    /// The sandbox's directory, holding `upper/` and `work/`.
     pub dir: PathBuf,
-    /// The control directory, mounted at [`CONTROL_DIR`](crate::setup::CONTROL_DIR) inside; it
-    /// holds the agent's socket.
+    /// The control directory: the agent's socket, and the proxy's that the agent reaches
+    /// through a descriptor it keeps (nothing of it is mounted inside).
     pub control: PathBuf,
 }
 
@@ -71,7 +71,6 @@ impl Layout {
         for (dir, mode) in [
             (self.dir.join("upper"), 0o755),
             (self.dir.join("work"), 0o700),
-            (self.dir.join("root"), 0o755),
             (self.control.clone(), 0o700),
         ] {
             fs::create_dir_all(&dir)?;
@@ -92,15 +91,15 @@ pub struct Spec {
     /// Template layers, top first.
     pub lower: Vec<PathBuf>,
     /// The host directory shared read-write at the same absolute path inside, if any.
-    pub workspace: Option<PathBuf>,
+    pub workspace: Option<crate::setup::Workspace>,
     /// Its hostname, set in its UTS namespace.
     pub hostname: String,
     /// The host ids its user namespace maps sandbox ids onto.
     pub range: IdRange,
-    /// The host uid and gid the `agent` user maps to (the workspace's owner).
-    pub owner: (u32, u32),
     /// Its memory, CPU and process limits.
     pub limits: Limits,
+    /// The size of its `/tmp`, in bytes.
+    pub tmp_bytes: u64,
     /// `/sys/fs/cgroup` (tests name another root only to read the files it writes).
     pub cgroup_root: PathBuf,
     /// The cgroup's name, unique on the host.
@@ -139,29 +138,21 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
-    /// The workspace owner's id lies inside the sandbox's id range, so it cannot be mapped apart
-    /// from the sandbox's own users.
-    #[error(transparent)]
-    Owner(#[from] crate::idmap::OwnerInRange),
-    /// The agent could not be run, or failed or stalled in the handshake; the text says which.
+    /// The agent could not be run, or failed or stalled in the handshake; the text says which,
+    /// with the last line the agent logged.
     #[error("The guest agent did not start the sandbox: {0}")]
     Agent(String),
 }
 
 impl StartError {
-    /// The fix for this error, for a `help:` line.
+    /// The fix for this error, for a `help:` line, where it does not depend on which sandbox
+    /// it is (the caller names the sandbox's log).
     pub fn help(&self) -> Option<String> {
         match self {
             StartError::Prepare { what: "cgroup", .. } => Some(
                 "Run the daemon as root, or give its user a delegated cgroup subtree".to_owned(),
             ),
-            StartError::Owner(_) => Some(
-                "Give the daemon's user another range in /etc/subuid and /etc/subgid".to_owned(),
-            ),
-            StartError::Agent(_) => {
-                Some("The sandbox's log (`aistack logs NAME`) has the agent's messages".to_owned())
-            }
-            StartError::Prepare { .. } => None,
+            StartError::Agent(_) | StartError::Prepare { .. } => None,
         }
     }
 }

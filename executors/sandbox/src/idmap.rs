@@ -15,6 +15,8 @@ pub const AGENT_ID: u32 = 1000;
 /// user: high enough to be clear of real users and of systemd's container ranges'
 /// common start.
 pub const DEFAULT_BASE: u32 = 2_000_000_000;
+/// The first host id of an ordinary user; below it are the system's.
+pub const FIRST_USER_ID: u32 = 1000;
 
 /// Where a sandbox's ids lie on the host: sandbox id `n` is host id `base + n`, for [`SANDBOX_IDS`]
 /// ids, except the agent's.
@@ -31,21 +33,24 @@ impl IdRange {
         (id < SANDBOX_IDS).then(|| self.base + id)
     }
 
-    /// The host id of the agent in template files, and of the agent of a sandbox that has
-    /// no workspace owner to map it to.
+    /// The host id of the `agent` user of every sandbox, and of the agent's files in
+    /// templates.
     pub fn agent(self) -> u32 {
         self.base + AGENT_ID
     }
 
-    /// The range for `user` from an `/etc/subuid` or `/etc/subgid` text, when it has one
-    /// of at least [`SANDBOX_IDS`] ids.
+    /// The range for `user` (whose id is `id`) from an `/etc/subuid` or `/etc/subgid`
+    /// text, when it has one of at least [`SANDBOX_IDS`] ids that holds no system id
+    /// (below 1000) and not `id` itself: no sandbox process may hold a privileged host id.
     pub fn from_subid(text: &str, user: &str, id: u32) -> Option<IdRange> {
         text.lines().find_map(|line| {
             let mut fields = line.trim().split(':');
             let (name, start, count) = (fields.next()?, fields.next()?, fields.next()?);
             let (start, count) = (start.parse::<u32>().ok()?, count.parse::<u32>().ok()?);
             let owner = name == user || name.parse::<u32>() == Ok(id);
-            (owner && count >= SANDBOX_IDS).then_some(IdRange { base: start })
+            let ids = u64::from(start)..u64::from(start) + u64::from(SANDBOX_IDS);
+            let unprivileged = start >= FIRST_USER_ID && !ids.contains(&u64::from(id));
+            (owner && count >= SANDBOX_IDS && unprivileged).then_some(IdRange { base: start })
         })
     }
 }
@@ -57,45 +62,14 @@ pub struct IdMap {
     pub lines: Vec<(u32, u32, u32)>,
 }
 
-/// The workspace owner's host id lies inside the sandbox's id range, where a sandbox user would
-/// share it.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("The workspace owner's id {owner} lies inside the sandbox id range {base}..{end}")]
-pub struct OwnerInRange {
-    /// The owner's host uid or gid.
-    pub owner: u32,
-    /// The host id of sandbox id 0.
-    pub base: u32,
-    /// The end of the range, exclusive.
-    pub end: u64,
-}
-
 impl IdMap {
-    /// The mapping for a sandbox whose agent is `owner` on the host. An owner of
-    /// [`IdRange::agent`] (a sandbox with no workspace: a template's build) maps the whole
-    /// range as it is, so what the agent writes is stored as a template stores the agent's.
-    pub fn for_owner(range: IdRange, owner: u32) -> Result<IdMap, OwnerInRange> {
-        if owner == range.agent() {
-            return Ok(IdMap {
-                lines: vec![(0, range.base, SANDBOX_IDS)],
-            });
+    /// The mapping of every sandbox: its ids onto the range, as they are. No sandbox
+    /// process holds a host id outside the range; the workspace's owner is reached through
+    /// an idmapped mount instead (`setup::Workspace`).
+    pub fn of(range: IdRange) -> IdMap {
+        IdMap {
+            lines: vec![(0, range.base, SANDBOX_IDS)],
         }
-        let end = u64::from(range.base) + u64::from(SANDBOX_IDS);
-        if (u64::from(range.base)..end).contains(&u64::from(owner)) {
-            return Err(OwnerInRange {
-                owner,
-                base: range.base,
-                end,
-            });
-        }
-        let after = AGENT_ID + 1;
-        Ok(IdMap {
-            lines: vec![
-                (0, range.base, AGENT_ID),
-                (AGENT_ID, owner, 1),
-                (after, range.base + after, SANDBOX_IDS - after),
-            ],
-        })
     }
 
     /// The text written to `uid_map` or `gid_map`.
@@ -113,31 +87,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn without_an_owner_the_agent_is_the_template_s_agent() {
-        let range = IdRange { base: 100_000 };
-        let map = IdMap::for_owner(range, range.agent()).unwrap();
+    fn every_sandbox_maps_its_ids_onto_the_range_as_they_are() {
+        let map = IdMap::of(IdRange { base: 100_000 });
         assert_eq!(map.proc_text(), "0 100000 65536\n");
     }
 
     #[test]
-    fn the_agent_maps_to_the_owner_and_the_rest_to_the_range() {
-        let map = IdMap::for_owner(IdRange { base: 100_000 }, 0).unwrap();
-        assert_eq!(
-            map.proc_text(),
-            "0 100000 1000\n1000 0 1\n1001 101001 64535\n"
-        );
-    }
-
-    #[test]
-    fn an_owner_inside_the_range_is_refused() {
-        let range = IdRange { base: 100_000 };
-        assert!(IdMap::for_owner(range, 100_500).is_err());
-        assert!(IdMap::for_owner(range, 165_536).is_ok());
-    }
-
-    #[test]
     fn subid_ranges_are_found_by_name_or_id_and_must_be_big_enough() {
-        let text = "alice:100000:65536\nbob:200000:1000\n1001:300000:65536\n";
+        let text = "alice:100000:65536\nbob:200000:1000\n1001:300000:65536\n\
+                    carol:0:65536\ndave:5000:65536\n";
         assert_eq!(
             IdRange::from_subid(text, "alice", 1000),
             Some(IdRange { base: 100_000 })
@@ -147,5 +105,8 @@ mod tests {
             IdRange::from_subid(text, "carol", 1001),
             Some(IdRange { base: 300_000 })
         );
+        // Ranges holding system ids, or the daemon user's own id, are never used.
+        assert_eq!(IdRange::from_subid("carol:0:65536\n", "carol", 1002), None);
+        assert_eq!(IdRange::from_subid("dave:5000:65536\n", "dave", 5001), None);
     }
 }

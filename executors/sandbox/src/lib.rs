@@ -17,8 +17,6 @@ pub mod setup;
 pub mod sys;
 
 #[cfg(feature = "host")]
-pub mod agent_files;
-#[cfg(feature = "host")]
 pub mod backend;
 #[cfg(feature = "host")]
 pub mod client;

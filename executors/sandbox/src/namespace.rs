@@ -9,7 +9,6 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::agent_files;
 use crate::backend::{Backend, Running, START_TIMEOUT, Spec, Start, StartError};
 use crate::cgroup::Cgroup;
 use crate::idmap::IdMap;
@@ -36,20 +35,18 @@ async fn start(spec: &Spec) -> Result<Running, StartError> {
     spec.layout
         .prepare(spec.range)
         .map_err(prepare("directories"))?;
-    adopt_agent_files(spec).map_err(prepare("agent's files"))?;
-    let uid_map = IdMap::for_owner(spec.range, spec.owner.0)?;
-    let gid_map = IdMap::for_owner(spec.range, spec.owner.1)?;
+    claim_own_layer(spec).map_err(prepare("own layer"))?;
+    let map = IdMap::of(spec.range);
     let cgroup = Cgroup::create(&spec.cgroup_root, &spec.cgroup_id, spec.limits)
         .map_err(prepare("cgroup"))?;
     let launch = Launch {
         lower: spec.lower.clone(),
-        upper: spec.layout.dir.join("upper"),
-        work: spec.layout.dir.join("work"),
-        root: spec.layout.dir.join("root"),
+        dir: spec.layout.dir.clone(),
         workspace: spec.workspace.clone(),
         control: spec.layout.control.clone(),
         hostname: spec.hostname.clone(),
         cgroup_procs: cgroup.procs_files(),
+        tmp_bytes: spec.tmp_bytes,
         network: spec.network.clone(),
         env: spec.env.clone(),
     };
@@ -61,6 +58,8 @@ async fn start(spec: &Spec) -> Result<Running, StartError> {
         .map_err(prepare("log"))?;
     let mut child = Command::new(&spec.guest)
         .arg("sandbox")
+        // The agent's environment is the launch's: nothing of whoever started the daemon.
+        .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -69,7 +68,7 @@ async fn start(spec: &Spec) -> Result<Running, StartError> {
         .kill_on_drop(false)
         .spawn()
         .map_err(|e| StartError::Agent(format!("cannot run `{}`: {e}", spec.guest.display())))?;
-    let handshake = handshake(&mut child, &launch, &uid_map, &gid_map);
+    let handshake = handshake(&mut child, &launch, &map);
     match tokio::time::timeout(START_TIMEOUT, handshake).await {
         Ok(Ok(init_pid)) => {
             // The agent must outlive whatever exhausts the sandbox's memory; its commands
@@ -85,33 +84,39 @@ async fn start(spec: &Spec) -> Result<Running, StartError> {
             let _ = child.start_kill();
             let _ = child.wait().await;
             let _ = cgroup.remove();
-            Err(StartError::Agent(match outcome {
+            let what = match outcome {
                 Ok(Err(e)) => e,
                 _ => format!("it was not serving after {START_TIMEOUT:?}"),
+            };
+            Err(StartError::Agent(match last_line(&spec.log) {
+                Some(said) => format!("{what}: {said}"),
+                None => what,
             }))
         }
     }
 }
 
-/// Copies the template's agent files up, once, into a sandbox whose agent is a
-/// workspace's owner (`agent_files`); `adopted` marks it done.
-fn adopt_agent_files(spec: &Spec) -> io::Result<()> {
-    let agent = spec.range.agent();
-    let marker = spec.layout.dir.join("adopted");
-    if spec.owner == (agent, agent) || marker.exists() {
+/// Gives the agent what the sandbox's own layer holds of ids outside its range, once
+/// (`own-ids` marks it done). Until this version the agent mapped to the workspace's owner,
+/// so the agent's files in an existing sandbox's layer belong to that host id; now the agent
+/// is the range's own, and nothing else in the layer can have such an owner.
+fn claim_own_layer(spec: &Spec) -> io::Result<()> {
+    let marker = spec.layout.dir.join("own-ids");
+    if marker.exists() {
         return Ok(());
     }
-    let upper = spec.layout.dir.join("upper");
-    agent_files::adopt(&spec.lower, &upper, spec.range, spec.owner)?;
+    crate::rootfs::claim(&spec.layout.dir.join("upper"), spec.range)?;
     fs::write(marker, "")
 }
 
-async fn handshake(
-    child: &mut Child,
-    launch: &Launch,
-    uid_map: &IdMap,
-    gid_map: &IdMap,
-) -> Result<u32, String> {
+/// The last line the agent wrote to its log, where it says why it stopped.
+fn last_line(log: &std::path::Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    Some(line.trim().to_owned())
+}
+
+async fn handshake(child: &mut Child, launch: &Launch, map: &IdMap) -> Result<u32, String> {
     let pid = child.id().ok_or("it exited at once")?;
     let mut stdin = child.stdin.take().ok_or("no stdin")?;
     let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
@@ -130,7 +135,7 @@ async fn handshake(
     if expect(USERNS).await? != USERNS {
         return Err("it did not make a user namespace".to_owned());
     }
-    for (file, map) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+    for file in ["uid_map", "gid_map"] {
         fs::write(format!("/proc/{pid}/{file}"), map.proc_text())
             .map_err(|e| format!("writing its {file}: {e}"))?;
     }

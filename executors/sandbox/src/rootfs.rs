@@ -35,6 +35,32 @@ pub fn import(source: &Path, dest: &Path, range: IdRange) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives the range's agent every uid and gid of `tree` outside `range` (the tree itself
+/// included; links are not followed). Changing an owner clears set-uid and set-gid bits.
+pub fn claim(tree: &Path, range: IdRange) -> io::Result<()> {
+    let meta = match fs::symlink_metadata(tree) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let inside = |id: u32| {
+        id.checked_sub(range.base)
+            .and_then(|id| range.host_id(id))
+            .is_some()
+    };
+    let uid = (!inside(meta.uid())).then(|| range.agent());
+    let gid = (!inside(meta.gid())).then(|| range.agent());
+    if uid.is_some() || gid.is_some() {
+        lchown(tree, uid, gid)?;
+    }
+    if meta.is_dir() {
+        for entry in fs::read_dir(tree)? {
+            claim(&entry?.path(), range)?;
+        }
+    }
+    Ok(())
+}
+
 fn tempdir_in(parent: &Path) -> io::Result<std::path::PathBuf> {
     for attempt in 0..100u32 {
         let dir = parent.join(format!(".import-{}-{attempt}", std::process::id()));
@@ -94,6 +120,36 @@ pub(crate) fn copy_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claiming_gives_the_agent_what_lies_outside_the_range() {
+        let tree = tempfile::tempdir().unwrap();
+        let range = IdRange {
+            base: 2_000_000_000,
+        };
+        let file = tree.path().join("home/agent/notes");
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(&file, "x").unwrap();
+        let kept = tree.path().join("etc");
+        fs::create_dir(&kept).unwrap();
+        lchown(&kept, Some(range.base), Some(range.base + 5)).unwrap();
+        symlink("/etc/passwd", tree.path().join("link")).unwrap();
+        lchown(tree.path().join("link"), Some(0), Some(0)).unwrap();
+        lchown(tree.path(), Some(range.base), Some(range.base)).unwrap();
+        claim(tree.path(), range).unwrap();
+        let owner = |p: &Path| {
+            let m = fs::symlink_metadata(p).unwrap();
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner(&file), (range.agent(), range.agent()));
+        assert_eq!(
+            owner(&tree.path().join("link")),
+            (range.agent(), range.agent())
+        );
+        assert_eq!(owner(&kept), (range.base, range.base + 5));
+        // The link was not followed.
+        assert_eq!(owner(Path::new("/etc/passwd")).0, 0);
+    }
 
     #[test]
     fn a_program_is_found_on_the_path_of_the_root_and_a_link_counts() {

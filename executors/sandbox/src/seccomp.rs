@@ -1,13 +1,14 @@
 //! The seccomp filter every command in a sandbox runs under: a deny list of the system
 //! calls that reach past the sandbox (mounts, modules, kexec, bpf, ptrace, keys, new
-//! namespaces, raw kernel interfaces). Everything else is allowed, as in Docker's default
-//! profile the calls that matter here are refused with `EPERM`.
+//! namespaces, raw kernel interfaces, io_uring, vsock, the x32 ABI). Everything else is
+//! allowed; as in Docker's default profile, the calls that matter here are refused with
+//! `EPERM`. Where ours differs from Docker's is in ARCHITECTURE.md ("Threat model").
 
 use std::collections::BTreeMap;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    SeccompRule, TargetArch, sock_filter,
 };
 
 /// Refused with `EPERM` whatever their arguments.
@@ -35,6 +36,9 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_ptrace,
     libc::SYS_process_vm_readv,
     libc::SYS_process_vm_writev,
+    libc::SYS_process_madvise,
+    libc::SYS_pidfd_getfd,
+    libc::SYS_kcmp,
     libc::SYS_keyctl,
     libc::SYS_add_key,
     libc::SYS_request_key,
@@ -53,7 +57,16 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_clock_settime,
     libc::SYS_adjtimex,
     libc::SYS_vhangup,
+    // io_uring runs operations in kernel threads that seccomp never sees.
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
 ];
+
+/// Answered `ENOSYS`, so that the C library falls back to a call this filter can inspect:
+/// `clone3` passes its flags in memory (`clone` in a register), `openat2` its mode (`openat`
+/// in a register).
+const NOT_THERE: &[libc::c_long] = &[libc::SYS_clone3, libc::SYS_openat2];
 
 /// `clone` flags that make a new namespace.
 const NAMESPACE_FLAGS: &[libc::c_int] = &[
@@ -66,6 +79,20 @@ const NAMESPACE_FLAGS: &[libc::c_int] = &[
     libc::CLONE_NEWCGROUP,
 ];
 
+/// The `personality` values allowed, as Docker's profile: Linux, 32-bit Linux, their
+/// `UNAME26` forms, and the query.
+const PERSONALITIES: &[u32] = &[0, 0x0008, 0x2_0000, 0x2_0008, 0xffff_ffff];
+
+/// Whether commands may set the set-uid and set-gid bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetId {
+    /// They may (a template build: its files stay in the sandbox's id range).
+    Allowed,
+    /// They may not: the sandbox has a workspace, whose files are its owner's on the host,
+    /// where such a bit would give any local user the owner's privileges.
+    Refused,
+}
+
 fn arch() -> TargetArch {
     match std::env::consts::ARCH {
         "aarch64" => TargetArch::aarch64,
@@ -74,31 +101,92 @@ fn arch() -> TargetArch {
     }
 }
 
-/// The compiled filters, in the order they are installed.
+/// One argument condition: `(argument & mask) == value`, on 64 bits.
+fn masked(arg: u8, mask: u64, value: u64) -> SeccompCondition {
+    SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(mask),
+        value,
+    )
+    .expect("valid condition")
+}
+
+fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
+    SeccompRule::new(conditions).expect("at least one condition")
+}
+
+/// Rules matching a mode argument (`mode_arg`) with the set-uid or set-gid bit, when the
+/// call creates a file (`flags_arg`, if the call has flags, has `O_CREAT` or `O_TMPFILE`).
+fn set_id_rules(mode_arg: u8, flags_arg: Option<u8>) -> Vec<SeccompRule> {
+    let bits = [libc::S_ISUID, libc::S_ISGID].map(u64::from);
+    let creating = match flags_arg {
+        None => vec![None],
+        Some(arg) => [libc::O_CREAT, libc::O_TMPFILE]
+            .map(|flag| Some(masked(arg, flag as u64, flag as u64)))
+            .to_vec(),
+    };
+    let mut rules = Vec::new();
+    for bit in bits {
+        for create in &creating {
+            let mut conditions = vec![masked(mode_arg, bit, bit)];
+            conditions.extend(create.clone());
+            rules.push(rule(conditions));
+        }
+    }
+    rules
+}
+
+/// The compiled filters, in the order they are installed (the kernel applies the most
+/// restrictive answer of all of them).
 ///
-/// Two programs because a seccompiler filter has one action: the deny list answers
-/// `EPERM`, and `clone3` answers `ENOSYS` so that the C library falls back to `clone`,
-/// whose flags the first filter can inspect (`clone3` passes them in memory).
-pub fn programs() -> Vec<BpfProgram> {
+/// Several programs because a seccompiler filter has one action: the deny list answers
+/// `EPERM` and [`NOT_THERE`] `ENOSYS`; the last program refuses the x32 ABI, whose
+/// calls carry the x86-64 architecture and a number with bit 30 set, which no rule of the
+/// others names.
+pub fn programs(set_id: SetId) -> Vec<BpfProgram> {
     let mut denied: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|&call| (call, Vec::new())).collect();
     let clone_rules = NAMESPACE_FLAGS
         .iter()
-        .map(|&flag| {
-            let flag = flag as u64;
-            let condition = SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(flag),
-                flag,
-            )
-            .expect("valid condition");
-            SeccompRule::new(vec![condition]).expect("one condition")
-        })
+        .map(|&flag| rule(vec![masked(0, flag as u64, flag as u64)]))
         .collect();
     denied.insert(libc::SYS_clone, clone_rules);
-    let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
-    [(denied, libc::EPERM), (clone3, libc::ENOSYS)]
+    // vsock ignores network namespaces: it would reach the host and other guests.
+    let vsock = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_VSOCK as u64,
+    )
+    .expect("valid condition");
+    denied.insert(libc::SYS_socket, vec![rule(vec![vsock])]);
+    let other_personality = PERSONALITIES
+        .iter()
+        .map(|&p| {
+            SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, u64::from(p))
+                .expect("valid condition")
+        })
+        .collect();
+    denied.insert(libc::SYS_personality, vec![rule(other_personality)]);
+    if set_id == SetId::Refused {
+        for (call, mode, flags) in [
+            (libc::SYS_chmod, 1, None),
+            (libc::SYS_fchmod, 1, None),
+            (libc::SYS_fchmodat, 2, None),
+            (libc::SYS_fchmodat2, 2, None),
+            (libc::SYS_mknod, 1, None),
+            (libc::SYS_mknodat, 2, None),
+            (libc::SYS_creat, 1, None),
+            (libc::SYS_open, 2, Some(1)),
+            (libc::SYS_openat, 3, Some(2)),
+        ] {
+            denied.insert(call, set_id_rules(mode, flags));
+        }
+    }
+    let not_there: BTreeMap<i64, Vec<SeccompRule>> =
+        NOT_THERE.iter().map(|&call| (call, Vec::new())).collect();
+    let mut programs: Vec<BpfProgram> = [(denied, libc::EPERM), (not_there, libc::ENOSYS)]
         .into_iter()
         .map(|(rules, errno)| {
             let filter = SeccompFilter::new(
@@ -110,15 +198,50 @@ pub fn programs() -> Vec<BpfProgram> {
             .expect("the filter's rules are valid");
             filter.try_into().expect("the filter compiles")
         })
-        .collect()
+        .collect();
+    if arch() == TargetArch::x86_64 {
+        programs.push(no_x32());
+    }
+    programs
+}
+
+/// `AUDIT_ARCH_X86_64`: `EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`.
+const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+/// The bit that marks a system call number of the x32 ABI.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Refuses every x32 call with `EPERM` and allows the rest (the other programs decide).
+fn no_x32() -> BpfProgram {
+    const LOAD_WORD: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JUMP_EQUAL: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JUMP_SET: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+    const RETURN: u16 = 0x06; // BPF_RET | BPF_K
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let op = |code, k, jt, jf| sock_filter { code, jt, jf, k };
+    vec![
+        // seccomp_data.arch
+        op(LOAD_WORD, 4, 0, 0),
+        op(JUMP_EQUAL, AUDIT_ARCH_X86_64, 0, 3),
+        // seccomp_data.nr
+        op(LOAD_WORD, 0, 0, 0),
+        op(JUMP_SET, X32_SYSCALL_BIT, 0, 1),
+        op(RETURN, RET_ERRNO | libc::EPERM as u32, 0, 0),
+        op(RETURN, RET_ALLOW, 0, 0),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_filters_compile() {
-        let programs = super::programs();
-        assert_eq!(programs.len(), 2);
-        assert!(programs.iter().all(|p| !p.is_empty()));
+        for set_id in [SetId::Allowed, SetId::Refused] {
+            let programs = programs(set_id);
+            assert_eq!(programs.len(), 3);
+            assert!(programs.iter().all(|p| !p.is_empty()));
+        }
+        assert!(programs(SetId::Refused)[0].len() > programs(SetId::Allowed)[0].len());
     }
 }

@@ -11,16 +11,15 @@
 
 use std::fs;
 use std::io::{self, BufRead, Write};
-use std::os::unix::fs::symlink;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::sys::{self, Fork};
 
-/// Where the host's control directory (the agent's socket) appears inside.
-pub const CONTROL_DIR: &str = "/run/aistack";
-/// The agent's socket, in the control directory.
+/// The agent's socket, in the host's control directory.
 pub const GUEST_SOCKET: &str = "guest.sock";
 
 /// The `PATH` of a sandbox's commands, unless a command sets its own.
@@ -28,7 +27,7 @@ pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 
 /// The port inside on which the agent takes proxy connections to the host's policy proxy.
 pub const PROXY_PORT: u16 = 3128;
-/// The host's end of those connections, in the control directory.
+/// The host's end of those connections, in the host's control directory.
 pub const PROXY_SOCKET: &str = "proxy.sock";
 /// The project CA, alone, where `update-ca-certificates` finds it.
 pub const CA_FILE: &str = "/usr/local/share/ca-certificates/aistack.crt";
@@ -71,20 +70,20 @@ impl Network {
 pub struct Launch {
     /// The template's root filesystem layers, top first (overlayfs lower directories).
     pub lower: Vec<PathBuf>,
-    /// The sandbox's own writable layer (overlayfs upper directory).
-    pub upper: PathBuf,
-    /// The overlayfs work directory, on the same filesystem as `upper`.
-    pub work: PathBuf,
-    /// Where the root is assembled before the pivot (an empty directory).
-    pub root: PathBuf,
+    /// The sandbox's directory, holding its own writable layer (`upper/`, the overlayfs
+    /// upper directory) and overlayfs's `work/`.
+    pub dir: PathBuf,
     /// A host directory shared read-write at the same absolute path.
-    pub workspace: Option<PathBuf>,
-    /// The host directory that holds the agent's socket, mounted at [`CONTROL_DIR`].
+    pub workspace: Option<Workspace>,
+    /// The host directory that holds the agent's socket and the proxy's; the agent keeps
+    /// a descriptor of it, so nothing of the host is mounted for it.
     pub control: PathBuf,
     /// The sandbox's hostname, set in its UTS namespace.
     pub hostname: String,
     /// `cgroup.procs` files to join before anything else.
     pub cgroup_procs: Vec<PathBuf>,
+    /// The size of `/tmp` in bytes (a tmpfs; `/dev/shm` is [`SHM_BYTES`]).
+    pub tmp_bytes: u64,
     /// No network at all (only `lo`) when absent.
     #[serde(default)]
     pub network: Option<Network>,
@@ -93,6 +92,30 @@ pub struct Launch {
     #[serde(default)]
     pub env: Vec<(String, String)>,
 }
+
+/// The workspace: a host directory at the same absolute path inside, seen through an
+/// idmapped mount, so that what its owner owns is the agent's inside and what the agent
+/// writes is its owner's on the host, while every sandbox process keeps a host id of the
+/// sandbox's own range.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Workspace {
+    /// The directory, absolute.
+    pub path: PathBuf,
+    /// Its owner's host uid and gid.
+    pub owner: (u32, u32),
+    /// The host id of the sandbox's `agent` user (its range's 1000), which the owner's
+    /// files map to.
+    pub agent: u32,
+    /// Files inside it that commands may read but not change (the spec files).
+    #[serde(default)]
+    pub read_only: Vec<PathBuf>,
+    /// Files inside it that commands see empty and cannot change (`.env`).
+    #[serde(default)]
+    pub hidden: Vec<PathBuf>,
+}
+
+/// The size of `/dev/shm`, as Docker's default.
+pub const SHM_BYTES: u64 = 64 << 20;
 
 /// Handshake line, agent to host: the user namespace exists; write its id maps.
 pub const USERNS: &str = "userns";
@@ -103,11 +126,18 @@ pub const READY: &str = "ready";
 
 /// Builds the sandbox. Returns in PID 1 of the new namespaces, inside the new root; the
 /// process that called it never returns (it exits with PID 1's status).
-pub fn enter(launch: &Launch, input: &mut impl BufRead, output: &mut impl Write) -> io::Result<()> {
+pub fn enter(
+    launch: &Launch,
+    input: &mut impl BufRead,
+    output: &mut impl Write,
+) -> io::Result<Entered> {
     for procs in &launch.cgroup_procs {
         fs::write(procs, sys::pid().to_string())
             .map_err(|e| context(e, &format!("joining the cgroup {}", procs.display())))?;
     }
+    // While this process is root of the host's namespaces, it opens what the sandbox
+    // needs of the host: afterwards it could not traverse an `AISTACK_HOME` of mode 0700.
+    let trees = Trees::open(launch)?;
     sys::unshare(libc::CLONE_NEWUSER).map_err(|e| context(e, "creating the user namespace"))?;
     writeln!(output, "{USERNS}")?;
     output.flush()?;
@@ -135,22 +165,161 @@ pub fn enter(launch: &Launch, input: &mut impl BufRead, output: &mut impl Write)
         }
         Fork::Child => {
             sys::die_with_parent()?;
-            assemble_root(launch)?;
+            assemble_root(launch, &trees)?;
             sys::set_hostname(&launch.hostname).map_err(|e| context(e, "setting the hostname"))?;
             sys::loopback_up().map_err(|e| context(e, "bringing up `lo`"))?;
-            Ok(())
+            Ok(Entered {
+                control: trees.control,
+            })
         }
     }
+}
+
+/// What PID 1 keeps of the host once inside: the control directory.
+#[derive(Debug)]
+pub struct Entered {
+    /// The host's control directory (`O_PATH`, close-on-exec): the agent's socket is bound
+    /// and the proxy's reached through `/proc/self/fd/N/`.
+    pub control: OwnedFd,
+}
+
+impl Entered {
+    /// The path of `name` in the control directory, as this process reaches it.
+    pub fn control_path(&self, name: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.control.as_raw_fd())).join(name)
+    }
+}
+
+/// Where the setup process stages what it opens of the host: a tmpfs over `/tmp` in its
+/// own mount namespace, which the host never sees. The overlay's options name layers by
+/// these paths, so `mountinfo` inside shows them and not the host's.
+const STAGE: &str = "/tmp";
+
+/// The detached mounts and the directory the sandbox is built from, opened as root of the
+/// host's namespaces.
+struct Trees {
+    /// The root filesystem: the overlay of the template's layers and the sandbox's own.
+    root: OwnedFd,
+    /// The workspace, idmapped.
+    workspace: Option<OwnedFd>,
+    /// The control directory.
+    control: OwnedFd,
+}
+
+impl Trees {
+    fn open(launch: &Launch) -> io::Result<Trees> {
+        sys::unshare(libc::CLONE_NEWNS).map_err(|e| context(e, "creating the setup's mounts"))?;
+        let private = libc::MS_REC | libc::MS_PRIVATE;
+        sys::mount("none", Path::new("/"), None, private, None)?;
+        // Everything is opened before the stage covers `/tmp`, where it may lie.
+        let mut lower = Vec::with_capacity(launch.lower.len());
+        for layer in &launch.lower {
+            lower.push(open_dir(layer)?);
+        }
+        let own = open_dir(&launch.dir)?;
+        let control = open_dir(&launch.control)?;
+        let workspace = match &launch.workspace {
+            Some(workspace) => Some(idmapped(workspace, &open_dir(&workspace.path)?)?),
+            None => None,
+        };
+        let stage = Path::new(STAGE);
+        sys::mount(
+            "tmpfs",
+            stage,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some("mode=755,size=64k"),
+        )
+        .map_err(|e| context(e, "staging the layers"))?;
+        let bind = |dir: &OwnedFd, name: &str| -> io::Result<PathBuf> {
+            let target = stage.join(name);
+            fs::create_dir(&target)?;
+            let source = format!("/proc/self/fd/{}", dir.as_raw_fd());
+            sys::mount(&source, &target, None, libc::MS_BIND, None)?;
+            Ok(target)
+        };
+        let mut staged = Vec::with_capacity(lower.len());
+        for (i, (dir, layer)) in lower.iter().zip(&launch.lower).enumerate() {
+            let path = bind(dir, &format!("l{i}"))
+                .map_err(|e| context(e, &format!("opening {}", layer.display())))?;
+            staged.push(path);
+        }
+        let own = bind(&own, "s").map_err(|e| context(e, "opening the sandbox's own layer"))?;
+        fs::create_dir(stage.join(ROOT))?;
+        // What hidden files and masked kernel files show: nothing, read-only. A regular
+        // file, not `/dev/null`: a device opens on no mount made `nodev`.
+        let empty = stage.join(EMPTY);
+        fs::write(&empty, b"")?;
+        fs::set_permissions(&empty, fs::Permissions::from_mode(0o444))?;
+        let staged: Vec<&Path> = staged.iter().map(PathBuf::as_path).collect();
+        let root = sys::overlay(&staged, &own.join("upper"), &own.join("work"))
+            .map_err(|e| context(e, "mounting the root filesystem"))?;
+        Ok(Trees {
+            root,
+            workspace,
+            control,
+        })
+    }
+}
+
+/// `path`, a directory, opened for use as a path only (close-on-exec).
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| context(e, &format!("opening {}", path.display())))
+}
+
+/// The attach point of the root filesystem, in [`STAGE`].
+const ROOT: &str = "root";
+/// An empty file, in [`STAGE`], that [`mask`] puts over files.
+const EMPTY: &str = "empty";
+
+/// The workspace (`dir`) as the sandbox mounts it: its owner's ids seen as the agent's.
+fn idmapped(workspace: &Workspace, dir: &OwnedFd) -> io::Result<OwnedFd> {
+    let (uid, gid) = workspace.owner;
+    let agent = workspace.agent;
+    let userns = sys::user_namespace(&format!("{uid} {agent} 1\n"), &format!("{gid} {agent} 1\n"))
+        .map_err(|e| context(e, "making the workspace's id mapping"))?;
+    sys::idmapped_bind(dir, &userns).map_err(|e| {
+        let message = format!(
+            "The workspace `{}` cannot be mounted idmapped ({e}); help: put the workspace on a \
+             local filesystem that supports idmapped mounts (ext4, xfs, btrfs, tmpfs)",
+            workspace.path.display()
+        );
+        io::Error::new(e.kind(), message)
+    })
 }
 
 fn context(error: io::Error, doing: &str) -> io::Error {
     io::Error::new(error.kind(), format!("{doing}: {error}"))
 }
 
-/// Mounts the overlay root with `/proc`, a minimal `/dev`, `/tmp`, the workspace and the
-/// control directory, and pivots into it. Nothing else of the host stays reachable.
-fn assemble_root(launch: &Launch) -> io::Result<()> {
-    let root = &launch.root;
+/// Kernel interfaces under `/proc` that commands may read but not write, as runc's
+/// defaults.
+const READ_ONLY_PROC: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
+
+/// Kernel interfaces under `/proc` hidden from commands (an empty file or directory in
+/// their place), as runc's defaults.
+const MASKED_PROC: &[&str] = &[
+    "acpi",
+    "asound",
+    "kcore",
+    "keys",
+    "latency_stats",
+    "sched_debug",
+    "scsi",
+    "timer_list",
+    "timer_stats",
+];
+
+/// Attaches the root filesystem with `/proc`, a minimal `/dev`, `/tmp`, `/dev/shm` and the
+/// workspace, and pivots into it. Nothing else of the host stays reachable, and
+/// `mountinfo` names no host path but the workspace's.
+fn assemble_root(launch: &Launch, trees: &Trees) -> io::Result<()> {
+    let root = Path::new(STAGE).join(ROOT);
     let mount = |source: &str, target: &Path, fstype: Option<&str>, flags, data: Option<&str>| {
         sys::mount(source, target, fstype, flags, data)
             .map_err(|e| context(e, &format!("mounting {}", target.display())))
@@ -162,18 +331,7 @@ fn assemble_root(launch: &Launch) -> io::Result<()> {
         libc::MS_REC | libc::MS_PRIVATE,
         None,
     )?;
-    let lower = launch
-        .lower
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    let options = format!(
-        "lowerdir={lower},upperdir={},workdir={},userxattr",
-        launch.upper.display(),
-        launch.work.display()
-    );
-    mount("overlay", root, Some("overlay"), 0, Some(&options))?;
+    sys::attach(&trees.root, &root).map_err(|e| context(e, "attaching the root filesystem"))?;
 
     let inside = |path: &str| root.join(path.trim_start_matches('/'));
     let hardened = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
@@ -209,7 +367,7 @@ fn assemble_root(launch: &Launch) -> io::Result<()> {
         &dev.join("shm"),
         Some("tmpfs"),
         hardened,
-        Some("mode=1777"),
+        Some(&format!("mode=1777,size={SHM_BYTES}")),
     )?;
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -219,6 +377,8 @@ fn assemble_root(launch: &Launch) -> io::Result<()> {
     ] {
         symlink(target, dev.join(link))?;
     }
+    let empty = Path::new(STAGE).join(EMPTY);
+    protect_proc(&inside("/proc"), &empty)?;
 
     fs::create_dir_all(inside("/tmp"))?;
     mount(
@@ -226,27 +386,87 @@ fn assemble_root(launch: &Launch) -> io::Result<()> {
         &inside("/tmp"),
         Some("tmpfs"),
         libc::MS_NOSUID | libc::MS_NODEV,
-        Some("mode=1777"),
+        Some(&format!("mode=1777,size={}", launch.tmp_bytes)),
     )?;
 
-    if let Some(workspace) = &launch.workspace {
-        let target = inside(&workspace.display().to_string());
+    if let (Some(workspace), Some(tree)) = (&launch.workspace, &trees.workspace) {
+        let target = inside(&workspace.path.display().to_string());
         fs::create_dir_all(&target)?;
-        let source = workspace.display().to_string();
-        mount(&source, &target, None, libc::MS_BIND | libc::MS_REC, None)?;
+        sys::attach(tree, &target).map_err(|e| context(e, "attaching the workspace"))?;
+        protect_files(&root, workspace, &empty)?;
     }
-    let control = inside(CONTROL_DIR);
-    fs::create_dir_all(&control)?;
-    mount(
-        &launch.control.display().to_string(),
-        &control,
-        None,
-        libc::MS_BIND,
-        None,
-    )?;
 
-    std::env::set_current_dir(root)?;
+    std::env::set_current_dir(&root)?;
     sys::pivot_to_cwd().map_err(|e| context(e, "pivoting into the root filesystem"))?;
     std::env::set_current_dir("/")?;
+    Ok(())
+}
+
+/// Binds `path` onto itself read-only (and without set-uid, devices or execution).
+fn read_only(path: &Path) -> io::Result<()> {
+    sys::mount(&path.display().to_string(), path, None, libc::MS_BIND, None)?;
+    remount_read_only(path)
+}
+
+/// Makes the bind mount at `path` read-only (and without set-uid, devices or execution).
+fn remount_read_only(path: &Path) -> io::Result<()> {
+    let flags = libc::MS_BIND
+        | libc::MS_REMOUNT
+        | libc::MS_RDONLY
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC;
+    sys::mount("none", path, None, flags, None)
+}
+
+/// Puts an empty, read-only file or directory over `path`: `empty` for a file, an empty
+/// tmpfs for a directory.
+fn mask(path: &Path, empty: &Path) -> io::Result<()> {
+    if path.is_dir() {
+        let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        sys::mount("tmpfs", path, Some("tmpfs"), flags, None)
+    } else {
+        sys::mount(
+            &empty.display().to_string(),
+            path,
+            None,
+            libc::MS_BIND,
+            None,
+        )?;
+        remount_read_only(path)
+    }
+}
+
+fn protect_proc(proc: &Path, empty: &Path) -> io::Result<()> {
+    for name in READ_ONLY_PROC {
+        let path = proc.join(name);
+        if path.exists() {
+            read_only(&path).map_err(|e| context(e, &format!("protecting /proc/{name}")))?;
+        }
+    }
+    for name in MASKED_PROC {
+        let path = proc.join(name);
+        if path.exists() {
+            mask(&path, empty).map_err(|e| context(e, &format!("masking /proc/{name}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The spec files read-only and `.env` hidden, where the workspace has them.
+fn protect_files(root: &Path, workspace: &Workspace, empty: &Path) -> io::Result<()> {
+    let inside = |path: &Path| root.join(path.strip_prefix("/").unwrap_or(path));
+    for file in &workspace.read_only {
+        let path = inside(file);
+        if path.is_file() {
+            read_only(&path).map_err(|e| context(e, &format!("protecting {}", file.display())))?;
+        }
+    }
+    for file in &workspace.hidden {
+        let path = inside(file);
+        if path.is_file() {
+            mask(&path, empty).map_err(|e| context(e, &format!("hiding {}", file.display())))?;
+        }
+    }
     Ok(())
 }

@@ -48,9 +48,9 @@ pub struct Confinement {
 pub fn spawn_confined(command: &mut Command, confinement: Confinement) -> io::Result<Child> {
     // SAFETY: the closure runs in the forked child before `execve`. It calls only
     // async-signal-safe system calls (setsid, open, write, close, ioctl, setgroups,
-    // setres[ug]id, prctl,
-    // seccomp through seccompiler, which builds its `sock_fprog` on the stack) on data
-    // moved into the closure before the fork, and allocates nothing.
+    // setres[ug]id, prctl, seccomp through seccompiler, which builds its `sock_fprog` on
+    // the stack) on data moved into the closure before the fork; it allocates only to
+    // report an error (`io::Error::other`), after which the child exits.
     unsafe {
         command.pre_exec(move || {
             check(libc::setsid())?;
@@ -71,32 +71,38 @@ pub fn spawn_confined(command: &mut Command, confinement: Confinement) -> io::Re
                 confinement.groups.len(),
                 confinement.groups.as_ptr(),
             ))?;
-            check(libc::setresgid(
-                confinement.gid,
-                confinement.gid,
-                confinement.gid,
-            ))?;
-            check(libc::setresuid(
-                confinement.uid,
-                confinement.uid,
-                confinement.uid,
-            ))?;
             if confinement.drop_capabilities {
-                // After setresuid to a non-zero uid the effective and permitted sets are
-                // empty; the bounding set would let a set-uid binary get them back.
+                // The bounding set would let a set-uid binary get capabilities back.
+                // Dropping needs CAP_SETPCAP, which setresuid to a non-zero uid takes
+                // away: so before it. The loop ends at the first capability this kernel
+                // does not know (EINVAL); any other failure fails the command.
                 for cap in 0..=libc::c_ulong::from(63u8) {
                     if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) == -1 {
-                        break;
+                        if *libc::__errno_location() == libc::EINVAL {
+                            break;
+                        }
+                        return Err(io::Error::last_os_error());
                     }
                 }
-                libc::prctl(
+                check(libc::prctl(
                     libc::PR_CAP_AMBIENT,
                     libc::PR_CAP_AMBIENT_CLEAR_ALL,
                     0,
                     0,
                     0,
-                );
+                ))?;
             }
+            check(libc::setresgid(
+                confinement.gid,
+                confinement.gid,
+                confinement.gid,
+            ))?;
+            // After setresuid to a non-zero uid the effective and permitted sets are empty.
+            check(libc::setresuid(
+                confinement.uid,
+                confinement.uid,
+                confinement.uid,
+            ))?;
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
             for program in &confinement.seccomp {
                 seccompiler::apply_filter(program).map_err(io::Error::other)?;
@@ -403,4 +409,261 @@ pub fn loopback_up() -> io::Result<()> {
 /// This process's pid, as its PID namespace numbers it.
 pub fn pid() -> u32 {
     std::process::id()
+}
+
+// ---- detached mounts (the new mount API) ----
+
+fn cstr(text: &str) -> io::Result<CString> {
+    CString::new(text)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a string with a NUL byte"))
+}
+
+/// Takes ownership of a descriptor a system call returned.
+fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = check(fd as libc::c_int)?;
+    // SAFETY: the system call succeeded, so `fd` is a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An overlay of `lower` (top first) under `upper`, with `work` on the same mount as
+/// `upper`, as a detached mount for [`attach`]. It reads and writes overlayfs's metadata
+/// as `user.overlay.*` (`userxattr`), as the layers built in user namespaces have it.
+/// The paths given are what the overlay shows in `mountinfo`.
+pub fn overlay(lower: &[&Path], upper: &Path, work: &Path) -> io::Result<OwnedFd> {
+    let kind = cstr("overlay")?;
+    // SAFETY: fsopen reads a NUL-terminated name.
+    let context =
+        owned(unsafe { libc::syscall(libc::SYS_fsopen, kind.as_ptr(), libc::FSOPEN_CLOEXEC) })?;
+    let set = |key: &str, value: Option<&Path>| -> io::Result<()> {
+        let key = cstr(key)?;
+        let value = value.map(cstring).transpose()?;
+        let command = match value {
+            Some(_) => libc::FSCONFIG_SET_STRING,
+            None => libc::FSCONFIG_SET_FLAG,
+        };
+        // SAFETY: the key and value are NUL-terminated strings (or null for a flag) that
+        // outlive the call; the descriptor is the open filesystem context.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                context.as_raw_fd(),
+                command,
+                key.as_ptr(),
+                value.as_ref().map_or(std::ptr::null(), |v| v.as_ptr()),
+                0,
+            )
+        };
+        check(result as libc::c_int).map(drop)
+    };
+    for layer in lower {
+        set("lowerdir+", Some(layer))?;
+    }
+    set("upperdir", Some(upper))?;
+    set("workdir", Some(work))?;
+    set("userxattr", None)?;
+    // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            context.as_raw_fd(),
+            libc::FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    } as libc::c_int)?;
+    // SAFETY: fsmount takes the context's descriptor and integer flags.
+    owned(unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            context.as_raw_fd(),
+            libc::FSMOUNT_CLOEXEC,
+            libc::MOUNT_ATTR_NODEV,
+        )
+    })
+}
+
+/// A user namespace whose uid and gid maps are `uid_map` and `gid_map` (`/proc/PID/uid_map`
+/// lines), held by the returned descriptor: an idmapped mount's mapping. Its one process
+/// is gone when this returns. Needs root of the caller's namespace (to write any map).
+pub fn user_namespace(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
+    let (ready_read, ready_write) = pipe()?;
+    let (done_read, done_write) = pipe()?;
+    // SAFETY: the child only calls unshare, read, write and _exit (async-signal-safe) on
+    // descriptors made before the fork, so forking from a threaded process is sound.
+    let child = check(unsafe { libc::fork() })?;
+    if child == 0 {
+        // SAFETY: as above; the child never returns into Rust code.
+        unsafe {
+            let code = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                0
+            } else {
+                1
+            };
+            libc::write(ready_write.as_raw_fd(), [code as u8].as_ptr().cast(), 1);
+            let mut byte = 0u8;
+            libc::read(done_read.as_raw_fd(), (&raw mut byte).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(ready_write);
+    drop(done_read);
+    let made = (|| {
+        let mut status = [1u8];
+        std::io::Read::read_exact(&mut std::fs::File::from(ready_read), &mut status)?;
+        if status[0] != 0 {
+            return Err(io::Error::other(
+                "the helper could not make a user namespace",
+            ));
+        }
+        let proc = format!("/proc/{child}");
+        std::fs::write(format!("{proc}/uid_map"), uid_map)?;
+        std::fs::write(format!("{proc}/setgroups"), "deny")?;
+        std::fs::write(format!("{proc}/gid_map"), gid_map)?;
+        std::fs::File::open(format!("{proc}/ns/user")).map(OwnedFd::from)
+    })();
+    // The child holds a copy of the write end too, so it waits for a byte, not for EOF.
+    // SAFETY: a one-byte write from a valid local to a descriptor this function owns.
+    unsafe { libc::write(done_write.as_raw_fd(), [0u8].as_ptr().cast(), 1) };
+    wait_pid(child as u32)?;
+    made
+}
+
+/// A detached copy of the directory `dir` (not the mounts below it) whose file owners are
+/// seen through `userns`'s mapping, and on which set-uid bits and devices mean nothing:
+/// the workspace as a sandbox sees it.
+pub fn idmapped_bind(dir: &OwnedFd, userns: &OwnedFd) -> io::Result<OwnedFd> {
+    let empty = cstr("")?;
+    // SAFETY: open_tree reads an empty NUL-terminated path with AT_EMPTY_PATH, so it acts
+    // on `dir` itself.
+    let tree = owned(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            dir.as_raw_fd(),
+            empty.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    })?;
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: `attr` is a valid mount_attr whose size is passed; the path is empty with
+    // AT_EMPTY_PATH, so the call acts on `tree` itself.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &raw const attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    } as libc::c_int)?;
+    Ok(tree)
+}
+
+/// Attaches a detached mount ([`overlay`], [`idmapped_bind`]) at `target` in this process's
+/// mount namespace.
+pub fn attach(tree: &OwnedFd, target: &Path) -> io::Result<()> {
+    let target = cstring(target)?;
+    let empty = cstr("")?;
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    } as libc::c_int)
+    .map(drop)
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both are new descriptors nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+// ---- probes: what a sandbox must refuse, tried from inside by `aistack-guest check` ----
+
+/// A system call a sandbox's commands must not be able to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// `getpid` through the x32 ABI (number with bit 30 set).
+    X32,
+    /// An `AF_VSOCK` socket, which no network namespace confines.
+    Vsock,
+    /// An io_uring instance, whose operations seccomp does not see.
+    IoUring,
+    /// `pidfd_getfd` on this very process.
+    PidfdGetfd,
+    /// `process_madvise` on this very process.
+    ProcessMadvise,
+    /// `kcmp` of this process with itself.
+    Kcmp,
+    /// `personality(ADDR_NO_RANDOMIZE)`, which turns address randomisation off.
+    Personality,
+}
+
+/// Makes the probe's call with harmless arguments and undoes its effect: `Ok` when the
+/// kernel accepted it, else its error.
+pub fn probe(probe: Probe) -> io::Result<()> {
+    // SAFETY: each call passes integers, a zeroed struct it may write, or descriptors this
+    // function owns and closes; none touches memory beyond what it is given.
+    unsafe {
+        match probe {
+            Probe::X32 => {
+                const X32_GETPID: libc::c_long = 0x4000_0000 | 39;
+                check(libc::syscall(X32_GETPID) as libc::c_int).map(drop)
+            }
+            Probe::Vsock => {
+                let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                check(fd).map(|fd| drop(OwnedFd::from_raw_fd(fd)))
+            }
+            Probe::IoUring => {
+                let mut params = [0u8; 120];
+                let fd = libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr());
+                owned(fd).map(drop)
+            }
+            Probe::PidfdGetfd => {
+                let pidfd = owned(libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0))?;
+                let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), 0, 0);
+                owned(fd).map(drop)
+            }
+            Probe::ProcessMadvise => {
+                let pidfd = owned(libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0))?;
+                let none: *const libc::iovec = std::ptr::null();
+                let result = libc::syscall(
+                    libc::SYS_process_madvise,
+                    pidfd.as_raw_fd(),
+                    none,
+                    0,
+                    libc::MADV_COLD,
+                    0,
+                );
+                check(result as libc::c_int).map(drop)
+            }
+            Probe::Kcmp => {
+                const KCMP_FILE: libc::c_long = 0;
+                let pid = libc::getpid();
+                check(libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, 0, 0) as libc::c_int)
+                    .map(drop)
+            }
+            Probe::Personality => {
+                const ADDR_NO_RANDOMIZE: libc::c_ulong = 0x0040000;
+                let previous = check(libc::personality(0xffff_ffff))?;
+                check(libc::personality(ADDR_NO_RANDOMIZE))?;
+                libc::personality(previous as libc::c_ulong);
+                Ok(())
+            }
+        }
+    }
 }

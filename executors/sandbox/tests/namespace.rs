@@ -14,6 +14,7 @@ use aistack_sandbox::idmap::{DEFAULT_BASE, IdRange};
 use aistack_sandbox::namespace::Namespace;
 use aistack_sandbox::protocol::Exec;
 use aistack_sandbox::rootfs;
+use aistack_sandbox::setup::Workspace;
 use aistack_tests::sandbox::{busybox_rootfs, guest_bin};
 
 const RANGE: IdRange = IdRange { base: DEFAULT_BASE };
@@ -82,11 +83,17 @@ async fn start(limits: Limits) -> Sandbox {
         guest: guest_bin().to_path_buf(),
         layout: layout.clone(),
         lower: vec![template],
-        workspace: Some(workspace),
+        workspace: Some(Workspace {
+            path: workspace,
+            owner: (owner.uid(), owner.gid()),
+            agent: RANGE.agent(),
+            read_only: Vec::new(),
+            hidden: Vec::new(),
+        }),
         hostname: "coder".into(),
         range: RANGE,
-        owner: (owner.uid(), owner.gid()),
         limits,
+        tmp_bytes: 64 << 20,
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         cgroup_id: format!("test-{id}"),
         log: dir.path().join("guest.log"),
