@@ -58,7 +58,7 @@ fn host_ids(argv0: &str, marker: &str) -> Vec<(u32, u32)> {
         let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let mine = args.first().is_some_and(|a| a.ends_with(argv0.as_bytes()))
-            && args.iter().any(|a| *a == marker.as_bytes());
+            && args.contains(&marker.as_bytes());
         if !mine {
             continue;
         }

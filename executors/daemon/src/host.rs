@@ -144,6 +144,9 @@ mod tests {
             environment: Default::default(),
             program: "claude".into(),
             install: "npm install -g @anthropic-ai/claude-code".into(),
+            limits: aistack_planner::Limits::of(None, None),
+            read_only: Vec::new(),
+            hidden: Vec::new(),
         })
     }
 
