@@ -56,6 +56,7 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_settimeofday,
     libc::SYS_clock_settime,
     libc::SYS_adjtimex,
+    libc::SYS_clock_adjtime,
     libc::SYS_vhangup,
     // io_uring runs operations in kernel threads that seccomp never sees.
     libc::SYS_io_uring_setup,

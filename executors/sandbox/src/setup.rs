@@ -2,12 +2,15 @@
 //! mode, before it serves as PID 1.
 //!
 //! The host spawns the agent with a [`Launch`] on standard input and answers one
-//! handshake there: the agent joins the cgroup, makes a user namespace and says `userns`;
-//! the host writes its uid and gid maps and says `mapped`; the agent becomes root of the
-//! namespace, makes the mount, PID, network, IPC, UTS and cgroup namespaces, and forks.
-//! The parent prints `pid N` (the child's host pid), waits for it and exits with its
-//! status, so the host's child process lives exactly as long as the sandbox. The child,
-//! PID 1 inside, mounts the root filesystem and pivots into it, then serves.
+//! handshake there. The agent joins the cgroup and, still root of the host's namespaces,
+//! opens what the sandbox needs of the host (`Trees`: the overlay root and the idmapped
+//! workspace as detached mounts, the control directory as a descriptor), so nothing later
+//! needs a host path. Then it makes a user namespace and says `userns`; the host writes its
+//! uid and gid maps and says `mapped`; the agent becomes root of the namespace, makes the
+//! mount, PID, network, IPC, UTS and cgroup namespaces, and forks. The parent prints
+//! `pid N` (the child's host pid), waits for it and exits with its status, so the host's
+//! child process lives exactly as long as the sandbox. The child, PID 1 inside, attaches
+//! the root filesystem, mounts the rest and pivots into it, then serves.
 
 use std::fs;
 use std::io::{self, BufRead, Write};
