@@ -1,7 +1,8 @@
 //! The host side of sandboxes' channels: the forwarder of a sandbox's `proxy.sock` to its
 //! own proxy listener, and its published ports. Each is a task of this daemon, kept by
 //! sandbox (or build, `template:NAME`) until it is closed; the sandbox outlives them, so a
-//! restarted daemon opens them again.
+//! restarted daemon opens them again. A published port is one of aistack's own listeners,
+//! which no proxy dials.
 
 use std::collections::HashMap;
 use std::fs;
@@ -12,6 +13,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use aistack_apply::HostError;
+use aistack_proxy::OwnListeners;
 use aistack_sandbox::backend::Layout;
 use aistack_sandbox::client::GuestClient;
 use aistack_sandbox::idmap::IdRange;
@@ -26,14 +28,17 @@ type Task = tokio::task::JoinHandle<()>;
 /// The open channels, by project and sandbox.
 pub struct Channels {
     range: IdRange,
+    own: OwnListeners,
     tasks: Mutex<HashMap<(String, String), Vec<Task>>>,
 }
 
 impl Channels {
-    /// No channels yet; sockets made for sandboxes belong to `range`'s root.
-    pub fn new(range: IdRange) -> Channels {
+    /// No channels yet; sockets made for sandboxes belong to `range`'s root, and published
+    /// ports join `own`.
+    pub fn new(range: IdRange, own: OwnListeners) -> Channels {
         Channels {
             range,
+            own,
             tasks: Mutex::default(),
         }
     }
@@ -92,7 +97,10 @@ impl Channels {
             })?;
             let client = GuestClient::new(socket);
             let port = mapping.sandbox_port;
+            let own = self.own.add(listener.local_addr().unwrap_or(address));
             let task = tokio::spawn(async move {
+                // No proxy dials it while it listens: dropped with the task.
+                let _own = own;
                 while let Ok((mut outside, _)) = listener.accept().await {
                     let client = client.clone();
                     tokio::spawn(async move {

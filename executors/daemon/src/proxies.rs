@@ -17,7 +17,7 @@ use aistack_planner::MODELS_HOST;
 use aistack_proxy::authority::{Authority, upstream_config};
 use aistack_proxy::netlog::{self, NetworkLog};
 use aistack_proxy::resolve::SystemResolver;
-use aistack_proxy::{Config, Destination, Limits, Proxy, Route, Settings};
+use aistack_proxy::{Config, Destination, Limits, OwnListeners, Proxy, Route, Settings};
 use aistack_spec::model::{Credential, NetworkPolicy};
 use tokio::sync::Mutex;
 
@@ -30,6 +30,8 @@ pub const EXTRA_CA_ENV: &str = "AISTACK_EXTRA_CA_CERTS";
 /// The running proxies.
 pub struct Proxies {
     home: Home,
+    /// Where this daemon listens, which no proxy dials; its listeners join it.
+    own: OwnListeners,
     inner: Mutex<Inner>,
 }
 
@@ -115,10 +117,12 @@ struct Project {
 }
 
 impl Proxies {
-    /// No proxies yet.
-    pub fn new(home: Home) -> Proxies {
+    /// No proxies yet; their listeners join `own`, and none of them dials an address in
+    /// it.
+    pub fn new(home: Home, own: OwnListeners) -> Proxies {
         Proxies {
             home,
+            own,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -273,6 +277,7 @@ impl Proxies {
                     .get(variable)
                     .cloned()
             }),
+            own: self.own.clone(),
         };
         let address = SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(0)));
         let proxy = Proxy::bind(address, config, settings).await.map_err(|e| {

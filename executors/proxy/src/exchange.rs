@@ -201,9 +201,15 @@ async fn decided(
             Ok(addresses)
         }
         Decided::Denied { rule } => {
-            let help = if rule.starts_with("block list") {
+            let help = if rule.starts_with("aistack listener") {
+                let own = "aistack's own listeners (gateways, proxies, published ports) are never reachable through a proxy";
+                match config.routes.first() {
+                    Some(route) => format!("Reach models at `http://{}/`; {own}", route.host),
+                    None => format!("List models in the sandbox's `models:`; {own}"),
+                }
+            } else if rule.starts_with("block list") {
                 format!(
-                    "Only an IP or CIDR rule in `network_policies.{}.allow` reaches this address",
+                    "Only an IP or CIDR rule inside that range in `network_policies.{}.allow` reaches this address",
                     config.source
                 )
             } else {

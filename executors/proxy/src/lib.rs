@@ -5,8 +5,9 @@
 //! [`policy`] decides whether a destination may be reached, given the addresses it resolved
 //! to; [`config`] is one listener's view of a network policy. Around it, [`server`] runs a
 //! listener: it resolves a name once ([`resolve`]), hands every address to the policy,
-//! dials only addresses it checked, intercepts TLS for hosts with credentials with the
-//! project's CA ([`authority`]), and records every decision in the [`netlog`].
+//! never dials aistack's own listeners ([`own`]), dials only addresses it checked,
+//! intercepts TLS for hosts with credentials with the project's CA ([`authority`]), and
+//! records every decision in the [`netlog`].
 
 #![warn(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod destination;
 mod exchange;
 pub mod netlog;
+pub mod own;
 pub mod policy;
 pub mod resolve;
 pub mod server;
@@ -23,6 +25,7 @@ mod tunnel;
 
 pub use config::{Config, Limits, Route};
 pub use destination::{Destination, DestinationError};
+pub use own::OwnListeners;
 pub use policy::{Decision, Policy, Verdict};
 /// What [`Settings::upstream_tls`] holds, for callers that keep one without naming rustls.
 pub use rustls::ClientConfig;

@@ -21,6 +21,7 @@ use crate::config::{Config, Limits};
 use crate::destination::{Destination, canonical};
 use crate::exchange::{self, Client};
 use crate::netlog::{Entry, NetworkLog};
+use crate::own::{Listening, OwnListeners};
 use crate::policy::Decision;
 use crate::resolve::Resolve;
 
@@ -45,6 +46,9 @@ pub struct Settings {
     pub upstream_tls: Arc<rustls::ClientConfig>,
     /// Credential values, by variable name.
     pub secrets: Secrets,
+    /// Where aistack listens: never dialled, whatever the policy says. The listener's own
+    /// address joins it.
+    pub own: OwnListeners,
 }
 
 /// A running listener.
@@ -52,6 +56,7 @@ pub struct Proxy {
     shared: Arc<Shared>,
     address: SocketAddr,
     task: JoinHandle<()>,
+    _own: Listening,
 }
 
 pub(crate) struct Shared {
@@ -89,7 +94,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Proxy {
-    /// Listens on `address` (port 0 picks one) and serves until [`Proxy::shutdown`].
+    /// Listens on `address` (port 0 picks one) and serves until [`Proxy::shutdown`]. The
+    /// address joins the settings' [`OwnListeners`].
     ///
     /// # Errors
     ///
@@ -108,6 +114,7 @@ impl Proxy {
         // Agents open connections in bursts; a short queue turns a burst into retries.
         let listener = socket.listen(BACKLOG)?;
         let address = listener.local_addr()?;
+        let own = settings.own.add(address);
         let shared = Arc::new(Shared {
             config: RwLock::new(Arc::new(config)),
             settings,
@@ -120,6 +127,7 @@ impl Proxy {
             shared,
             address,
             task,
+            _own: own,
         })
     }
 
@@ -139,12 +147,14 @@ impl Proxy {
             .config
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::clone(&config);
+        let own = &self.shared.settings.own;
         let live = lock(&self.shared.live);
         let mut closed = 0;
         for connection in live.values() {
-            let verdict = (config.policy).check(&connection.destination, connection.port, |_| {
-                vec![connection.address]
-            });
+            let verdict =
+                (config.policy).check(&connection.destination, connection.port, own, |_| {
+                    vec![connection.address]
+                });
             if verdict.decision == Decision::Deny {
                 connection.cancel.cancel();
                 closed += 1;
@@ -274,9 +284,8 @@ impl Shared {
                 }
             }
         };
-        let verdict = config
-            .policy
-            .check(destination, port, |_| addresses.clone());
+        let verdict =
+            (config.policy).check(destination, port, &self.settings.own, |_| addresses.clone());
         match verdict.decision {
             Decision::Allow => Decided::Allowed {
                 rule: verdict.reason.to_string(),

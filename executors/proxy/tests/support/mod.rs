@@ -135,6 +135,7 @@ impl Harness {
             authority,
             upstream_tls: upstream_config(extra_ca).expect("upstream tls"),
             secrets: Arc::new(|name: &str| (name == SECRET_ENV).then(|| SECRET.to_owned())),
+            own: aistack_proxy::OwnListeners::new(),
         };
         let proxy = Proxy::bind(
             "127.0.0.1:0".parse().unwrap(),

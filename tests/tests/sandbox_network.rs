@@ -1,0 +1,127 @@
+//! A sandbox's network seen from inside a real one (issue 16): aistack's own listeners
+//! are out of reach whatever its policy allows, while its models stay reachable.
+
+use aistack_tests::sandbox::{Down, busybox_rootfs, guest_bin};
+use aistack_tests::upstream::upstream;
+use aistack_tests::{TestEnv, free_port};
+
+/// A busybox sandbox `box`; `extra` is appended to its section, `rest` to the file.
+fn spec(extra: &str, rest: &str) -> String {
+    format!(
+        "version: 1\nname: net\ntemplates:\n  base:\n    from: ./rootfs\nsandboxes:\n  box:\n    \
+         template: base\n    agent: shell\n{extra}{rest}"
+    )
+}
+
+fn env() -> TestEnv {
+    let mut env = TestEnv::new();
+    env.set_var("AISTACK_GUEST", guest_bin());
+    busybox_rootfs(&env.project().join("rootfs"));
+    env
+}
+
+/// `aistack exec box -- sh -c SCRIPT`: exit code, stdout, stderr.
+fn sh(env: &TestEnv, script: &str) -> (Option<i32>, String, String) {
+    let out = env.run(&["exec", "box", "--", "sh", "-c", script]);
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// A GET of `url` written to the sandbox's proxy by hand (busybox's `nc`), so the whole
+/// answer comes back, the proxy's refusals included.
+fn through_proxy(env: &TestEnv, url: &str) -> String {
+    let script = format!(
+        "printf 'GET {url} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' | nc 127.0.0.1 3128"
+    );
+    sh(env, &script).1
+}
+
+/// The first line of an answer.
+fn status_line(answer: &str) -> &str {
+    answer.lines().next().unwrap_or_default().trim_end()
+}
+
+/// The endpoint port of the project's proxy for `policy`.
+fn proxy_port(env: &TestEnv, policy: &str) -> u16 {
+    let status = env.status();
+    let endpoint = (status["resources"].as_array().unwrap().iter())
+        .find(|r| r["kind"] == "proxy" && r["name"] == policy)
+        .and_then(|r| r["endpoint"].as_str())
+        .unwrap_or_else(|| panic!("no proxy `{policy}` in {status}"))
+        .to_owned();
+    endpoint.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+/// Neither a rule that lifts the whole block list nor one that names loopback reaches the
+/// gateway's administration, another policy's listener or a published port; the
+/// sandbox's models stay reachable at `models.aistack.internal`, and loopback servers that
+/// are not aistack's stay reachable by the loopback rule.
+#[test]
+fn aistacks_own_listeners_are_out_of_reach_whatever_the_policy() {
+    let env = env();
+    env.link_model("smollm2.gguf");
+    let published = free_port();
+    let other = upstream();
+    let write = |allow: &str| {
+        let sandbox = format!(
+            "    models: [chat]\n    network_policy: open\n    ports: [\"127.0.0.1:{published}:3000\"]\n"
+        );
+        let rest = format!(
+            "models:\n  chat: {{ source: ./models/smollm2.gguf, context_size: 512 }}\n\
+             network_policies:\n  open:\n    default: deny\n    allow: [{allow}]\n  \
+             other:\n    default: allow\n"
+        );
+        env.write("aistack.yaml", &env.spec(&spec(&sandbox, &rest)));
+    };
+    write(r#""0.0.0.0/0", "::/0""#);
+    let _down = Down(&env);
+    env.ok(&["up"]);
+    let gateway = env.gateway_port();
+    let listener = proxy_port(&env, "other");
+    let own = [
+        format!("http://127.0.0.1:{gateway}/metrics"),
+        format!("http://127.0.0.1:{gateway}/api/pull"),
+        format!("http://127.0.0.1:{listener}/"),
+        format!("http://127.0.0.1:{published}/"),
+        format!("http://0.0.0.0:{gateway}/metrics"),
+    ];
+    let models = |env: &TestEnv| {
+        let (code, listed, stderr) = sh(env, "wget -q -O - ${CHAT_URL}models");
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(listed.contains("\"id\":\"chat\""), "{listed}");
+    };
+
+    let refused = |env: &TestEnv| {
+        for url in &own {
+            let answer = through_proxy(env, url);
+            let status = status_line(&answer);
+            assert_eq!(status, "HTTP/1.1 403 Forbidden", "{url}: {answer}");
+            assert!(answer.contains(": aistack listener "), "{url}: {answer}");
+            assert!(
+                answer.contains("help: Reach models at `http://models.aistack.internal/`"),
+                "{url}: {answer}"
+            );
+        }
+    };
+    let not_ours = format!("http://127.0.0.1:{other}/not-ours");
+
+    // `0.0.0.0/0` is the internet, not this machine: the block list stands for loopback,
+    // and aistack's listeners are refused before it is even asked.
+    refused(&env);
+    let answer = through_proxy(&env, &not_ours);
+    assert_eq!(status_line(&answer), "HTTP/1.1 403 Forbidden", "{answer}");
+    assert!(
+        answer.contains(": block list 127.0.0.0/8 (127.0.0.1)"),
+        "{answer}"
+    );
+    models(&env);
+
+    // `127.0.0.0/8` opens loopback, but not aistack's own listeners on it.
+    write(r#""127.0.0.0/8", "0.0.0.0/8""#);
+    let up = env.ok(&["up"]);
+    assert!(up.contains("~ proxy open"), "{up}");
+    refused(&env);
+    let answer = through_proxy(&env, &not_ours);
+    assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
+    models(&env);
+}
