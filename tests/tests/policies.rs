@@ -1,6 +1,6 @@
 //! Network policies through the real binary: `up` starts one loopback proxy per policy, a
-//! host process uses it with `HTTP_PROXY`, a changed policy applies in place, credentials
-//! go over TLS only, and `down` stops it.
+//! host process of the daemon's user uses it with `HTTP_PROXY` (another user's is refused),
+//! a changed policy applies in place, credentials go over TLS only, and `down` stops it.
 //! The upstream is a loopback server of the test's own, reached only through an explicit
 //! CIDR rule.
 
@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use aistack_tests::upstream::{recording_tls, upstream};
+use aistack_tests::upstream::{recording, recording_tls, upstream};
 use aistack_tests::{TestEnv, terminate, wait_gone};
 
 const SECRET: &str = "sk-e2e-5f1d3c-secret";
@@ -304,6 +304,54 @@ fn credentials_reach_the_upstream_over_tls_only_and_survive_a_daemon_restart() {
             path.display()
         );
     }
+}
+
+/// A policy's listener is on loopback, where every local user can connect; it serves only
+/// the daemon's user, so another user gets a 403 that says why, in the network log too,
+/// and neither the upstream nor the credential (issue 16).
+#[test]
+fn a_policy_listener_serves_only_the_daemons_user() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: switching to another user needs root");
+        return;
+    }
+    let env = TestEnv::new();
+    let (port, heads) = recording("127.0.0.1", "200 OK", "{}");
+    env.write("aistack.yaml", &policy_spec(r#""127.0.0.0/8""#, ""));
+    env.ok(&["up"]);
+    let (_, endpoint) = proxy_endpoint(&env);
+    let url = format!("http://127.0.0.1:{port}/as-nobody");
+
+    let mut nobody = Command::new("setpriv");
+    nobody.args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"]);
+    let (body, code) = curl_with(nobody, &endpoint, &url, &[]);
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains("The proxy of `local` serves only uid 0, the user aistack runs as; this client runs as uid 65534"),
+        "{body}"
+    );
+    assert!(body.contains("help: Run the client as uid 0"), "{body}");
+    assert!(
+        heads.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
+    );
+
+    let (body, code) = curl(&endpoint, &url);
+    assert_eq!(code, "200", "the daemon's user is served: {body}");
+    assert_eq!(heads.lock().unwrap().len(), 1);
+
+    let mut refused = None;
+    let logged = aistack_tests::wait_for(Duration::from_secs(5), || {
+        let log = env.ok(&["network", "log", "--json"]);
+        refused = (log.lines())
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["status"] == 403);
+        refused.is_some()
+    });
+    assert!(logged, "the refusal is logged");
+    let refused = refused.unwrap();
+    assert_eq!(refused["rule"], "client uid 65534", "{refused}");
+    assert_eq!(refused["decision"], "deny", "{refused}");
 }
 
 fn walk(dir: &std::path::Path, out: &mpsc::Sender<std::path::PathBuf>) {

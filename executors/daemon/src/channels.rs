@@ -1,19 +1,21 @@
-//! The host side of sandboxes' channels: the forwarder of a sandbox's `proxy.sock` to its
-//! own proxy listener, and its published ports. Each is a task of this daemon, kept by
-//! sandbox (or build, `template:NAME`) until it is closed; the sandbox outlives them, so a
-//! restarted daemon opens them again. A published port is one of aistack's own listeners,
-//! which no proxy dials.
+//! The host side of sandboxes' channels: a sandbox's `proxy.sock`, which its own proxy
+//! serves, and its published ports. Each is a task of this daemon, kept by sandbox (or
+//! build, `template:NAME`) until it is closed; the sandbox outlives them, so a restarted
+//! daemon opens them again.
+//!
+//! A sandbox is hostile: `proxy.sock` is placed race-free in the control directory it can
+//! write ([`crate::sockets`]). A published port is one of aistack's own listeners, which
+//! no proxy dials.
 
 use std::collections::HashMap;
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use aistack_apply::HostError;
-use aistack_proxy::OwnListeners;
+use aistack_proxy::{Entrance, OwnListeners};
 use aistack_sandbox::backend::Layout;
 use aistack_sandbox::client::GuestClient;
 use aistack_sandbox::idmap::IdRange;
@@ -43,14 +45,14 @@ impl Channels {
         }
     }
 
-    /// Serves `proxy.sock` of the sandbox at `layout`: each connection is spliced to
-    /// `proxy`. Replaces a forwarder of an earlier start.
+    /// Serves `proxy.sock` of the sandbox at `layout` with `proxy`, the sandbox's own.
+    /// Replaces the socket of an earlier start.
     pub fn forward(
         &self,
         project: &str,
         name: &str,
         layout: &Layout,
-        proxy: SocketAddr,
+        proxy: Entrance,
     ) -> Result<(), HostError> {
         let cannot = |e: std::io::Error| {
             HostError::new(format!(
@@ -58,22 +60,11 @@ impl Channels {
             ))
         };
         layout.prepare(self.range).map_err(cannot)?;
-        let path = layout.control.join(PROXY_SOCKET);
-        let _ = fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).map_err(cannot)?;
         // Only sandbox root (the agent) may use it.
-        chown(&path, Some(self.range.base), Some(self.range.base)).map_err(cannot)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(cannot)?;
-        let task = tokio::spawn(async move {
-            while let Ok((mut inside, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(proxy).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inside, &mut upstream).await;
-                    }
-                });
-            }
-        });
-        self.keep(project, name, task);
+        let root = self.range.base;
+        let path = layout.control.join(PROXY_SOCKET);
+        let listener = crate::sockets::bind_owned(&path, root, root, 0o600).map_err(cannot)?;
+        self.keep(project, name, proxy.serve(listener));
         Ok(())
     }
 

@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod sandboxes;
 pub mod server;
 pub mod serving;
+pub mod sockets;
 pub mod state;
 pub mod status;
 pub mod templates;

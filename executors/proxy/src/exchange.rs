@@ -25,7 +25,7 @@ use crate::body::{self, Body, Counted, Counts};
 use crate::config::{Config, Limits};
 use crate::destination::Destination;
 use crate::netlog::Entry;
-use crate::server::{Decided, LiveGuard, Shared, http1_builder};
+use crate::server::{Decided, LiveGuard, Shared, Stranger, http1_builder};
 use crate::tunnel::{describe, pump};
 
 /// What one client connection keeps between its requests.
@@ -750,6 +750,51 @@ async fn intercept(
         _ = connection => {}
         () = live.cancel.cancelled() => {}
     }
+}
+
+/// The answer to every request of a TCP client that runs as another user than the proxy:
+/// the listener would add the policy's credentials for anyone on this machine.
+pub(crate) fn stranger(
+    shared: &Shared,
+    request: &Request<Incoming>,
+    stranger: &Stranger,
+) -> Response<Body> {
+    let config = shared.config();
+    let target = match request.method() {
+        &Method::CONNECT => request.uri().authority().map(|a| a.to_string()),
+        _ => request.uri().host().map(str::to_owned),
+    };
+    let mut entry = shared.entry(
+        &config,
+        request.method().as_str(),
+        &Destination::Name(String::new()),
+        request.uri().port_u16().unwrap_or(0),
+    );
+    entry.host = target.unwrap_or_default();
+    let me = rustix::process::geteuid().as_raw();
+    let (message, rule) = match stranger {
+        Stranger::Uid(uid) => (
+            format!(
+                "The proxy of `{}` serves only uid {me}, the user aistack runs as; this client runs as uid {uid}",
+                config.source
+            ),
+            format!("client uid {uid}"),
+        ),
+        Stranger::Unknown(error) => (
+            format!(
+                "The proxy of `{}` serves only uid {me}, and cannot tell whose this client is: {error}",
+                config.source
+            ),
+            "client unknown".to_owned(),
+        ),
+    };
+    entry.rule = rule;
+    let response = refuse(
+        StatusCode::FORBIDDEN,
+        &message,
+        &format!("Run the client as uid {me} (the user of `aistack up`), or in a sandbox"),
+    );
+    logged(shared, &mut entry, response)
 }
 
 /// `host:port` as a URL names it, the port left out when it is `default`.

@@ -153,11 +153,11 @@ impl Harness {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.proxy.local_addr())
+        format!("http://{}", self.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.proxy.local_addr()
+        self.proxy.local_addr().expect("a TCP listener")
     }
 
     /// Every entry logged once the open connections have ended (a tunnel is logged when
