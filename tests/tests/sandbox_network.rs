@@ -1,9 +1,14 @@
 //! A sandbox's network seen from inside a real one (issue 16): aistack's own listeners
-//! are out of reach whatever its policy allows, while its models stay reachable.
+//! are out of reach whatever its policy allows, while its models stay reachable; and
+//! opening more connections than its cap breaks nothing once they close.
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
 
 use aistack_tests::sandbox::{Down, busybox_rootfs, guest_bin};
 use aistack_tests::upstream::upstream;
-use aistack_tests::{TestEnv, free_port};
+use aistack_tests::{TestEnv, free_port, wait_for};
 
 /// A busybox sandbox `box`; `extra` is appended to its section, `rest` to the file.
 fn spec(extra: &str, rest: &str) -> String {
@@ -124,4 +129,84 @@ fn aistacks_own_listeners_are_out_of_reach_whatever_the_policy() {
     let answer = through_proxy(&env, &not_ours);
     assert_eq!(status_line(&answer), "HTTP/1.1 200 OK", "{answer}");
     models(&env);
+}
+
+/// The daemon serves at most 256 of one sandbox's proxy connections at once and holds the
+/// rest in the socket's queue, so a sandbox that opens 400 cannot run it out of
+/// descriptors, even at the common soft limit of 1024 that the daemon raises to its hard
+/// limit; once they close, the next connection works.
+#[test]
+fn more_connections_than_the_cap_break_nothing_once_they_close() {
+    let env = env();
+    let port = upstream();
+    let policy = format!(
+        "network_policies:\n  local:\n    default: deny\n    allow: [\"127.0.0.1/32:{port}\"]\n"
+    );
+    env.write(
+        "aistack.yaml",
+        &env.spec(&spec("    network_policy: local\n", &policy)),
+    );
+    let _down = Down(&env);
+    // The daemon starts with a soft limit of 1024 under a hard one of 4096.
+    let up = env.cmd(&["up"]);
+    let mut limited = Command::new("prlimit");
+    limited
+        .arg("--nofile=1024:4096")
+        .arg(up.get_program())
+        .args(up.get_args())
+        .current_dir(up.get_current_dir().unwrap());
+    for (name, value) in up.get_envs() {
+        match value {
+            Some(value) => limited.env(name, value),
+            None => limited.env_remove(name),
+        };
+    }
+    let out = limited.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let daemon = env.daemon_pid().expect("the daemon runs");
+    let limits = fs::read_to_string(format!("/proc/{daemon}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["4096", "4096"],
+        "the daemon raised its soft limit: {open_files}"
+    );
+    let fetch = format!("wget -q -O - http://127.0.0.1:{port}/next");
+    assert_eq!(sh(&env, &fetch).0, Some(0));
+
+    // 400 idle connections to the proxy, held open by `sleep`.
+    let open = "i=0; while [ $i -lt 400 ]; do \
+                sleep 60 2>/dev/null | nc 127.0.0.1 3128 >/dev/null 2>&1 & echo $! >> /tmp/nc.pids; \
+                i=$((i+1)); done";
+    let (code, _, stderr) = sh(&env, open);
+    assert_eq!(code, Some(0), "{stderr}");
+    let log = env.home().join("logs/daemon.log");
+    let capped = wait_for(Duration::from_secs(20), || {
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("`box` has 256 connections open to its proxy; more wait until one closes")
+    });
+    assert!(capped, "{}", fs::read_to_string(&log).unwrap_or_default());
+    std::thread::sleep(Duration::from_millis(500));
+    let descriptors = fs::read_dir(format!("/proc/{daemon}/fd")).unwrap().count();
+    assert!(
+        (256..256 + 150).contains(&descriptors),
+        "the daemon holds {descriptors} descriptors"
+    );
+
+    // They close; the sandbox's next connection is served.
+    let (code, _, stderr) = sh(&env, "kill $(cat /tmp/nc.pids)");
+    assert_eq!(code, Some(0), "{stderr}");
+    let served = wait_for(Duration::from_secs(20), || {
+        let (code, body, _) = sh(&env, &fetch);
+        code == Some(0) && body.starts_with("GET /next HTTP/1.1")
+    });
+    assert!(served, "{}", fs::read_to_string(&log).unwrap_or_default());
 }

@@ -4,8 +4,9 @@
 //! daemon opens them again.
 //!
 //! A sandbox is hostile: `proxy.sock` is placed race-free in the control directory it can
-//! write ([`crate::sockets`]). A published port is one of aistack's own listeners, which
-//! no proxy dials.
+//! write ([`crate::sockets`]), and serves at most [`PROXY_CONNECTIONS`] of its connections
+//! at once, so that it cannot take all of the daemon's descriptors. A published port is
+//! one of aistack's own listeners, which no proxy dials.
 
 use std::collections::HashMap;
 use std::fs;
@@ -15,6 +16,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use aistack_apply::HostError;
+use aistack_proxy::accept::Backoff;
 use aistack_proxy::{Entrance, OwnListeners};
 use aistack_sandbox::backend::Layout;
 use aistack_sandbox::client::GuestClient;
@@ -23,6 +25,11 @@ use aistack_sandbox::setup::{Network, PROXY_SOCKET};
 use aistack_spec::values::PortMapping;
 
 use crate::home::Home;
+
+/// The connections one sandbox (or build) may have open to its proxy at once; the next
+/// waits in the socket's queue until one closes. Each costs the daemon a descriptor, and
+/// one more for its upstream; agents rarely hold more than a few dozen.
+pub const PROXY_CONNECTIONS: usize = 256;
 
 /// A task serving one channel.
 type Task = tokio::task::JoinHandle<()>;
@@ -64,7 +71,7 @@ impl Channels {
         let root = self.range.base;
         let path = layout.control.join(PROXY_SOCKET);
         let listener = crate::sockets::bind_owned(&path, root, root, 0o600).map_err(cannot)?;
-        self.keep(project, name, proxy.serve(listener));
+        self.keep(project, name, proxy.serve(listener, PROXY_CONNECTIONS));
         Ok(())
     }
 
@@ -89,16 +96,29 @@ impl Channels {
             let client = GuestClient::new(socket);
             let port = mapping.sandbox_port;
             let own = self.own.add(listener.local_addr().unwrap_or(address));
+            let mut backoff = Backoff::new(format!("Port `{mapping}` of sandbox `{name}`"));
             let task = tokio::spawn(async move {
                 // No proxy dials it while it listens: dropped with the task.
                 let _own = own;
-                while let Ok((mut outside, _)) = listener.accept().await {
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        if let Ok(mut inside) = client.connect(port).await {
-                            let _ = tokio::io::copy_bidirectional(&mut outside, &mut inside).await;
+                loop {
+                    match listener.accept().await {
+                        Ok((mut outside, _)) => {
+                            backoff.accepted();
+                            let client = client.clone();
+                            tokio::spawn(async move {
+                                if let Ok(mut inside) = client.connect(port).await {
+                                    let _ =
+                                        tokio::io::copy_bidirectional(&mut outside, &mut inside)
+                                            .await;
+                                }
+                            });
                         }
-                    });
+                        Err(error) => {
+                            if !backoff.failed(&error).await {
+                                return;
+                            }
+                        }
+                    }
                 }
             });
             self.keep(project, name, task);

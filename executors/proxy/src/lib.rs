@@ -8,10 +8,11 @@
 //! never dials aistack's own listeners ([`own`]), dials only addresses it checked,
 //! intercepts TLS for hosts with credentials with the project's CA ([`authority`]), and
 //! records every decision in the [`netlog`]. Its TCP listener serves only its own user's
-//! processes ([`peer`]).
+//! processes ([`peer`]); its accept loops outlive passing failures ([`accept`]).
 
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod authority;
 mod body;
 pub mod config;

@@ -6,23 +6,25 @@
 //! Who may come in: a TCP listener serves only processes of the user the proxy runs as
 //! (the kernel says whose each connection is, [`crate::peer`]); any local user can connect
 //! to loopback, and the listener adds credentials. A unix listener is guarded by its
-//! file's owner and mode.
+//! file's owner and mode, and serves at most a fixed number of connections at once, so
+//! one sandbox cannot take all of the daemon's descriptors.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::Backoff;
 use crate::authority::Authority;
 use crate::config::{Config, Limits};
 use crate::destination::{Destination, canonical};
@@ -224,16 +226,18 @@ impl Proxy {
 }
 
 impl Entrance {
-    /// Serves the clients of `listener` with this proxy. The task ends when the proxy
-    /// stops (or is aborted, which closes the listener).
+    /// Serves the clients of `listener` with this proxy, at most `limit` at once: the next
+    /// waits in the listener's queue until one closes. The task ends when the proxy stops
+    /// (or is aborted, which closes the listener).
     #[must_use]
-    pub fn serve(&self, listener: UnixListener) -> JoinHandle<()> {
-        tokio::spawn(accept_unix(listener, Arc::clone(&self.shared)))
+    pub fn serve(&self, listener: UnixListener, limit: usize) -> JoinHandle<()> {
+        tokio::spawn(accept_unix(listener, Arc::clone(&self.shared), limit))
     }
 }
 
 async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
     let me = rustix::process::geteuid().as_raw();
+    let mut backoff = Backoff::new(format!("The proxy `{}`", shared.config().source));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -241,6 +245,7 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                backoff.accepted();
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
                     let _ = stream.set_nodelay(true);
@@ -256,28 +261,61 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
                 });
             }
             Err(error) => {
-                // Out of descriptors, most likely: the clients already connected go on,
-                // and new ones wait until some close.
-                tracing::warn!(%error, "The proxy cannot accept a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    go_on = backoff.failed(&error) => if !go_on { return },
+                    () = shared.stop.cancelled() => return,
+                }
             }
         }
     }
 }
 
-async fn accept_unix(listener: UnixListener, shared: Arc<Shared>) {
+async fn accept_unix(listener: UnixListener, shared: Arc<Shared>, limit: usize) {
+    let source = shared.config().source.clone();
+    let mut backoff = Backoff::new(format!("The proxy socket of `{source}`"));
+    let open = Arc::new(Semaphore::new(limit));
+    let mut full = false;
     loop {
+        let permit = match Arc::clone(&open).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if !full {
+                    full = true;
+                    tracing::warn!(
+                        "`{source}` has {limit} connections open to its proxy; more wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    permit = Arc::clone(&open).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                    () = shared.stop.cancelled() => return,
+                }
+            }
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shared.stop.cancelled() => return,
         };
         match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(serve(Arc::clone(&shared), stream, None));
+                backoff.accepted();
+                if open.available_permits() > limit / 2 {
+                    full = false;
+                }
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    serve(shared, stream, None).await;
+                    drop(permit);
+                });
             }
             Err(error) => {
-                tracing::warn!(%error, "The proxy cannot accept a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(permit);
+                tokio::select! {
+                    go_on = backoff.failed(&error) => if !go_on { return },
+                    () = shared.stop.cancelled() => return,
+                }
             }
         }
     }
