@@ -1,6 +1,7 @@
 //! A sandbox's network seen from inside a real one (issue 16): aistack's own listeners
-//! are out of reach whatever its policy allows, while its models stay reachable; and
-//! opening more connections than its cap breaks nothing once they close.
+//! are out of reach whatever its policy allows, while its models stay reachable; opening
+//! more connections than its cap breaks nothing once they close; and a project brought
+//! down and up again in one daemon gets its network back.
 
 use std::fs;
 use std::process::Command;
@@ -209,4 +210,38 @@ fn more_connections_than_the_cap_break_nothing_once_they_close() {
         code == Some(0) && body.starts_with("GET /next HTTP/1.1")
     });
     assert!(served, "{}", fs::read_to_string(&log).unwrap_or_default());
+}
+
+/// `up`, `down` and `up` again in one daemon: the second `up` makes the project's CA
+/// again (`down` removed it with the project's directory) and the sandbox's network works.
+#[test]
+fn up_down_up_in_one_daemon_gives_the_sandbox_its_network_again() {
+    let env = env();
+    let port = upstream();
+    let policy = format!(
+        "network_policies:\n  local:\n    default: deny\n    allow: [\"127.0.0.1/32:{port}\"]\n"
+    );
+    env.write(
+        "aistack.yaml",
+        &env.spec(&spec("    network_policy: local\n", &policy)),
+    );
+    let _down = Down(&env);
+    let fetch = format!("wget -q -O - http://127.0.0.1:{port}/again");
+    env.ok(&["up"]);
+    let daemon = env.daemon_pid();
+    assert_eq!(sh(&env, &fetch).0, Some(0));
+    let first_ca = fs::read_to_string(env.home().join("projects/net/ca.pem")).unwrap();
+    env.ok(&["down"]);
+    assert!(!env.home().join("projects/net").exists());
+
+    env.ok(&["up"]);
+    assert_eq!(env.daemon_pid(), daemon, "one daemon throughout");
+    let (code, body, stderr) = sh(&env, &fetch);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(body.starts_with("GET /again HTTP/1.1"), "{body}");
+    // The sandbox trusts the CA that is on disk now, which its proxy signs with.
+    let ca = fs::read_to_string(env.home().join("projects/net/ca.pem")).unwrap();
+    assert_ne!(ca, first_ca, "a new CA");
+    let (_, inside, _) = sh(&env, "cat /etc/ssl/certs/aistack-bundle.pem");
+    assert!(inside.contains(ca.trim()), "{inside}");
 }

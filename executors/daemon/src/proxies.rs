@@ -2,7 +2,7 @@
 //! TCP listener that serves only the daemon's user (host processes use it through
 //! `HTTP_PROXY`), and one per sandbox or template build, with no TCP port at all: it serves
 //! the `proxy.sock` it is handed ([`crate::channels`]). Each has the project's CA, network
-//! log and credential values.
+//! log and credential values, which the project's proxies share until its last one stops.
 //!
 //! Credential values arrive with each apply, as the gateway's key does, and live only in
 //! memory; the listeners read them at request time. After a daemon restart they are unknown
@@ -344,11 +344,18 @@ impl Proxies {
             .collect()
     }
 
-    /// Stops `project`'s proxy `name`, closing its connections.
+    /// Stops `project`'s proxy `name`, closing its connections. When it was the project's
+    /// last, the project's CA and network log are let go: `down` removes the project's
+    /// directory, CA included, and the next proxy of the project makes a new one on disk.
     pub async fn stop(&self, project: &str, name: &str) {
         let proxy = {
             let mut inner = self.inner.lock().await;
-            inner.running.get_mut(project).and_then(|p| p.remove(name))
+            let proxy = inner.running.get_mut(project).and_then(|p| p.remove(name));
+            if inner.running.get(project).is_some_and(BTreeMap::is_empty) {
+                inner.running.remove(project);
+                inner.projects.remove(project);
+            }
+            proxy
         };
         if let Some(proxy) = proxy {
             proxy.shutdown().await;
@@ -358,7 +365,11 @@ impl Proxies {
 
     /// Stops every proxy.
     pub async fn shutdown(&self) {
-        let running = std::mem::take(&mut self.inner.lock().await.running);
+        let running = {
+            let mut inner = self.inner.lock().await;
+            inner.projects.clear();
+            std::mem::take(&mut inner.running)
+        };
         for proxy in running.into_values().flat_map(BTreeMap::into_values) {
             proxy.shutdown().await;
         }
