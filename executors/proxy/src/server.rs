@@ -31,6 +31,7 @@ use crate::destination::{Destination, canonical};
 use crate::exchange::{self, Client};
 use crate::netlog::{Entry, NetworkLog};
 use crate::own::{Listening, OwnListeners};
+use crate::peer::Peers;
 use crate::policy::Decision;
 use crate::resolve::Resolve;
 
@@ -237,6 +238,7 @@ impl Entrance {
 
 async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
     let me = rustix::process::geteuid().as_raw();
+    let peers = Arc::new(Peers::new());
     let mut backoff = Backoff::new(format!("The proxy `{}`", shared.config().source));
     loop {
         let accepted = tokio::select! {
@@ -246,11 +248,11 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
         match accepted {
             Ok((stream, peer)) => {
                 backoff.accepted();
-                let shared = Arc::clone(&shared);
+                let (shared, peers) = (Arc::clone(&shared), Arc::clone(&peers));
                 tokio::spawn(async move {
                     let _ = stream.set_nodelay(true);
                     let stranger = match stream.local_addr() {
-                        Ok(local) => match crate::peer::uid(local, peer) {
+                        Ok(local) => match peers.uid(local, peer) {
                             Ok(uid) if uid == me => None,
                             Ok(uid) => Some(Stranger::Uid(uid)),
                             Err(error) => Some(Stranger::Unknown(error.to_string())),
