@@ -251,6 +251,30 @@ fn credentials_reach_the_upstream_over_tls_only_and_survive_a_daemon_restart() {
         heads()
     );
 
+    // Another local user is refused at CONNECT: the proxy adds the key for no one else.
+    if rustix::process::geteuid().is_root() {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"])
+            .args([
+                "--silent",
+                "--insecure",
+                "--max-time",
+                "10",
+                "--noproxy",
+                "",
+                "-x",
+            ])
+            .args([endpoint.as_str(), "-w", "%{http_connect}", &https])
+            .output()
+            .expect("setpriv and curl run");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+        assert_eq!(
+            stand_in.heads.lock().unwrap().len(),
+            1,
+            "nothing more arrived"
+        );
+    }
+
     // In plain HTTP the credential would cross the wire in clear: refused, with the fix.
     let (body, code) = curl(&endpoint, &format!("http://localhost:{port}/plain"));
     assert_eq!(code, "403", "{body}");
