@@ -1,7 +1,9 @@
-//! A loopback HTTP/1.1 upstream for proxy tests.
+//! Loopback HTTP/1.1 upstreams for proxy tests, plain and over TLS.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A loopback HTTP/1.1 server that answers every request, keep-alive, with the request's
@@ -95,4 +97,90 @@ pub fn recording(ip: &str, status: &str, body: &str) -> (u16, Heads) {
         }
     });
     (port, heads)
+}
+
+/// A stand-in of an API over TLS on a loopback address, as [`recording`] is over plain
+/// HTTP; its certificate (for `localhost` and that address) is signed by a CA of its own.
+pub struct TlsStandIn {
+    /// Its port.
+    pub port: u16,
+    /// The request heads it received, in order.
+    pub heads: Heads,
+    /// The CA's certificate, PEM, in the directory it was asked to write it to: what a
+    /// client (and the proxy, through `AISTACK_EXTRA_CA_CERTS`) must trust.
+    pub ca: PathBuf,
+}
+
+/// Starts a [`TlsStandIn`] on loopback address `ip` answering `status` with `body`,
+/// writing its CA to `dir`; it serves for at most five minutes.
+pub fn recording_tls(dir: &Path, ip: &str, status: &str, body: &str) -> TlsStandIn {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    (params.distinguished_name).push(rcgen::DnType::CommonName, "aistack e2e stand-in CA");
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let ca_path = dir.join("stand-in-ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let names = vec!["localhost".to_owned(), ip.to_owned()];
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = (rcgen::CertificateParams::new(names).unwrap())
+        .signed_by(&leaf_key, &*ca)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+    let config = Arc::new(config);
+
+    let listener = TcpListener::bind((ip, 0)).expect("bind the stand-in");
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let heads = Heads::default();
+    let seen = heads.clone();
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline {
+            let Ok((stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let (config, seen, answer) = (Arc::clone(&config), seen.clone(), answer.clone());
+            std::thread::spawn(move || {
+                stream.set_nonblocking(false).unwrap();
+                let timeout = Some(Duration::from_secs(10));
+                stream.set_read_timeout(timeout).unwrap();
+                let Ok(connection) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut tls = rustls::StreamOwned::new(connection, stream);
+                let mut head = Vec::new();
+                let mut byte = [0];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                seen.lock().unwrap().push(head.trim_end().to_owned());
+                let _ = tls.write_all(answer.as_bytes());
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    TlsStandIn {
+        port,
+        heads,
+        ca: ca_path,
+    }
 }

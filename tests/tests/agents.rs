@@ -1,8 +1,9 @@
 //! The slower sandbox test, on a Debian minbase template (debootstrap) built by `run:`
 //! steps through a policy that allows Debian's mirror and npm's registry by host rule:
 //! apt installs curl, npm installs a real agent CLI (OpenAI's codex), and one
-//! non-interactive run of it reaches a loopback stand-in of its API through the sandbox's
-//! proxy, which sets the key: the stand-in sees the real key, the sandbox never holds it.
+//! non-interactive run of it reaches a loopback stand-in of its API over HTTPS through the
+//! sandbox's proxy, which intercepts the TLS and sets the key: the stand-in sees the real
+//! key, the sandbox never holds it.
 
 use std::fs;
 
@@ -14,13 +15,17 @@ const KEY: &str = "sk-agent-e2e-91f3c2-secret";
 #[test]
 fn codex_from_npm_reaches_its_api_with_the_key_the_proxy_sets() {
     let debian = debian_rootfs();
+    let mut env = TestEnv::new();
     // 127.0.0.2: not in the sandbox's `NO_PROXY`, so its clients use the proxy for it.
-    let (port, heads) = aistack_tests::upstream::recording(
+    // Credentials go over TLS only: the stand-in speaks HTTPS, with a CA the proxy trusts.
+    let stand_in = aistack_tests::upstream::recording_tls(
+        &env.project(),
         "127.0.0.2",
         "400 Bad Request",
         r#"{"error":{"message":"the stand-in answers nothing","type":"invalid_request_error"}}"#,
     );
-    let mut env = TestEnv::new();
+    let (port, heads) = (stand_in.port, stand_in.heads.clone());
+    env.set_var("AISTACK_EXTRA_CA_CERTS", &stand_in.ca);
     env.set_var("AISTACK_GUEST", guest_bin());
     env.set_var("STANDIN_AUTH", format!("Bearer {KEY}"));
     let spec = format!(
@@ -53,7 +58,7 @@ sandboxes:
     template: agent
     agent: codex
     network_policy: api
-    env: {{ OPENAI_BASE_URL: \"http://127.0.0.2:{port}/v1\" }}
+    env: {{ OPENAI_BASE_URL: \"https://127.0.0.2:{port}/v1\" }}
 ",
         debian = debian.display()
     );

@@ -1,7 +1,8 @@
 //! Network policies through the real binary: `up` starts one loopback proxy per policy, a
-//! host process uses it with `HTTP_PROXY`, a changed policy applies in place, and `down`
-//! stops it. The upstream is a loopback server of the test's own, reached only through an
-//! explicit CIDR rule.
+//! host process of the daemon's user uses it with `HTTP_PROXY` (another user's is refused),
+//! a changed policy applies in place, credentials go over TLS only, and `down` stops it.
+//! The upstream is a loopback server of the test's own, reached only through an explicit
+//! CIDR rule.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,7 +11,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use aistack_tests::upstream::upstream;
+use aistack_tests::upstream::{recording, recording_tls, upstream};
 use aistack_tests::{TestEnv, terminate, wait_gone};
 
 const SECRET: &str = "sk-e2e-5f1d3c-secret";
@@ -37,7 +38,14 @@ fn proxy_endpoint(env: &TestEnv) -> (String, String) {
 }
 
 fn curl(proxy: &str, url: &str) -> (String, String) {
-    let out = Command::new("curl")
+    curl_with(Command::new("curl"), proxy, url, &[])
+}
+
+/// curl as `command` (curl itself, or a wrapper that runs it), with `extra` arguments;
+/// its body and status code.
+fn curl_with(mut command: Command, proxy: &str, url: &str, extra: &[&str]) -> (String, String) {
+    let out = command
+        .args(extra)
         .args([
             "--silent",
             "--max-time",
@@ -193,10 +201,15 @@ fn up_runs_a_policy_proxy_that_a_host_process_uses_and_a_change_applies_in_place
     assert!(TcpStream::connect(endpoint.trim_start_matches("http://")).is_err());
 }
 
+/// Credentials go over TLS only: the stand-in API gets the key inside the intercepted
+/// tunnel, the same request in plain HTTP is refused with the fix (issue 16), and the
+/// value survives a daemon restart without reaching any file.
 #[test]
-fn credentials_reach_the_upstream_and_nowhere_else_and_survive_a_daemon_restart() {
+fn credentials_reach_the_upstream_over_tls_only_and_survive_a_daemon_restart() {
     let mut env = TestEnv::new();
-    let port = upstream();
+    let stand_in = recording_tls(&env.project(), "127.0.0.1", "200 OK", "{}");
+    let port = stand_in.port;
+    env.set_var("AISTACK_EXTRA_CA_CERTS", &stand_in.ca);
     let credentials =
         "    credentials:\n      - { host: localhost, header: x-api-key, from_env: E2E_API_KEY }\n";
     env.write(
@@ -219,12 +232,64 @@ fn credentials_reach_the_upstream_and_nowhere_else_and_survive_a_daemon_restart(
     env.set_var("E2E_API_KEY", SECRET);
     env.ok(&["up"]);
     let (_, endpoint) = proxy_endpoint(&env);
-    let (body, code) = curl(&endpoint, &format!("http://localhost:{port}/key"));
+    let ca = env.home().join("projects/demo/ca.pem");
+    let ca = ca.to_str().unwrap();
+    let https = format!("https://localhost:{port}/key");
+    let (body, code) = curl_with(Command::new("curl"), &endpoint, &https, &["--cacert", ca]);
     assert_eq!(code, "200", "{body}");
+    let heads = || {
+        stand_in
+            .heads
+            .lock()
+            .unwrap()
+            .join("\n")
+            .to_ascii_lowercase()
+    };
     assert!(
-        body.to_ascii_lowercase()
-            .contains(&format!("x-api-key: {SECRET}")),
+        heads().contains(&format!("x-api-key: {SECRET}")),
+        "{}",
+        heads()
+    );
+
+    // Another local user is refused at CONNECT: the proxy adds the key for no one else.
+    if rustix::process::geteuid().is_root() {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"])
+            .args([
+                "--silent",
+                "--insecure",
+                "--max-time",
+                "10",
+                "--noproxy",
+                "",
+                "-x",
+            ])
+            .args([endpoint.as_str(), "-w", "%{http_connect}", &https])
+            .output()
+            .expect("setpriv and curl run");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+        assert_eq!(
+            stand_in.heads.lock().unwrap().len(),
+            1,
+            "nothing more arrived"
+        );
+    }
+
+    // In plain HTTP the credential would cross the wire in clear: refused, with the fix.
+    let (body, code) = curl(&endpoint, &format!("http://localhost:{port}/plain"));
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains("The proxy adds the credential for `localhost` over https only, not to a plain-HTTP request"),
         "{body}"
+    );
+    assert!(
+        body.contains(&format!("help: Use `https://localhost:{port}/`")),
+        "{body}"
+    );
+    assert_eq!(
+        stand_in.heads.lock().unwrap().len(),
+        1,
+        "nothing more arrived"
     );
 
     // The daemon restarts (a reboot): the next `up` starts it, the proxy listens on its
@@ -234,12 +299,21 @@ fn credentials_reach_the_upstream_and_nowhere_else_and_survive_a_daemon_restart(
     assert!(wait_gone(pid, Duration::from_secs(10)));
     let up = env.ok(&["up"]);
     assert!(up.contains(&format!("Proxy `local`: {endpoint}")), "{up}");
-    let (body, code) = curl(&endpoint, &format!("http://localhost:{port}/again"));
+    let again = format!("https://localhost:{port}/again");
+    let (body, code) = curl_with(Command::new("curl"), &endpoint, &again, &["--cacert", ca]);
     assert_eq!(code, "200", "{body}");
+    let last = stand_in
+        .heads
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap_or_default();
+    assert!(last.starts_with("GET /again"), "{last}");
     assert!(
-        body.to_ascii_lowercase()
+        last.to_ascii_lowercase()
             .contains(&format!("x-api-key: {SECRET}")),
-        "{body}"
+        "{last}"
     );
 
     // The secret is in no file aistack wrote.
@@ -254,6 +328,54 @@ fn credentials_reach_the_upstream_and_nowhere_else_and_survive_a_daemon_restart(
             path.display()
         );
     }
+}
+
+/// A policy's listener is on loopback, where every local user can connect; it serves only
+/// the daemon's user, so another user gets a 403 that says why, in the network log too,
+/// and neither the upstream nor the credential (issue 16).
+#[test]
+fn a_policy_listener_serves_only_the_daemons_user() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: switching to another user needs root");
+        return;
+    }
+    let env = TestEnv::new();
+    let (port, heads) = recording("127.0.0.1", "200 OK", "{}");
+    env.write("aistack.yaml", &policy_spec(r#""127.0.0.0/8""#, ""));
+    env.ok(&["up"]);
+    let (_, endpoint) = proxy_endpoint(&env);
+    let url = format!("http://127.0.0.1:{port}/as-nobody");
+
+    let mut nobody = Command::new("setpriv");
+    nobody.args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"]);
+    let (body, code) = curl_with(nobody, &endpoint, &url, &[]);
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains("The proxy of `local` serves only uid 0, the user aistack runs as; this client runs as uid 65534"),
+        "{body}"
+    );
+    assert!(body.contains("help: Run the client as uid 0"), "{body}");
+    assert!(
+        heads.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
+    );
+
+    let (body, code) = curl(&endpoint, &url);
+    assert_eq!(code, "200", "the daemon's user is served: {body}");
+    assert_eq!(heads.lock().unwrap().len(), 1);
+
+    let mut refused = None;
+    let logged = aistack_tests::wait_for(Duration::from_secs(5), || {
+        let log = env.ok(&["network", "log", "--json"]);
+        refused = (log.lines())
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["status"] == 403);
+        refused.is_some()
+    });
+    assert!(logged, "the refusal is logged");
+    let refused = refused.unwrap();
+    assert_eq!(refused["rule"], "client uid 65534", "{refused}");
+    assert_eq!(refused["decision"], "deny", "{refused}");
 }
 
 fn walk(dir: &std::path::Path, out: &mpsc::Sender<std::path::PathBuf>) {

@@ -382,10 +382,12 @@ fn the_network_is_the_policy_proxy() {
     assert!(found, "{log}");
 }
 
-/// The proxy injects the policy's credential: the stand-in API receives the real key, and
-/// nothing in the sandbox holds it (environment, files, any process's `/proc`).
+/// The policy's credential never reaches the sandbox, and goes over TLS only: a plain-HTTP
+/// request to its host is refused with the fix and never reaches the stand-in API (the
+/// key inside TLS is `agents.rs`'s, whose template has TLS clients; busybox's cannot speak
+/// to an intercepting proxy).
 #[test]
-fn the_api_key_reaches_the_api_and_never_the_sandbox() {
+fn the_api_key_goes_over_tls_only_and_never_reaches_the_sandbox() {
     const KEY: &str = "sk-sandbox-e2e-7c41a9-secret";
     let (port, heads) = aistack_tests::upstream::recording("127.0.0.1", "200 OK", "ok");
     let mut env = env();
@@ -397,21 +399,19 @@ fn the_api_key_reaches_the_api_and_never_the_sandbox() {
     let _down = Down(&env);
     env.ok(&["up"]);
     let call = format!(
-        "wget -q -O - --header 'x-api-key: placeholder' http://127.0.0.1:{port}/v1/messages"
+        "printf 'GET http://127.0.0.1:{port}/v1/messages HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' | nc 127.0.0.1 3128"
     );
-    let out = sh(&env, &call);
-    assert_eq!(text(&out.stdout), "ok", "{}", text(&out.stderr));
-    let received = heads.lock().unwrap().join("\n");
+    let answer = sh_ok(&env, &call);
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
     assert!(
-        received
-            .to_lowercase()
-            .contains(&format!("x-api-key: {KEY}")),
-        "{received}"
+        answer.contains("The proxy adds the credential for `127.0.0.1` over https only, not to a plain-HTTP request"),
+        "{answer}"
     );
     assert!(
-        !received.contains("placeholder"),
-        "the proxy replaces the header: {received}"
+        answer.contains(&format!("help: Use `https://127.0.0.1:{port}/`")),
+        "{answer}"
     );
+    assert!(heads.lock().unwrap().is_empty(), "nothing reached the API");
 
     let dirs = format!(
         "/bin /etc /home /root /run /tmp /usr /var {}",

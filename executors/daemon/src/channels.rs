@@ -1,17 +1,23 @@
-//! The host side of sandboxes' channels: the forwarder of a sandbox's `proxy.sock` to its
-//! own proxy listener, and its published ports. Each is a task of this daemon, kept by
-//! sandbox (or build, `template:NAME`) until it is closed; the sandbox outlives them, so a
-//! restarted daemon opens them again.
+//! The host side of sandboxes' channels: a sandbox's `proxy.sock`, which its own proxy
+//! serves, and its published ports. Each is a task of this daemon, kept by sandbox (or
+//! build, `template:NAME`) until it is closed; the sandbox outlives them, so a restarted
+//! daemon opens them again.
+//!
+//! A sandbox is hostile: `proxy.sock` is placed race-free in the control directory it can
+//! write ([`crate::sockets`]), and serves at most [`PROXY_CONNECTIONS`] of its connections
+//! at once, so that it cannot take all of the daemon's descriptors. A published port is
+//! one of aistack's own listeners, which no proxy dials.
 
 use std::collections::HashMap;
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use aistack_apply::HostError;
+use aistack_proxy::accept::Backoff;
+use aistack_proxy::{Entrance, OwnListeners};
 use aistack_sandbox::backend::Layout;
 use aistack_sandbox::client::GuestClient;
 use aistack_sandbox::idmap::IdRange;
@@ -20,32 +26,40 @@ use aistack_spec::values::PortMapping;
 
 use crate::home::Home;
 
+/// The connections one sandbox (or build) may have open to its proxy at once; the next
+/// waits in the socket's queue until one closes. Each costs the daemon a descriptor, and
+/// one more for its upstream; agents rarely hold more than a few dozen.
+pub const PROXY_CONNECTIONS: usize = 256;
+
 /// A task serving one channel.
 type Task = tokio::task::JoinHandle<()>;
 
 /// The open channels, by project and sandbox.
 pub struct Channels {
     range: IdRange,
+    own: OwnListeners,
     tasks: Mutex<HashMap<(String, String), Vec<Task>>>,
 }
 
 impl Channels {
-    /// No channels yet; sockets made for sandboxes belong to `range`'s root.
-    pub fn new(range: IdRange) -> Channels {
+    /// No channels yet; sockets made for sandboxes belong to `range`'s root, and published
+    /// ports join `own`.
+    pub fn new(range: IdRange, own: OwnListeners) -> Channels {
         Channels {
             range,
+            own,
             tasks: Mutex::default(),
         }
     }
 
-    /// Serves `proxy.sock` of the sandbox at `layout`: each connection is spliced to
-    /// `proxy`. Replaces a forwarder of an earlier start.
+    /// Serves `proxy.sock` of the sandbox at `layout` with `proxy`, the sandbox's own.
+    /// Replaces the socket of an earlier start.
     pub fn forward(
         &self,
         project: &str,
         name: &str,
         layout: &Layout,
-        proxy: SocketAddr,
+        proxy: Entrance,
     ) -> Result<(), HostError> {
         let cannot = |e: std::io::Error| {
             HostError::new(format!(
@@ -53,22 +67,11 @@ impl Channels {
             ))
         };
         layout.prepare(self.range).map_err(cannot)?;
-        let path = layout.control.join(PROXY_SOCKET);
-        let _ = fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).map_err(cannot)?;
         // Only sandbox root (the agent) may use it.
-        chown(&path, Some(self.range.base), Some(self.range.base)).map_err(cannot)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(cannot)?;
-        let task = tokio::spawn(async move {
-            while let Ok((mut inside, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(proxy).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inside, &mut upstream).await;
-                    }
-                });
-            }
-        });
-        self.keep(project, name, task);
+        let root = self.range.base;
+        let path = layout.control.join(PROXY_SOCKET);
+        let listener = crate::sockets::bind_owned(&path, root, root, 0o600).map_err(cannot)?;
+        self.keep(project, name, proxy.serve(listener, PROXY_CONNECTIONS));
         Ok(())
     }
 
@@ -92,14 +95,30 @@ impl Channels {
             })?;
             let client = GuestClient::new(socket);
             let port = mapping.sandbox_port;
+            let own = self.own.add(listener.local_addr().unwrap_or(address));
+            let mut backoff = Backoff::new(format!("Port `{mapping}` of sandbox `{name}`"));
             let task = tokio::spawn(async move {
-                while let Ok((mut outside, _)) = listener.accept().await {
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        if let Ok(mut inside) = client.connect(port).await {
-                            let _ = tokio::io::copy_bidirectional(&mut outside, &mut inside).await;
+                // No proxy dials it while it listens: dropped with the task.
+                let _own = own;
+                loop {
+                    match listener.accept().await {
+                        Ok((mut outside, _)) => {
+                            backoff.accepted();
+                            let client = client.clone();
+                            tokio::spawn(async move {
+                                if let Ok(mut inside) = client.connect(port).await {
+                                    let _ =
+                                        tokio::io::copy_bidirectional(&mut outside, &mut inside)
+                                            .await;
+                                }
+                            });
                         }
-                    });
+                        Err(error) => {
+                            if !backoff.failed(&error).await {
+                                return;
+                            }
+                        }
+                    }
                 }
             });
             self.keep(project, name, task);

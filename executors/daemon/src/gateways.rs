@@ -14,6 +14,8 @@ use aistack_gateway::{
     Auth, DEFAULT_BODY_LIMIT, Gateway, Launcher, ModelConfig, ModelStatus, Settings,
 };
 use aistack_planner::GatewayPlan;
+use aistack_proxy::OwnListeners;
+use aistack_proxy::own::Listening;
 use tokio::sync::Mutex;
 
 /// Why a project may not join the listener at an address: another project there has other
@@ -48,6 +50,8 @@ pub fn conflict(
 struct Inner {
     /// The running listeners by address.
     listeners: BTreeMap<SocketAddr, Gateway>,
+    /// Where each listener is, among the daemon's own (no proxy dials it), while it runs.
+    listening: BTreeMap<SocketAddr, Listening>,
     /// The gateway each project uses.
     projects: BTreeMap<String, GatewayPlan>,
     /// Each project's secrets from its last apply, by variable name.
@@ -63,18 +67,26 @@ pub struct Gateways {
     log_dir: PathBuf,
     /// 75% of the machine's memory: the budget of a gateway whose spec names none.
     default_budget: u64,
+    /// Where this daemon listens; every gateway joins it.
+    own: OwnListeners,
     inner: Mutex<Inner>,
 }
 
 impl Gateways {
     /// A registry starting engines as `program engine ...`, with their sockets in `run_dir`
-    /// and their logs in `log_dir`.
-    pub fn new(program: PathBuf, run_dir: PathBuf, log_dir: PathBuf) -> Gateways {
+    /// and their logs in `log_dir`; its listeners join `own`.
+    pub fn new(
+        program: PathBuf,
+        run_dir: PathBuf,
+        log_dir: PathBuf,
+        own: OwnListeners,
+    ) -> Gateways {
         Gateways {
             program,
             run_dir,
             log_dir,
             default_budget: default_memory_budget(),
+            own,
             inner: Mutex::default(),
         }
     }
@@ -147,6 +159,7 @@ impl Gateways {
                 let addr = gateway.addr();
                 tracing::info!(project, %addr, "gateway listening");
                 inner.listeners.insert(spec.listen, gateway);
+                inner.listening.insert(spec.listen, self.own.add(addr));
                 addr
             }
         };
@@ -179,6 +192,7 @@ impl Gateways {
         let used = inner.projects.values().any(|s| s.listen == spec.listen);
         if !used {
             inner.listeners.remove(&spec.listen);
+            inner.listening.remove(&spec.listen);
             gateway.shutdown().await;
             tracing::info!(project, addr = %spec.listen, "gateway stopped");
         }
@@ -287,7 +301,11 @@ impl Gateways {
 
     /// Stops every listener and its engines (the daemon is stopping).
     pub async fn shutdown(&self) {
-        let listeners = std::mem::take(&mut self.inner.lock().await.listeners);
+        let listeners = {
+            let mut inner = self.inner.lock().await;
+            inner.listening.clear();
+            std::mem::take(&mut inner.listeners)
+        };
         for gateway in listeners.into_values() {
             gateway.shutdown().await;
         }

@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod sandboxes;
 pub mod server;
 pub mod serving;
+pub mod sockets;
 pub mod state;
 pub mod status;
 pub mod templates;
@@ -123,6 +124,7 @@ fn check_home(root: &std::path::Path) -> Result<(), DaemonError> {
 
 /// Runs the daemon for `home` until SIGINT or SIGTERM.
 pub async fn run(home: Home) -> Result<(), DaemonError> {
+    raise_descriptor_limit();
     let prepare = |path: PathBuf| move |source| DaemonError::Prepare { path, source };
     home.create().map_err(prepare(home.root().to_owned()))?;
     let run_dir = home.run();
@@ -175,6 +177,30 @@ pub async fn run(home: Home) -> Result<(), DaemonError> {
     tracing::info!("daemon stopped");
     drop(lock);
     served.map_err(DaemonError::Serve)
+}
+
+/// Raises the soft limit on open descriptors to the hard one. Every proxy connection,
+/// its upstream, a published port's tunnel and an engine's socket is a descriptor, and the
+/// usual soft limit (1024) is a few busy sandboxes' worth; the hard limit is what the
+/// administrator allows. Children inherit it (our own engines and guests poll with
+/// epoll, not `select`).
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current.is_some_and(|soft| soft < hard)
+    {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::info!(from = ?limit.current, to = hard, "raised the open-file limit")
+            }
+            Err(e) => tracing::warn!("Cannot raise the open-file limit to {hard}: {e}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

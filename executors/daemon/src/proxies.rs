@@ -1,5 +1,8 @@
-//! The network-policy proxies this daemon runs: one loopback listener per project and
-//! policy, with the project's CA, network log and credential values.
+//! The network-policy proxies this daemon runs: one per project and policy, on a loopback
+//! TCP listener that serves only the daemon's user (host processes use it through
+//! `HTTP_PROXY`), and one per sandbox or template build, with no TCP port at all: it serves
+//! the `proxy.sock` it is handed ([`crate::channels`]). Each has the project's CA, network
+//! log and credential values, which the project's proxies share until its last one stops.
 //!
 //! Credential values arrive with each apply, as the gateway's key does, and live only in
 //! memory; the listeners read them at request time. After a daemon restart they are unknown
@@ -17,7 +20,7 @@ use aistack_planner::MODELS_HOST;
 use aistack_proxy::authority::{Authority, upstream_config};
 use aistack_proxy::netlog::{self, NetworkLog};
 use aistack_proxy::resolve::SystemResolver;
-use aistack_proxy::{Config, Destination, Limits, Proxy, Route, Settings};
+use aistack_proxy::{Config, Destination, Entrance, Limits, OwnListeners, Proxy, Route, Settings};
 use aistack_spec::model::{Credential, NetworkPolicy};
 use tokio::sync::Mutex;
 
@@ -30,7 +33,18 @@ pub const EXTRA_CA_ENV: &str = "AISTACK_EXTRA_CA_CERTS";
 /// The running proxies.
 pub struct Proxies {
     home: Home,
+    /// Where this daemon listens, which no proxy dials; its listeners join it.
+    own: OwnListeners,
     inner: Mutex<Inner>,
+}
+
+/// How clients reach a proxy.
+#[derive(Debug, Clone, Copy)]
+enum Door {
+    /// A loopback TCP listener (on this port when re-adopting a recorded one).
+    Loopback(Option<u16>),
+    /// The listeners handed to its [`Entrance`]: a sandbox's `proxy.sock`.
+    Handed,
 }
 
 #[derive(Default)]
@@ -115,10 +129,12 @@ struct Project {
 }
 
 impl Proxies {
-    /// No proxies yet.
-    pub fn new(home: Home) -> Proxies {
+    /// No proxies yet; their TCP listeners join `own`, and none of them dials an address
+    /// in it.
+    pub fn new(home: Home, own: OwnListeners) -> Proxies {
         Proxies {
             home,
+            own,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -166,8 +182,13 @@ impl Proxies {
         policy: &NetworkPolicy,
         port: Option<u16>,
     ) -> Result<SocketAddr, HostError> {
-        let address = self
-            .listen(project, name, config(name, policy, None), port)
+        let (address, _) = self
+            .listen(
+                project,
+                name,
+                config(name, policy, None),
+                Door::Loopback(port),
+            )
             .await?;
         let sandboxes: Vec<(String, Access)> = {
             let mut inner = self.inner.lock().await;
@@ -180,20 +201,20 @@ impl Proxies {
         };
         for (sandbox, access) in sandboxes {
             let config = config(&sandbox, policy, access.models.as_ref());
-            self.listen(project, &sandbox_key(&sandbox), config, None)
-                .await?;
+            (self.listen(project, &sandbox_key(&sandbox), config, Door::Handed)).await?;
         }
-        Ok(address)
+        address.ok_or_else(|| HostError::new(format!("The proxy of `{name}` has no listener")))
     }
 
-    /// A listener of `sandbox`'s own: the network log names the sandbox, a change of its
-    /// policy reaches it, and its models are routed. The policy's listener must run.
+    /// A proxy of `sandbox`'s own: the network log names the sandbox, a change of its
+    /// policy reaches it, and its models are routed. It has no TCP port: it serves the
+    /// sandbox's `proxy.sock`, handed to the returned entrance. The policy's proxy must run.
     pub async fn attach(
         &self,
         project: &str,
         sandbox: &str,
         access: Access,
-    ) -> Result<SocketAddr, HostError> {
+    ) -> Result<Entrance, HostError> {
         let config = {
             let mut inner = self.inner.lock().await;
             let policy = match &access.policy {
@@ -213,8 +234,11 @@ impl Proxies {
             attached.insert(sandbox.to_owned(), access);
             config
         };
-        self.listen(project, &sandbox_key(sandbox), config, None)
-            .await
+        let door = Door::Handed;
+        let (_, entrance) = self
+            .listen(project, &sandbox_key(sandbox), config, door)
+            .await?;
+        Ok(entrance)
     }
 
     /// Stops `sandbox`'s own listener.
@@ -227,14 +251,15 @@ impl Proxies {
         self.stop(project, &sandbox_key(sandbox)).await;
     }
 
-    /// Starts or updates the listener `key` of `project` to enforce `config`.
+    /// Starts or updates the proxy `key` of `project` to enforce `config`; where it
+    /// listens on loopback, if it does, and its entrance.
     async fn listen(
         &self,
         project: &str,
         key: &str,
         config: Config,
-        port: Option<u16>,
-    ) -> Result<SocketAddr, HostError> {
+        door: Door,
+    ) -> Result<(Option<SocketAddr>, Entrance), HostError> {
         let source = config.source.clone();
         let name = source.as_str();
         let handles = self.project(project).await?;
@@ -249,7 +274,7 @@ impl Proxies {
                     "connections the new policy denies were closed"
                 );
             }
-            return Ok(proxy.local_addr());
+            return Ok((proxy.local_addr(), proxy.entrance()));
         }
         // The system's roots are read once per daemon, when its first listener starts.
         let upstream_tls = match &inner.upstream_tls {
@@ -273,24 +298,33 @@ impl Proxies {
                     .get(variable)
                     .cloned()
             }),
+            own: self.own.clone(),
         };
-        let address = SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(0)));
-        let proxy = Proxy::bind(address, config, settings).await.map_err(|e| {
-            HostError::new(format!(
-                "The proxy for `network_policies.{name}` cannot listen on `{address}`: {e}"
-            ))
-            .with_help(
-                "Stop what uses that port, or run `aistack down` and `aistack up` to pick another",
-            )
-        })?;
-        let address = proxy.local_addr();
-        tracing::info!(project, policy = name, %address, "proxy listening");
+        let proxy = match door {
+            Door::Handed => Proxy::new(config, settings),
+            Door::Loopback(port) => {
+                let address = SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(0)));
+                let proxy = Proxy::bind(address, config, settings).await.map_err(|e| {
+                    HostError::new(format!(
+                        "The proxy for `network_policies.{name}` cannot listen on `{address}`: {e}"
+                    ))
+                    .with_help(
+                        "Stop what uses that port, or run `aistack down` and `aistack up` to pick another",
+                    )
+                })?;
+                if let Some(address) = proxy.local_addr() {
+                    tracing::info!(project, policy = name, %address, "proxy listening");
+                }
+                proxy
+            }
+        };
+        let started = (proxy.local_addr(), proxy.entrance());
         inner
             .running
             .entry(project.to_owned())
             .or_default()
             .insert(key.to_owned(), proxy);
-        Ok(address)
+        Ok(started)
     }
 
     /// Whether `project`'s listener for `name` runs.
@@ -302,19 +336,26 @@ impl Proxies {
             .is_some_and(|p| p.contains_key(name))
     }
 
-    /// Where `project`'s listeners are, by policy name.
+    /// Where `project`'s TCP listeners are, by policy name.
     pub async fn endpoints(&self, project: &str) -> BTreeMap<String, SocketAddr> {
         let inner = self.inner.lock().await;
         (inner.running.get(project).into_iter().flatten())
-            .map(|(name, proxy)| (name.clone(), proxy.local_addr()))
+            .filter_map(|(name, proxy)| Some((name.clone(), proxy.local_addr()?)))
             .collect()
     }
 
-    /// Stops `project`'s listener for `name`, closing its connections.
+    /// Stops `project`'s proxy `name`, closing its connections. When it was the project's
+    /// last, the project's CA and network log are let go: `down` removes the project's
+    /// directory, CA included, and the next proxy of the project makes a new one on disk.
     pub async fn stop(&self, project: &str, name: &str) {
         let proxy = {
             let mut inner = self.inner.lock().await;
-            inner.running.get_mut(project).and_then(|p| p.remove(name))
+            let proxy = inner.running.get_mut(project).and_then(|p| p.remove(name));
+            if inner.running.get(project).is_some_and(BTreeMap::is_empty) {
+                inner.running.remove(project);
+                inner.projects.remove(project);
+            }
+            proxy
         };
         if let Some(proxy) = proxy {
             proxy.shutdown().await;
@@ -322,9 +363,13 @@ impl Proxies {
         }
     }
 
-    /// Stops every listener.
+    /// Stops every proxy.
     pub async fn shutdown(&self) {
-        let running = std::mem::take(&mut self.inner.lock().await.running);
+        let running = {
+            let mut inner = self.inner.lock().await;
+            inner.projects.clear();
+            std::mem::take(&mut inner.running)
+        };
         for proxy in running.into_values().flat_map(BTreeMap::into_values) {
             proxy.shutdown().await;
         }

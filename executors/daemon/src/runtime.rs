@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use aistack_planner::{Applied, KindPlan, ResourceId};
+use aistack_proxy::OwnListeners;
 use aistack_sandbox::idmap::IdRange;
 use aistack_store::Store;
 
@@ -35,16 +36,21 @@ pub struct Runtime {
     pub templates: Templates,
     /// Started sandboxes.
     pub sandboxes: Sandboxes,
+    /// Every address this daemon listens on (gateways, proxies, published ports), which no
+    /// proxy dials.
+    pub own: OwnListeners,
 }
 
 impl Runtime {
     /// The runtime of `home`, with engines started as `program engine …`.
     pub fn new(home: Home, store: Arc<Store>, program: PathBuf) -> Runtime {
         let range: IdRange = sandboxes::id_range();
-        let channels = Arc::new(Channels::new(range));
+        let own = OwnListeners::new();
+        let channels = Arc::new(Channels::new(range, own.clone()));
         Runtime {
-            gateways: Gateways::new(program, home.run(), home.logs()),
-            proxies: Proxies::new(home.clone()),
+            gateways: Gateways::new(program, home.run(), home.logs(), own.clone()),
+            proxies: Proxies::new(home.clone(), own.clone()),
+            own,
             templates: Templates::new(home.clone(), range, Arc::clone(&channels)),
             sandboxes: Sandboxes::new(home.clone(), range, Arc::clone(&channels)),
             channels,

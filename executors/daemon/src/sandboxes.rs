@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,6 +17,7 @@ use std::time::Duration;
 
 use aistack_apply::HostError;
 use aistack_planner::SandboxPlan;
+use aistack_proxy::Entrance;
 use aistack_sandbox::backend::{Backend, Layout, Spec};
 use aistack_sandbox::cgroup::Limits;
 use aistack_sandbox::client::GuestClient;
@@ -90,7 +90,7 @@ impl Sandboxes {
         name: &str,
         plan: &SandboxPlan,
         layers: &[PathBuf],
-        proxy: Option<SocketAddr>,
+        proxy: Option<Entrance>,
         backend: &dyn Backend,
     ) -> Result<PathBuf, HostError> {
         let sandbox = &plan.settings;
@@ -104,8 +104,8 @@ impl Sandboxes {
             return Ok(socket);
         }
         channels.close(project, name);
-        if let Some(proxy) = proxy {
-            channels.forward(project, name, &layout, proxy)?;
+        if let Some(proxy) = &proxy {
+            channels.forward(project, name, &layout, proxy.clone())?;
         }
         channels
             .publish(project, name, &sandbox.ports, &socket)

@@ -9,12 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aistack_apply::HostError;
 use aistack_planner::TemplatePlan;
+use aistack_proxy::Entrance;
 use aistack_sandbox::backend::{Backend, Layout, Spec};
 use aistack_sandbox::client::GuestClient;
 use aistack_sandbox::idmap::IdRange;
@@ -109,7 +109,7 @@ impl Templates {
         hash: &str,
         base: Tree,
         template: &TemplatePlan,
-        build: Option<SocketAddr>,
+        build: Option<Entrance>,
     ) -> Result<Vec<PathBuf>, HostError> {
         let dir = self.dir(hash);
         let mut layers = match base {
@@ -199,7 +199,7 @@ impl Templates {
         dir: &Path,
         lower: &[PathBuf],
         template: &TemplatePlan,
-        build: Option<SocketAddr>,
+        build: Option<Entrance>,
     ) -> Result<PathBuf, HostError> {
         let steps = &template.settings.run;
         let staging = dir.join("build");

@@ -1,6 +1,11 @@
 //! One request through the proxy: an absolute-form request forwarded (WebSocket upgrades
 //! spliced), a CONNECT tunnel, or, for a host with credentials, a tunnel whose TLS the
 //! proxy terminates so that it can set the header on every request inside.
+//!
+//! Credentials go over TLS only: a plain-HTTP request to a host that has one is refused
+//! (403), not sent with the secret in clear text nor silently without it, which would
+//! fail later and less clearly. The one plain-HTTP exception is a route of the proxy's
+//! own (`models.aistack.internal`), which goes to aistack's gateway on loopback.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use crate::body::{self, Body, Counted, Counts};
 use crate::config::{Config, Limits};
 use crate::destination::Destination;
 use crate::netlog::Entry;
-use crate::server::{Decided, LiveGuard, Shared, http1_builder};
+use crate::server::{Decided, LiveGuard, Shared, Stranger, http1_builder};
 use crate::tunnel::{describe, pump};
 
 /// What one client connection keeps between its requests.
@@ -49,6 +54,8 @@ struct Target {
     tls: Option<ServerName<'static>>,
     /// Set on every request, replacing the client's (a route's headers).
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// One of the proxy's own routes, whose credential goes over plain HTTP to loopback.
+    routed: bool,
 }
 
 /// Answers one request from a client of the listener.
@@ -139,6 +146,7 @@ async fn forward(
                 port: route.address.port(),
                 addresses: vec![route.address.ip()],
                 tls: None,
+                routed: true,
                 headers: (route.headers.iter())
                     .filter_map(|(name, value)| {
                         Some((
@@ -149,6 +157,20 @@ async fn forward(
                     .collect(),
             }
         }
+        None if config.intercepts(&destination, port) => {
+            entry.rule = "credentials go over https only".to_owned();
+            let response = refuse(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "The proxy adds the credential for `{destination}` over https only, not to a plain-HTTP request"
+                ),
+                &format!(
+                    "Use `https://{}/`: the proxy adds the credential inside TLS",
+                    authority(&destination, port, 443)
+                ),
+            );
+            return logged(shared, &mut entry, response);
+        }
         None => match decided(shared, &config, &destination, port, &mut entry).await {
             Ok(addresses) => Target {
                 destination,
@@ -156,6 +178,7 @@ async fn forward(
                 addresses,
                 tls: None,
                 headers: Vec::new(),
+                routed: false,
             },
             Err(response) => return response,
         },
@@ -178,9 +201,15 @@ async fn decided(
             Ok(addresses)
         }
         Decided::Denied { rule } => {
-            let help = if rule.starts_with("block list") {
+            let help = if rule.starts_with("aistack listener") {
+                let own = "aistack's own listeners (gateways, proxies, published ports) are never reachable through a proxy";
+                match config.routes.first() {
+                    Some(route) => format!("Reach models at `http://{}/`; {own}", route.host),
+                    None => format!("List models in the sandbox's `models:`; {own}"),
+                }
+            } else if rule.starts_with("block list") {
                 format!(
-                    "Only an IP or CIDR rule in `network_policies.{}.allow` reaches this address",
+                    "Only an IP or CIDR rule inside that range in `network_policies.{}.allow` reaches this address",
                     config.source
                 )
             } else {
@@ -248,7 +277,13 @@ async fn send(
     mut request: Request<Incoming>,
     mut entry: Entry,
 ) -> Response<Body> {
-    let credential = match credential(config, &target.destination, &shared.settings.secrets) {
+    // Never in clear text: inside an intercepted tunnel, or on a route of the proxy's own.
+    let credential = if target.tls.is_some() || target.routed {
+        credential(config, &target.destination, &shared.settings.secrets)
+    } else {
+        Ok(None)
+    };
+    let credential = match credential {
         Ok(credential) => credential,
         Err((message, help)) => {
             entry.error = Some(message.clone());
@@ -606,6 +641,7 @@ async fn connect(shared: &Arc<Shared>, mut request: Request<Incoming>) -> Respon
             port,
             addresses: vec![address],
             headers: Vec::new(),
+            routed: false,
         };
         if config.intercepts(&target.destination, port) {
             intercept(
@@ -713,6 +749,60 @@ async fn intercept(
     tokio::select! {
         _ = connection => {}
         () = live.cancel.cancelled() => {}
+    }
+}
+
+/// The answer to every request of a TCP client that runs as another user than the proxy:
+/// the listener would add the policy's credentials for anyone on this machine.
+pub(crate) fn stranger(
+    shared: &Shared,
+    request: &Request<Incoming>,
+    stranger: &Stranger,
+) -> Response<Body> {
+    let config = shared.config();
+    let target = match request.method() {
+        &Method::CONNECT => request.uri().authority().map(|a| a.to_string()),
+        _ => request.uri().host().map(str::to_owned),
+    };
+    let mut entry = shared.entry(
+        &config,
+        request.method().as_str(),
+        &Destination::Name(String::new()),
+        request.uri().port_u16().unwrap_or(0),
+    );
+    entry.host = target.unwrap_or_default();
+    let me = rustix::process::geteuid().as_raw();
+    let (message, rule) = match stranger {
+        Stranger::Uid(uid) => (
+            format!(
+                "The proxy of `{}` serves only uid {me}, the user aistack runs as; this client runs as uid {uid}",
+                config.source
+            ),
+            format!("client uid {uid}"),
+        ),
+        Stranger::Unknown(error) => (
+            format!(
+                "The proxy of `{}` serves only uid {me}, and cannot tell whose this client is: {error}",
+                config.source
+            ),
+            "client unknown".to_owned(),
+        ),
+    };
+    entry.rule = rule;
+    let response = refuse(
+        StatusCode::FORBIDDEN,
+        &message,
+        &format!("Run the client as uid {me} (the user of `aistack up`), or in a sandbox"),
+    );
+    logged(shared, &mut entry, response)
+}
+
+/// `host:port` as a URL names it, the port left out when it is `default`.
+fn authority(destination: &Destination, port: u16, default: u16) -> String {
+    if port == default {
+        destination.to_string()
+    } else {
+        format!("{destination}:{port}")
     }
 }
 

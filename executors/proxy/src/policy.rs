@@ -4,26 +4,31 @@
 //!
 //! 1. A deny rule that matches the name, or any address it resolved to, denies: deny beats
 //!    allow.
-//! 2. Every address is checked against the built-in block list (loopback, private,
+//! 2. An address where aistack itself listens (a gateway, a proxy, a published port:
+//!    [`OwnListeners`]) denies, whatever the rules say.
+//! 3. Every address is checked against the built-in block list (loopback, private,
 //!    link-local, CGNAT, unique-local, unspecified; IPv6 forms of IPv4 addresses are
 //!    unwrapped first). A blocked address is allowed only by an IP or CIDR allow rule that
-//!    covers it — never by a host rule, so `allow: [example.com]` cannot reach 127.0.0.1 when
-//!    `example.com` resolves there. One blocked address denies the whole request: a name that
-//!    answers with a public and a private address is not trusted with either.
-//! 3. An allow rule matching the name, or matching every address, allows; else the policy's
+//!    covers it and lies inside the blocked range it falls in — never by a host rule, so
+//!    `allow: [example.com]` cannot reach 127.0.0.1 when `example.com` resolves there, and
+//!    never by a rule wider than the range (`0.0.0.0/0`, `::/0`, `64.0.0.0/2`), which says
+//!    "the internet", not "this machine". One blocked address denies the whole request: a
+//!    name that answers with a public and a private address is not trusted with either.
+//! 4. An allow rule matching the name, or matching every address, allows; else the policy's
 //!    default decides.
 //!
 //! The verdict names the rule that decided and the one address to dial, so the proxy
 //! connects to exactly what was checked.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use aistack_spec::model::NetworkPolicy;
 use aistack_spec::values::{HostRule, PolicyDefault, RuleTarget};
 use ipnet::IpNet;
 
 use crate::destination::{Destination, canonical};
+use crate::own::OwnListeners;
 
 /// The ranges no destination reaches unless an IP or CIDR rule allows it.
 pub const BLOCKED: [&str; 11] = [
@@ -64,6 +69,13 @@ pub enum Reason {
         /// form is unwrapped first.
         address: IpAddr,
     },
+    /// aistack's own listener at the address and port, which no rule opens.
+    Own {
+        /// The address dialled (one the name resolved to, or the one named).
+        address: IpAddr,
+        /// The port.
+        port: u16,
+    },
     /// The policy's default.
     Default(PolicyDefault),
     /// The name resolved to nothing.
@@ -77,6 +89,9 @@ impl fmt::Display for Reason {
             Reason::Deny(rule) => write!(f, "deny {rule}"),
             Reason::Blocked { range, address } => {
                 write!(f, "block list {range} ({address})")
+            }
+            Reason::Own { address, port } => {
+                write!(f, "aistack listener {}", SocketAddr::new(*address, *port))
             }
             Reason::Default(default) => write!(f, "default {default}"),
             Reason::Unresolved => f.write_str("no address"),
@@ -112,30 +127,29 @@ impl Policy {
             default: policy.default,
             allow: policy.allow.clone(),
             deny: policy.deny.clone(),
-            blocked: BLOCKED
-                .iter()
-                .map(|r| r.parse().expect("the block list parses"))
-                .collect(),
+            blocked: BLOCKED_NETS.clone(),
         }
     }
 
-    /// Decides for a request to `destination` on `port`. A name is resolved with `resolve`
-    /// at most once, and not at all when a deny rule names it; the verdict's address is one
-    /// of that one answer, so what is dialled is what was checked (no DNS-rebinding window).
+    /// Decides for a request to `destination` on `port`, never allowing an address of
+    /// `own`. A name is resolved with `resolve` at most once, and not at all when a deny
+    /// rule names it; the verdict's address is one of that one answer, so what is dialled
+    /// is what was checked (no DNS-rebinding window).
     pub fn check(
         &self,
         destination: &Destination,
         port: u16,
+        own: &OwnListeners,
         resolve: impl FnOnce(&str) -> Vec<IpAddr>,
     ) -> Verdict {
         match destination {
-            Destination::Ip(ip) => self.decide(None, &[canonical(*ip)], port),
+            Destination::Ip(ip) => self.decide(None, &[canonical(*ip)], port, own),
             Destination::Name(name) => {
                 if let Some(verdict) = self.deny_by_name(name, port) {
                     return verdict;
                 }
                 let addresses: Vec<IpAddr> = resolve(name).into_iter().map(canonical).collect();
-                self.decide(Some(name), &addresses, port)
+                self.decide(Some(name), &addresses, port, own)
             }
         }
     }
@@ -148,7 +162,13 @@ impl Policy {
             .map(|rule| deny(Reason::Deny(rule.to_string())))
     }
 
-    fn decide(&self, name: Option<&str>, addresses: &[IpAddr], port: u16) -> Verdict {
+    fn decide(
+        &self,
+        name: Option<&str>,
+        addresses: &[IpAddr],
+        port: u16,
+        own: &OwnListeners,
+    ) -> Verdict {
         if addresses.is_empty() {
             return deny(Reason::Unresolved);
         }
@@ -157,9 +177,14 @@ impl Policy {
             if let Some(rule) = self.deny.iter().find(|r| ip_matches(r, address, port)) {
                 return deny(Reason::Deny(rule.to_string()));
             }
-            let allow = self.allow.iter().find(|r| ip_matches(r, address, port));
+            if own.covers(address, port) {
+                return deny(Reason::Own { address, port });
+            }
+            let blocked = self.blocked.iter().find(|n| n.contains(&address));
+            let allow = (self.allow.iter())
+                .find(|r| ip_matches(r, address, port) && blocked.is_none_or(|b| within(r, b)));
             if allow.is_none()
-                && let Some(range) = self.blocked.iter().find(|n| n.contains(&address))
+                && let Some(range) = blocked
             {
                 return deny(Reason::Blocked {
                     range: *range,
@@ -201,6 +226,30 @@ fn port_matches(rule: &HostRule, port: u16) -> bool {
 /// Whether `rule` names host `name` on `port` (host and wildcard rules only).
 pub(crate) fn name_matches(rule: &HostRule, name: &str, port: u16) -> bool {
     port_matches(rule, port) && rule.matches_host(name)
+}
+
+/// Whether `address` is on the built-in block list.
+pub(crate) fn is_blocked(address: IpAddr) -> bool {
+    let address = canonical(address);
+    BLOCKED_NETS.iter().any(|net| net.contains(&address))
+}
+
+/// [`BLOCKED`], parsed once.
+static BLOCKED_NETS: std::sync::LazyLock<Vec<IpNet>> = std::sync::LazyLock::new(|| {
+    BLOCKED
+        .iter()
+        .map(|r| r.parse().expect("the block list parses"))
+        .collect()
+});
+
+/// Whether an IP or CIDR rule lies inside the blocked `range`, so that it may open it: a
+/// rule names a blocked address only by naming that range or a part of it.
+fn within(rule: &HostRule, range: &IpNet) -> bool {
+    match &rule.target {
+        RuleTarget::Ip(ip) => range.contains(&canonical(*ip)),
+        RuleTarget::Cidr(net) => range.contains(net),
+        RuleTarget::Host(_) | RuleTarget::Wildcard(_) => false,
+    }
 }
 
 fn ip_matches(rule: &HostRule, address: IpAddr, port: u16) -> bool {

@@ -1,26 +1,37 @@
-//! One proxy listener: accepts clients, decides each request with the policy in force, and
-//! keeps the registry of open upstream connections so that a policy change closes exactly
-//! those it no longer allows.
+//! One proxy: the policy it enforces, the registry of open upstream connections (so that
+//! a policy change closes exactly those it no longer allows), and its entrances — a
+//! loopback TCP listener for host processes, and unix listeners handed to it (a sandbox's
+//! `proxy.sock`).
+//!
+//! Who may come in: a TCP listener serves only processes of the user the proxy runs as
+//! (the kernel says whose each connection is, [`crate::peer`]); any local user can connect
+//! to loopback, and the listener adds credentials. A unix listener is guarded by its
+//! file's owner and mode, and serves at most a fixed number of connections at once, so
+//! one sandbox cannot take all of the daemon's descriptors.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::Backoff;
 use crate::authority::Authority;
 use crate::config::{Config, Limits};
 use crate::destination::{Destination, canonical};
 use crate::exchange::{self, Client};
 use crate::netlog::{Entry, NetworkLog};
+use crate::own::{Listening, OwnListeners};
+use crate::peer::Peers;
 use crate::policy::Decision;
 use crate::resolve::Resolve;
 
@@ -45,13 +56,29 @@ pub struct Settings {
     pub upstream_tls: Arc<rustls::ClientConfig>,
     /// Credential values, by variable name.
     pub secrets: Secrets,
+    /// Where aistack listens: never dialled, whatever the policy says. The proxy's own
+    /// TCP listener joins it.
+    pub own: OwnListeners,
 }
 
-/// A running listener.
+/// A running proxy and its TCP listener, if it has one.
 pub struct Proxy {
     shared: Arc<Shared>,
+    tcp: Option<Tcp>,
+}
+
+/// A proxy's loopback listener.
+struct Tcp {
     address: SocketAddr,
     task: JoinHandle<()>,
+    _own: Listening,
+}
+
+/// A handle to a running proxy that serves connections from listeners it is handed, for
+/// as long as the proxy runs.
+#[derive(Clone)]
+pub struct Entrance {
+    shared: Arc<Shared>,
 }
 
 pub(crate) struct Shared {
@@ -88,8 +115,33 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Who a client of a TCP listener is, when it is not the proxy's own user: its requests
+/// are refused, and logged.
+#[derive(Debug, Clone)]
+pub(crate) enum Stranger {
+    /// Another user's process.
+    Uid(u32),
+    /// The kernel could not say (the client went away, or no lookup works here).
+    Unknown(String),
+}
+
 impl Proxy {
-    /// Listens on `address` (port 0 picks one) and serves until [`Proxy::shutdown`].
+    /// A proxy enforcing `config` with no entrance yet: it serves the listeners handed to
+    /// its [`Entrance`] until [`Proxy::shutdown`].
+    #[must_use]
+    pub fn new(config: Config, settings: Settings) -> Proxy {
+        let shared = Arc::new(Shared {
+            config: RwLock::new(Arc::new(config)),
+            settings,
+            live: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+        });
+        Proxy { shared, tcp: None }
+    }
+
+    /// A proxy listening on `address` (port 0 picks one) for processes of this user, until
+    /// [`Proxy::shutdown`]. The address joins the settings' [`OwnListeners`].
     ///
     /// # Errors
     ///
@@ -108,25 +160,29 @@ impl Proxy {
         // Agents open connections in bursts; a short queue turns a burst into retries.
         let listener = socket.listen(BACKLOG)?;
         let address = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            config: RwLock::new(Arc::new(config)),
-            settings,
-            live: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(0),
-            stop: CancellationToken::new(),
-        });
-        let task = tokio::spawn(accept(listener, Arc::clone(&shared)));
-        Ok(Proxy {
-            shared,
+        let mut proxy = Proxy::new(config, settings);
+        let own = proxy.shared.settings.own.add(address);
+        let task = tokio::spawn(accept_tcp(listener, Arc::clone(&proxy.shared)));
+        proxy.tcp = Some(Tcp {
             address,
             task,
-        })
+            _own: own,
+        });
+        Ok(proxy)
     }
 
-    /// Where clients connect.
+    /// Where host processes connect, for a proxy with a TCP listener.
     #[must_use]
-    pub fn local_addr(&self) -> SocketAddr {
-        self.address
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().map(|tcp| tcp.address)
+    }
+
+    /// A handle that serves more listeners with this proxy.
+    #[must_use]
+    pub fn entrance(&self) -> Entrance {
+        Entrance {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Enforces `config` from the next request on. Open connections the new policy still
@@ -139,12 +195,14 @@ impl Proxy {
             .config
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::clone(&config);
+        let own = &self.shared.settings.own;
         let live = lock(&self.shared.live);
         let mut closed = 0;
         for connection in live.values() {
-            let verdict = (config.policy).check(&connection.destination, connection.port, |_| {
-                vec![connection.address]
-            });
+            let verdict =
+                (config.policy).check(&connection.destination, connection.port, own, |_| {
+                    vec![connection.address]
+                });
             if verdict.decision == Decision::Deny {
                 connection.cancel.cancel();
                 closed += 1;
@@ -159,35 +217,116 @@ impl Proxy {
         lock(&self.shared.live).len()
     }
 
-    /// Stops accepting and closes every connection.
+    /// Stops accepting, on every entrance, and closes every connection.
     pub async fn shutdown(self) {
         self.shared.stop.cancel();
-        let _ = self.task.await;
+        if let Some(tcp) = self.tcp {
+            let _ = tcp.task.await;
+        }
     }
 }
 
-async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+impl Entrance {
+    /// Serves the clients of `listener` with this proxy, at most `limit` at once: the next
+    /// waits in the listener's queue until one closes. The task ends when the proxy stops
+    /// (or is aborted, which closes the listener).
+    #[must_use]
+    pub fn serve(&self, listener: UnixListener, limit: usize) -> JoinHandle<()> {
+        tokio::spawn(accept_unix(listener, Arc::clone(&self.shared), limit))
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    let me = rustix::process::geteuid().as_raw();
+    let peers = Arc::new(Peers::new());
+    let mut backoff = Backoff::new(format!("The proxy `{}`", shared.config().source));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shared.stop.cancelled() => return,
         };
         match accepted {
-            Ok((stream, _)) => {
-                tokio::spawn(serve(Arc::clone(&shared), stream));
+            Ok((stream, peer)) => {
+                backoff.accepted();
+                let (shared, peers) = (Arc::clone(&shared), Arc::clone(&peers));
+                tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    let stranger = match stream.local_addr() {
+                        Ok(local) => match peers.uid(local, peer) {
+                            Ok(uid) if uid == me => None,
+                            Ok(uid) => Some(Stranger::Uid(uid)),
+                            Err(error) => Some(Stranger::Unknown(error.to_string())),
+                        },
+                        Err(error) => Some(Stranger::Unknown(error.to_string())),
+                    };
+                    serve(shared, stream, stranger).await;
+                });
             }
             Err(error) => {
-                // Out of descriptors, most likely: the clients already connected go on,
-                // and new ones wait until some close.
-                tracing::warn!(%error, "The proxy cannot accept a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    go_on = backoff.failed(&error) => if !go_on { return },
+                    () = shared.stop.cancelled() => return,
+                }
             }
         }
     }
 }
 
-async fn serve(shared: Arc<Shared>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+async fn accept_unix(listener: UnixListener, shared: Arc<Shared>, limit: usize) {
+    let source = shared.config().source.clone();
+    let mut backoff = Backoff::new(format!("The proxy socket of `{source}`"));
+    let open = Arc::new(Semaphore::new(limit));
+    let mut full = false;
+    loop {
+        let permit = match Arc::clone(&open).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if !full {
+                    full = true;
+                    tracing::warn!(
+                        "`{source}` has {limit} connections open to its proxy; more wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    permit = Arc::clone(&open).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                    () = shared.stop.cancelled() => return,
+                }
+            }
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                backoff.accepted();
+                if open.available_permits() > limit / 2 {
+                    full = false;
+                }
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    serve(shared, stream, None).await;
+                    drop(permit);
+                });
+            }
+            Err(error) => {
+                drop(permit);
+                tokio::select! {
+                    go_on = backoff.failed(&error) => if !go_on { return },
+                    () = shared.stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn serve<S>(shared: Arc<Shared>, stream: S, stranger: Option<Stranger>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let stop = shared.stop.clone();
     let client = Arc::new(Client::default());
     let limits = shared.settings.limits;
@@ -196,8 +335,13 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         service_fn(move |request| {
             let shared = Arc::clone(&shared);
             let client = Arc::clone(&client);
+            let stranger = stranger.clone();
             async move {
-                Ok::<_, std::convert::Infallible>(exchange::handle(&shared, &client, request).await)
+                let response = match &stranger {
+                    None => exchange::handle(&shared, &client, request).await,
+                    Some(stranger) => exchange::stranger(&shared, &request, stranger),
+                };
+                Ok::<_, std::convert::Infallible>(response)
             }
         })
     };
@@ -274,9 +418,8 @@ impl Shared {
                 }
             }
         };
-        let verdict = config
-            .policy
-            .check(destination, port, |_| addresses.clone());
+        let verdict =
+            (config.policy).check(destination, port, &self.settings.own, |_| addresses.clone());
         match verdict.decision {
             Decision::Allow => Decided::Allowed {
                 rule: verdict.reason.to_string(),

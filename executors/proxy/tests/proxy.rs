@@ -372,16 +372,53 @@ async fn bypass_hosts_are_tunnelled_without_interception_or_credentials() {
     assert!(!proxy.entries().await[0].intercepted);
 }
 
+/// Credentials go over TLS only (issue 16): a plain-HTTP request to a host that has one
+/// is refused with the fix, logged, and never reaches the upstream, with or without it.
 #[tokio::test]
-async fn plain_http_to_a_credential_host_gets_the_header_too() {
+async fn plain_http_to_a_credential_host_is_refused_and_logged() {
     let upstream = Upstream::http().await;
-    let policy = with_credential(policy(Deny, &["127.0.0.0/8"], &[]), "api.test", &[]);
-    let proxy = Harness::start(&policy, None).await;
-    let url = format!("http://api.test:{}/", upstream.port());
+    let credential = with_credential(policy(Deny, &["127.0.0.0/8"], &[]), "api.test", &[]);
+    let proxy = Harness::start(&credential, None).await;
+    let url = format!("http://api.test:{}/v1/messages", upstream.port());
+    let answer = raw(
+        proxy.addr(),
+        format!("GET {url} HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n").as_bytes(),
+        WAIT,
+    )
+    .await;
+    assert_eq!(status(&answer), 403, "{answer}");
+    assert!(
+        answer.contains(
+            "The proxy adds the credential for `api.test` over https only, not to a plain-HTTP request"
+        ),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(&format!(
+            "help: Use `https://api.test:{}/`",
+            upstream.port()
+        )),
+        "{answer}"
+    );
+    assert!(upstream.seen().is_empty(), "nothing reached the upstream");
+    let entries = proxy.entries().await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].status, 403);
+    assert_eq!(entries[0].decision, "deny");
+    assert_eq!(entries[0].rule, "credentials go over https only");
+    assert!(!proxy.log_text().await.contains(SECRET));
+
+    // A bypassed host is not intercepted, so it has no credential to protect: plain HTTP
+    // goes through, without the header.
+    let bypassed = with_credential(
+        policy(Deny, &["127.0.0.0/8"], &[]),
+        "api.test",
+        &["api.test"],
+    );
+    let proxy = Harness::start(&bypassed, None).await;
     let (code, _, stderr) = curl(&["-x", &proxy.url(), &url]).await;
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(upstream.seen()[0].header("x-api-key"), Some(SECRET));
-    assert!(!proxy.log_text().await.contains(SECRET));
+    assert_eq!(upstream.seen()[0].header("x-api-key"), None);
 }
 
 #[tokio::test]

@@ -1,13 +1,14 @@
-//! The SSRF corpus (issue 5): request targets that try to reach this machine, private
-//! networks or cloud metadata through a policy, each with the verdict and the reason the
-//! network log will show. Resolution is a stub that answers from the table and counts its
-//! calls; nothing here opens a socket.
+//! The SSRF corpus (issues 5 and 16): request targets that try to reach this machine,
+//! aistack's own listeners, private networks or cloud metadata through a policy, each with
+//! the verdict and the reason the network log will show. Resolution is a stub that
+//! answers from the table and counts its calls, and the machine's own addresses are a stub
+//! too ([`own`]); nothing here opens a socket.
 
 use std::cell::Cell;
 use std::net::IpAddr;
 
 use aistack_proxy::policy::Reason;
-use aistack_proxy::{Decision, Destination, Policy};
+use aistack_proxy::{Decision, Destination, OwnListeners, Policy};
 use aistack_spec::model::NetworkPolicy;
 use aistack_spec::values::{HostRule, PolicyDefault};
 
@@ -31,6 +32,35 @@ const ALLOWED_COM: (PolicyDefault, &[&str], &[&str]) = (
     PolicyDefault::Deny,
     &["allowed.com", "*.example.com"],
     &["evil.example.com"],
+);
+
+/// Everything allowed, loopback and private networks included, by wide rules: they lift
+/// nothing of the block list.
+const WIDE: (PolicyDefault, &[&str], &[&str]) = (
+    PolicyDefault::Deny,
+    &[
+        "0.0.0.0/0",
+        "::/0",
+        "0.0.0.0/1",
+        "64.0.0.0/2",
+        "192.168.0.0/15",
+        "fc00::/6",
+    ],
+    &[],
+);
+/// Loopback and the private ranges, each named as its blocked range or inside it.
+const LOCAL: (PolicyDefault, &[&str], &[&str]) = (
+    PolicyDefault::Deny,
+    &[
+        "127.0.0.0/8",
+        "::1",
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "192.168.0.0/24",
+        "fd00::/8",
+        "local.test",
+    ],
+    &[],
 );
 
 const DENY: Decision = Decision::Deny;
@@ -467,6 +497,159 @@ const CORPUS: &[Case] = &[
         ALLOW,
         "default allow"
     ),
+    // Rules wider than a blocked range lift nothing of it (issue 16): `0.0.0.0/0` says
+    // "the internet", not "this machine".
+    case!(
+        WIDE,
+        "http://127.0.0.1:8080/",
+        [],
+        DENY,
+        "block list 127.0.0.0/8"
+    ),
+    case!(WIDE, "http://[::1]/", [], DENY, "block list ::1/128"),
+    case!(WIDE, "http://10.0.0.1/", [], DENY, "block list 10.0.0.0/8"),
+    case!(
+        WIDE,
+        "http://100.64.0.1/",
+        [],
+        DENY,
+        "block list 100.64.0.0/10"
+    ),
+    case!(
+        WIDE,
+        "http://192.168.1.1/",
+        [],
+        DENY,
+        "block list 192.168.0.0/16"
+    ),
+    case!(WIDE, "http://[fd00::1]/", [], DENY, "block list fc00::/7"),
+    case!(
+        WIDE,
+        "http://169.254.169.254/",
+        [],
+        DENY,
+        "block list 169.254.0.0/16"
+    ),
+    case!(
+        WIDE,
+        "http://[::ffff:127.0.0.1]/",
+        [],
+        DENY,
+        "block list 127.0.0.0/8"
+    ),
+    case!(WIDE, "http://0.0.0.0/", [], DENY, "block list 0.0.0.0/8"),
+    case!(WIDE, "http://93.184.216.34/", [], ALLOW, "allow 0.0.0.0/0"),
+    case!(WIDE, "http://[2606:4700::1111]/", [], ALLOW, "allow ::/0"),
+    // A rule inside a blocked range lifts only itself.
+    case!(
+        LOCAL,
+        "http://192.168.0.9/",
+        [],
+        ALLOW,
+        "allow 192.168.0.0/24"
+    ),
+    case!(
+        LOCAL,
+        "http://192.168.1.9/",
+        [],
+        DENY,
+        "block list 192.168.0.0/16"
+    ),
+    case!(LOCAL, "http://[fd00::9]/", [], ALLOW, "allow fd00::/8"),
+    case!(LOCAL, "http://[fc00::9]/", [], DENY, "block list fc00::/7"),
+    case!(
+        LOCAL,
+        "http://127.0.0.1:8081/",
+        [],
+        ALLOW,
+        "allow 127.0.0.0/8"
+    ),
+    // aistack's own listeners are refused whatever the rules (issue 16): the gateway,
+    // a policy's proxy, published ports on one address and on all of them.
+    case!(
+        LOCAL,
+        "http://127.0.0.1:12434/metrics",
+        [],
+        DENY,
+        "aistack listener 127.0.0.1:12434"
+    ),
+    case!(
+        LOCAL,
+        "127.0.0.1:41000",
+        [],
+        DENY,
+        "aistack listener 127.0.0.1:41000"
+    ),
+    case!(
+        LOCAL,
+        "http://2130706433:41000/",
+        [],
+        DENY,
+        "aistack listener 127.0.0.1:41000"
+    ),
+    case!(
+        LOCAL,
+        "http://[::ffff:7f00:1]:12434/",
+        [],
+        DENY,
+        "aistack listener 127.0.0.1:12434"
+    ),
+    case!(
+        LOCAL,
+        "http://local.test:12434/api/pull",
+        ["127.0.0.1"],
+        DENY,
+        "aistack listener 127.0.0.1:12434"
+    ),
+    case!(
+        LOCAL,
+        "http://0.0.0.0:12434/",
+        [],
+        DENY,
+        "aistack listener 0.0.0.0:12434"
+    ),
+    case!(
+        LOCAL,
+        "http://127.0.0.2:18080/",
+        [],
+        DENY,
+        "aistack listener 127.0.0.2:18080"
+    ),
+    case!(
+        LOCAL,
+        "http://10.1.2.3:18080/",
+        [],
+        DENY,
+        "aistack listener 10.1.2.3:18080"
+    ),
+    case!(
+        LOCAL,
+        "http://[::1]:19090/",
+        [],
+        DENY,
+        "aistack listener [::1]:19090"
+    ),
+    case!(
+        OPEN,
+        "http://203.0.113.9:18080/",
+        [],
+        DENY,
+        "aistack listener 203.0.113.9:18080"
+    ),
+    case!(
+        OPEN,
+        "http://203.0.113.10:18080/",
+        [],
+        ALLOW,
+        "default allow"
+    ),
+    case!(
+        (PolicyDefault::Deny, &["203.0.113.9"], &[]),
+        "http://203.0.113.9:18080/",
+        [],
+        DENY,
+        "aistack listener 203.0.113.9:18080"
+    ),
     // Targets that do not parse are refused before any policy or lookup.
     case!(OPEN, "http://256.0.0.1/", invalid),
     case!(OPEN, "http://1.2.3.4.5/", invalid),
@@ -492,6 +675,21 @@ fn policy((default, allow, deny): (PolicyDefault, &[&str], &[&str])) -> Policy {
     })
 }
 
+/// The listeners of the corpus's daemon: a gateway and a policy's proxy on loopback, a
+/// port published on every address and one on `::1`; `203.0.113.9` is the machine's own.
+fn own() -> OwnListeners {
+    let own = OwnListeners::new().with_is_local(|ip| ip.to_string() == "203.0.113.9");
+    for listener in [
+        "127.0.0.1:12434",
+        "127.0.0.1:41000",
+        "0.0.0.0:18080",
+        "[::1]:19090",
+    ] {
+        std::mem::forget(own.add(listener.parse().unwrap()));
+    }
+    own
+}
+
 fn target(text: &str) -> Result<(Destination, u16), aistack_proxy::DestinationError> {
     if text.contains("://") {
         Destination::parse_uri(text)
@@ -502,12 +700,13 @@ fn target(text: &str) -> Result<(Destination, u16), aistack_proxy::DestinationEr
 
 #[test]
 fn every_case_of_the_corpus_gets_its_verdict_and_reason() {
-    assert!(CORPUS.len() >= 60, "the corpus has {} cases", CORPUS.len());
+    assert!(CORPUS.len() >= 100, "the corpus has {} cases", CORPUS.len());
+    let own = own();
     let mut failures = Vec::new();
     for case in CORPUS {
         let lookups = Cell::new(0);
         let got = target(case.target).map(|(destination, port)| {
-            policy(case.policy).check(&destination, port, |_| {
+            policy(case.policy).check(&destination, port, &own, |_| {
                 lookups.set(lookups.get() + 1);
                 case.dns
                     .iter()
@@ -540,8 +739,9 @@ fn every_case_of_the_corpus_gets_its_verdict_and_reason() {
 #[test]
 fn a_name_is_resolved_at_most_once_and_the_checked_address_is_dialled() {
     let policy = policy(ALLOWED_COM);
+    let own = own();
     let (destination, port) = target("http://evil.example.com/").unwrap();
-    let verdict = policy.check(&destination, port, |_| {
+    let verdict = policy.check(&destination, port, &own, |_| {
         panic!("a denied name is not resolved")
     });
     assert_eq!(verdict.reason, Reason::Deny("evil.example.com".into()));
@@ -549,7 +749,7 @@ fn a_name_is_resolved_at_most_once_and_the_checked_address_is_dialled() {
     let answers = ["93.184.216.34", "127.0.0.1"];
     let calls = Cell::new(0);
     let (destination, port) = target("http://api.example.com/").unwrap();
-    let verdict = policy.check(&destination, port, |_| {
+    let verdict = policy.check(&destination, port, &own, |_| {
         let answer = answers[calls.get()];
         calls.set(calls.get() + 1);
         vec![answer.parse().unwrap()]

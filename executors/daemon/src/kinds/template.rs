@@ -58,7 +58,7 @@ impl Executor for TemplatePlan {
                 };
                 progress.message(if steps { "building" } else { "importing" });
                 let built = (runtime.templates)
-                    .build(project, name, cx.hash, base, self, build)
+                    .build(project, name, cx.hash, base, self, build.clone())
                     .await;
                 if build.is_some() {
                     runtime.proxies.detach(project, &key).await;

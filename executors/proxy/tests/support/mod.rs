@@ -135,6 +135,7 @@ impl Harness {
             authority,
             upstream_tls: upstream_config(extra_ca).expect("upstream tls"),
             secrets: Arc::new(|name: &str| (name == SECRET_ENV).then(|| SECRET.to_owned())),
+            own: aistack_proxy::OwnListeners::new(),
         };
         let proxy = Proxy::bind(
             "127.0.0.1:0".parse().unwrap(),
@@ -152,11 +153,11 @@ impl Harness {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.proxy.local_addr())
+        format!("http://{}", self.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.proxy.local_addr()
+        self.proxy.local_addr().expect("a TCP listener")
     }
 
     /// Every entry logged once the open connections have ended (a tunnel is logged when
