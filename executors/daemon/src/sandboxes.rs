@@ -82,8 +82,8 @@ impl Sandboxes {
     }
 
     /// Starts the sandbox unless its agent already answers. A sandbox with a policy gets
-    /// its way out: `proxy.sock` in its control directory, forwarded to `proxy`, its own
-    /// listener of the policy's proxy. `backend` is the one `isolation` chose.
+    /// its way out: `proxy.sock` in its control directory, served by `proxy`, its own
+    /// entrance to the policy's proxy. `backend` is the one `isolation` chose.
     pub async fn start(
         &self,
         project: &str,
