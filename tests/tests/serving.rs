@@ -650,3 +650,74 @@ models:
     );
     env.ok(&["down"]);
 }
+
+/// DNS rebinding (issue 16): a page on `evil.example` that re-points its name at 127.0.0.1
+/// sends requests the browser holds same-origin, with `Host: evil.example`. A gateway
+/// without a key refuses them, in each dialect's shape and before any engine loads, and
+/// keeps serving requests to its own address and `localhost` (the Python clients of the
+/// first test are served too).
+#[test]
+fn a_gateway_without_a_key_refuses_requests_to_other_host_names() {
+    let env = serve(SPEC);
+    let port = env.gateway_port();
+    let (code, body) = curl(&env, "GET", "/v1/models", None, &["Host: evil.example"]);
+    assert_eq!(code, 403, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Host `evil.example` is refused"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("help: call it at `http://127.0.0.1:{port}`")),
+        "{message}"
+    );
+    assert!(message.contains("gateway.api_key_env"), "{message}");
+    let (code, body) = post_with(
+        &env,
+        "/api/chat",
+        &json!({"model": "chat", "messages": [{"role": "user", "content": "Hi"}]}),
+        &[&format!("Host: evil.example:{port}")],
+    );
+    assert_eq!(code, 403);
+    assert!(body["error"].is_string(), "Ollama's shape: {body}");
+    let (code, body) = post_with(
+        &env,
+        "/v1/messages",
+        &json!({"model": "chat", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}),
+        &["Host: evil.example"],
+    );
+    assert_eq!(code, 403);
+    assert_eq!(body["error"]["type"], "permission_error", "{body}");
+    assert_eq!(
+        engine_pid(&env, "chat"),
+        None,
+        "nothing refused loads a model"
+    );
+
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        let (code, body) = curl(&env, "GET", "/v1/models", None, &[&format!("Host: {host}")]);
+        assert_eq!(code, 200, "{host}: {body}");
+    }
+    let out = aistack_tests::succeed(
+        Command::new("curl").args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://localhost:{port}/api/tags"),
+        ]),
+        "curl localhost",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    env.ok(&["down"]);
+}
+
+fn post_with(env: &TestEnv, path: &str, body: &Value, headers: &[&str]) -> (u16, Value) {
+    let (code, text) = curl(env, "POST", path, Some(body), headers);
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}

@@ -314,6 +314,11 @@ fn mem_total(meminfo: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_gateway_allows_the_name_the_proxy_routes_to_it() {
+        assert_eq!(aistack_gateway::MODELS_HOST, aistack_planner::MODELS_HOST);
+    }
+
     fn spec(listen: &str, cors: &[&str], key: Option<&str>) -> GatewayPlan {
         GatewayPlan {
             listen: listen.parse().unwrap(),
