@@ -25,6 +25,7 @@ mod error;
 mod framing;
 mod host;
 mod http;
+mod launch;
 mod metrics;
 mod models;
 mod ollama;
@@ -39,8 +40,9 @@ use std::time::Duration;
 
 pub use aistack_engine_api::Mode;
 use axum::serve::ListenerExt;
-pub use config::{Auth, GatewayError, KeepAlive, Launcher, ModelConfig, Settings};
+pub use config::{Auth, EngineUser, GatewayError, KeepAlive, Launcher, ModelConfig, Settings};
 pub use host::MODELS_HOST;
+pub use launch::engine_environment;
 pub use models::{LoadedStatus, ModelStatus};
 pub use scope::HEADER as SCOPE_HEADER;
 use tokio_util::sync::CancellationToken;

@@ -21,6 +21,8 @@ async fn gateway(auth: Auth) -> Gateway {
         args: Vec::new(),
         run_dir: std::env::temp_dir(),
         log_dir: std::env::temp_dir(),
+        user: None,
+        env: Vec::new(),
     };
     Gateway::start(settings, launcher).await.unwrap()
 }
