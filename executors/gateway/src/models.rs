@@ -4,6 +4,7 @@
 //! queue per model, unload after `keep_alive` idle, and restart of an engine that died.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,6 +76,14 @@ struct Running {
     child: Child,
     client: EngineClient,
     info: EngineInfo,
+    /// The device and inode of the socket it bound, so that stopping it removes that
+    /// socket and never the one a newer engine of the same model bound at the same path.
+    socket: Option<(u64, u64)>,
+}
+
+/// The device and inode of the file at `path`.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 pub(crate) struct Entry {
@@ -124,7 +133,10 @@ impl Entry {
         if let Some(running) = running {
             terminate(running.child).await;
             // A confined engine cannot remove its socket itself.
-            let _ = std::fs::remove_file(running.client.socket());
+            let path = running.client.socket();
+            if running.socket.is_some() && file_id(path) == running.socket {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -439,6 +451,7 @@ impl Models {
                 tracing::info!(model = %config.name, pid = info.pid, "Engine ready");
                 return Ok(Running {
                     child,
+                    socket: file_id(&socket),
                     client,
                     info,
                 });
