@@ -138,6 +138,16 @@ fn main() -> ExitCode {
         files: cli.global.files,
         project: cli.global.project,
     };
+    // The engine confines itself while it has one thread, so it starts its own runtime after.
+    let command = match cli.command {
+        Command::Engine(args) => {
+            return commands::engine(args).unwrap_or_else(|failure| {
+                failure.eprint();
+                ExitCode::FAILURE
+            });
+        }
+        command => command,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -150,7 +160,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Validate => commands::validate(&spec),
             Command::Plan {
                 json,
@@ -171,7 +181,8 @@ fn main() -> ExitCode {
             Command::Template(command) => commands::template(&spec, command).await,
             Command::Exec(args) => commands::exec(&spec, args).await,
             Command::Daemon => commands::daemon().await,
-            Command::Engine(args) => commands::engine(args).await,
+            // Started before the runtime above; here it would refuse to confine itself.
+            Command::Engine(args) => commands::engine(args),
         }
     });
     match result {

@@ -147,7 +147,8 @@ report_from!(
     aistack_daemon::client::ClientError,
     aistack_daemon::DaemonError,
     aistack_store::StoreError,
-    aistack_engine::serve::ServeError
+    aistack_engine::serve::ServeError,
+    aistack_engine::confine::ConfineError
 );
 
 pub use aistack_apply::chain;

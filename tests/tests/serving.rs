@@ -650,3 +650,188 @@ models:
     );
     env.ok(&["down"]);
 }
+
+/// DNS rebinding (issue 16): a page on `evil.example` that re-points its name at 127.0.0.1
+/// sends requests the browser holds same-origin, with `Host: evil.example`. A gateway
+/// without a key refuses them, in each dialect's shape and before any engine loads, and
+/// keeps serving requests to its own address and `localhost` (the Python clients of the
+/// first test are served too).
+#[test]
+fn a_gateway_without_a_key_refuses_requests_to_other_host_names() {
+    let env = serve(SPEC);
+    let port = env.gateway_port();
+    let (code, body) = curl(&env, "GET", "/v1/models", None, &["Host: evil.example"]);
+    assert_eq!(code, 403, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Host `evil.example` is refused"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("help: call it at `http://127.0.0.1:{port}`")),
+        "{message}"
+    );
+    assert!(message.contains("gateway.api_key_env"), "{message}");
+    let (code, body) = post_with(
+        &env,
+        "/api/chat",
+        &json!({"model": "chat", "messages": [{"role": "user", "content": "Hi"}]}),
+        &[&format!("Host: evil.example:{port}")],
+    );
+    assert_eq!(code, 403);
+    assert!(body["error"].is_string(), "Ollama's shape: {body}");
+    let (code, body) = post_with(
+        &env,
+        "/v1/messages",
+        &json!({"model": "chat", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}),
+        &["Host: evil.example"],
+    );
+    assert_eq!(code, 403);
+    assert_eq!(body["error"]["type"], "permission_error", "{body}");
+    assert_eq!(
+        engine_pid(&env, "chat"),
+        None,
+        "nothing refused loads a model"
+    );
+
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        let (code, body) = curl(&env, "GET", "/v1/models", None, &[&format!("Host: {host}")]);
+        assert_eq!(code, 200, "{host}: {body}");
+    }
+    let out = aistack_tests::succeed(
+        Command::new("curl").args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://localhost:{port}/api/tags"),
+        ]),
+        "curl localhost",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    env.ok(&["down"]);
+}
+
+fn post_with(env: &TestEnv, path: &str, body: &Value, headers: &[&str]) -> (u16, Value) {
+    let (code, text) = curl(env, "POST", path, Some(body), headers);
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}
+
+/// The fields of `/proc/PID/status` named `name`, split on whitespace.
+fn proc_status(pid: u64, name: &str) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no `{name}` in:\n{status}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Engines parse model files nobody here wrote (issue 16): started by a root daemon, an
+/// engine runs as a user that owns nothing on the host (the first id past the default
+/// sandbox range), with no groups, `no_new_privs` and seccomp, confined by Landlock; it
+/// gets an environment of its own, not the daemon's; and it still loads its model from a
+/// home only root can search, and answers.
+#[test]
+fn engines_run_confined_as_nobody_with_an_environment_of_their_own() {
+    const SECRET: &str = "engine-must-not-see-3c1f";
+    let mut env = TestEnv::new();
+    env.set_var("AISTACK_TEST_DAEMON_SECRET", SECRET);
+    std::fs::create_dir_all(env.home()).unwrap();
+    std::fs::set_permissions(
+        env.home(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    env.write(
+        "aistack.yaml",
+        &env.spec(
+            "version: 1
+name: confined
+engines:
+  llama.cpp: { threads: 1 }
+models:
+  chat: { source: ./models/smollm2.gguf, context_size: 512, parallel: 1 }
+",
+        ),
+    );
+    env.link_model("smollm2.gguf");
+    env.ok(&["up", "-q"]);
+    let (code, reply) = post(&env, "/v1/chat/completions", &chat_request("Hi", 4));
+    assert_eq!(code, 200, "{reply}");
+    assert!(
+        !reply["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+    let pid = engine_pid(&env, "chat").expect("chat is loaded");
+
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        let engine_id = (aistack_sandbox::idmap::DEFAULT_BASE
+            + aistack_sandbox::idmap::SANDBOX_IDS)
+            .to_string();
+        for name in ["Uid", "Gid"] {
+            assert_eq!(proc_status(pid, name), [engine_id.as_str(); 4], "{name}");
+        }
+        assert!(proc_status(pid, "Groups").is_empty(), "no groups");
+        let model = std::fs::read_dir(env.home().join("models/blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| std::fs::metadata(p).unwrap().len() > 50 << 20)
+            .unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(model).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o222, 0o200, "the model stays writable by root only");
+    }
+    assert_eq!(proc_status(pid, "NoNewPrivs"), ["1"]);
+    assert_eq!(proc_status(pid, "Seccomp"), ["2"], "a seccomp filter");
+    let logs = env.ok(&["logs", "chat"]);
+    let confined = logs
+        .lines()
+        .find(|l| l.starts_with("Engine confined: "))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(confined.contains("no_new_privs, seccomp"), "{confined}");
+    if root {
+        assert!(
+            confined.contains("user 2000065536:2000065536"),
+            "{confined}"
+        );
+    }
+
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    let names: Vec<&str> = environ
+        .split('\0')
+        .filter_map(|v| v.split_once('=').map(|(k, _)| k))
+        .collect();
+    assert!(
+        !environ.contains(SECRET),
+        "the daemon's environment leaked: {names:?}"
+    );
+    assert!(!names.contains(&"AISTACK_HOME"), "{names:?}");
+    assert!(names.contains(&"PATH"), "{names:?}");
+    env.ok(&["down"]);
+    assert!(
+        wait_gone(pid as i32, Duration::from_secs(10)),
+        "down stops the engine"
+    );
+    assert_eq!(
+        std::fs::read_dir(env.home().join("run"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("engine-"))
+            .count(),
+        0,
+        "the daemon removes the socket the engine may not"
+    );
+}

@@ -6,16 +6,19 @@
 //! a gateway that needs a key is restarted with one nobody knows: it fails closed.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use aistack_apply::HostError;
 use aistack_gateway::{
-    Auth, DEFAULT_BODY_LIMIT, Gateway, Launcher, ModelConfig, ModelStatus, Settings,
+    Auth, DEFAULT_BODY_LIMIT, EngineUser, Gateway, Launcher, ModelConfig, ModelStatus, Settings,
+    engine_environment,
 };
 use aistack_planner::GatewayPlan;
 use aistack_proxy::OwnListeners;
 use aistack_proxy::own::Listening;
+use aistack_sandbox::idmap::{DEFAULT_BASE, SANDBOX_IDS};
 use tokio::sync::Mutex;
 
 /// Why a project may not join the listener at an address: another project there has other
@@ -60,11 +63,30 @@ struct Inner {
     models: BTreeMap<(String, String), ModelConfig>,
 }
 
+/// The user and group every engine runs as when the daemon is root: the first id past the
+/// default sandbox range. No login user has it (those start at 1000, subordinate ranges
+/// at 100000), systemd hands out none that high (its containers end at 1,879,048,191), and
+/// no sandbox maps it, so the engine owns nothing on the host and shares its id with no
+/// sandbox process.
+pub const ENGINE_ID: u32 = DEFAULT_BASE + SANDBOX_IDS;
+
+/// The user engines run as: [`ENGINE_ID`] when this daemon may change user, else its own.
+pub fn engine_user() -> Option<EngineUser> {
+    rustix::process::geteuid().is_root().then_some(EngineUser {
+        uid: ENGINE_ID,
+        gid: ENGINE_ID,
+    })
+}
+
 /// Every gateway this daemon runs.
 pub struct Gateways {
     program: PathBuf,
     run_dir: PathBuf,
     log_dir: PathBuf,
+    /// Whom engines run as.
+    engine_user: Option<EngineUser>,
+    /// The whole environment of an engine: chosen once, from this daemon's.
+    engine_env: Vec<(OsString, OsString)>,
     /// 75% of the machine's memory: the budget of a gateway whose spec names none.
     default_budget: u64,
     /// Where this daemon listens; every gateway joins it.
@@ -85,6 +107,8 @@ impl Gateways {
             program,
             run_dir,
             log_dir,
+            engine_user: engine_user(),
+            engine_env: engine_environment(std::env::vars_os()),
             default_budget: default_memory_budget(),
             own,
             inner: Mutex::default(),
@@ -97,6 +121,8 @@ impl Gateways {
             args: vec!["engine".to_owned()],
             run_dir: self.run_dir.clone(),
             log_dir: self.log_dir.clone(),
+            user: self.engine_user,
+            env: self.engine_env.clone(),
         }
     }
 
@@ -331,6 +357,18 @@ fn mem_total(meminfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gateway_allows_the_name_the_proxy_routes_to_it() {
+        assert_eq!(aistack_gateway::MODELS_HOST, aistack_planner::MODELS_HOST);
+    }
+
+    #[test]
+    fn engines_run_past_the_default_sandbox_range() {
+        let range = aistack_sandbox::idmap::IdRange { base: DEFAULT_BASE };
+        assert_eq!(range.host_id(SANDBOX_IDS - 1), Some(ENGINE_ID - 1));
+        assert_eq!(range.host_id(SANDBOX_IDS), None);
+    }
 
     fn spec(listen: &str, cors: &[&str], key: Option<&str>) -> GatewayPlan {
         GatewayPlan {

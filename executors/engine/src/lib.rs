@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 mod batch;
+pub mod confine;
 mod embed;
 mod error;
 mod features;

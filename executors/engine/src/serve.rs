@@ -6,7 +6,8 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
@@ -32,12 +33,16 @@ use crate::{
 /// What `aistack engine` was asked to serve.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// The GGUF file (the first shard of a split model).
+    /// The GGUF file (the first shard of a split model), as reported on `/health`.
     pub model: PathBuf,
-    /// Where to listen.
+    /// Where llama.cpp opens the model when not at `model`: a confined engine's
+    /// `/proc/self/fd/N` of the file it opened before it confined itself.
+    pub model_file: Option<PathBuf>,
+    /// Where it listens, as reported in the log.
     pub socket: PathBuf,
-    /// A Jinja chat template replacing the GGUF's (the artifact's `chat.template.jinja`).
-    pub chat_template: Option<PathBuf>,
+    /// The text of a Jinja chat template replacing the GGUF's (the artifact's
+    /// `chat.template.jinja`).
+    pub chat_template: Option<String>,
     /// Tokens of context per sequence.
     pub context_size: Option<u32>,
     /// Sequences decoded together.
@@ -56,15 +61,6 @@ pub enum ServeError {
     /// The model or its context could not be set up.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// The chat template file cannot be read.
-    #[error("Cannot read the chat template `{}`", path.display())]
-    Template {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
     /// The socket cannot be bound.
     #[error("Cannot listen on `{}`", path.display())]
     Listen {
@@ -82,14 +78,29 @@ impl ServeError {
     pub fn help(&self) -> Option<String> {
         match self {
             ServeError::Engine(e) => e.help(),
-            ServeError::Template { .. } => {
-                Some("Check that the model's chat template file exists and is readable".to_owned())
-            }
             ServeError::Listen { .. } => {
                 Some("Check that the run directory exists and is writable".to_owned())
             }
         }
     }
+}
+
+/// Binds the engine's socket (replacing a stale one a killed engine left), readable and
+/// writable by its owner only: the daemon that connects.
+///
+/// # Errors
+///
+/// [`ServeError::Listen`] when it cannot be bound.
+pub fn bind(socket: &Path) -> Result<std::os::unix::net::UnixListener, ServeError> {
+    let failed = |source| ServeError::Listen {
+        path: socket.to_owned(),
+        source,
+    };
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket).map_err(failed)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+    listener.set_nonblocking(true).map_err(failed)?;
+    Ok(listener)
 }
 
 /// Vectors and the tokens they took.
@@ -111,38 +122,29 @@ struct Engine {
     work: Mutex<mpsc::Sender<Work>>,
 }
 
-/// Loads the model, starts the worker and serves until `shutdown` completes; removes the
-/// socket on the way out.
+/// Loads the model, starts the worker and serves on `listener` (from [`bind`]) until
+/// `shutdown` completes. The socket stays: a confined engine may not remove it, so whoever
+/// started the engine does.
 ///
 /// # Errors
 ///
 /// [`ServeError`] when anything fails before serving starts.
 pub async fn serve(
     options: ServeOptions,
+    listener: std::os::unix::net::UnixListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let template = match &options.chat_template {
-        Some(path) => {
-            Some(
-                std::fs::read_to_string(path).map_err(|source| ServeError::Template {
-                    path: path.clone(),
-                    source,
-                })?,
-            )
-        }
-        None => None,
-    };
     let load = LoadOptions {
         context_size: options.context_size,
         threads: options.threads,
         flags: options.flags.clone(),
     };
-    let path = options.model.clone();
+    let path = (options.model_file.clone()).unwrap_or_else(|| options.model.clone());
     let model: &'static Model = tokio::task::spawn_blocking(move || Model::load(&path, &load))
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
         .map(|model| &*Box::leak(Box::new(model)))?;
-    let template = template.or_else(|| model.chat_template());
+    let template = options.chat_template.or_else(|| model.chat_template());
     let parallel = options.parallel.max(1);
     let work = start_worker(model, options.mode, parallel).await?;
     let kv_tokens = u64::from(model.context_size())
@@ -183,10 +185,8 @@ pub async fn serve(
         .route("/tokenize", post(tokenize))
         .with_state(engine.clone());
 
-    // A stale socket from a killed engine would make bind fail.
-    let _ = std::fs::remove_file(&options.socket);
     let listener =
-        tokio::net::UnixListener::bind(&options.socket).map_err(|source| ServeError::Listen {
+        tokio::net::UnixListener::from_std(listener).map_err(|source| ServeError::Listen {
             path: options.socket.clone(),
             source,
         })?;
@@ -207,7 +207,6 @@ pub async fn serve(
         }
         () = shutdown => {}
     }
-    let _ = std::fs::remove_file(&options.socket);
     Ok(())
 }
 

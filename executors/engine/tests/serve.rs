@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aistack_engine::serve::{ServeOptions, serve};
+use aistack_engine::serve::{ServeOptions, bind, serve};
 use aistack_engine_api::{
     ClientError, EmbedRequest, EngineClient, ErrorKind, Event, FinishReason, Format,
     GenerateRequest, Input, Message, Mode, Sampling, TokenizeRequest, Tool, tools,
@@ -22,6 +22,7 @@ async fn start(dir: &tempfile::TempDir, mode: Mode, parallel: u32) -> EngineClie
     let socket = dir.path().join(format!("{mode:?}.sock"));
     let options = ServeOptions {
         model: model_path(),
+        model_file: None,
         socket: socket.clone(),
         chat_template: None,
         context_size: Some(512),
@@ -30,8 +31,11 @@ async fn start(dir: &tempfile::TempDir, mode: Mode, parallel: u32) -> EngineClie
         mode,
         flags: Default::default(),
     };
+    let listener = bind(&socket).unwrap();
     tokio::spawn(async move {
-        serve(options, std::future::pending()).await.unwrap();
+        serve(options, listener, std::future::pending())
+            .await
+            .unwrap();
     });
     let client = EngineClient::new(&socket);
     for _ in 0..600 {

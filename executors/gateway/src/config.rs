@@ -1,6 +1,7 @@
 //! What the daemon tells the gateway: listener settings, the models it serves and how to
 //! launch an engine process for one of them.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -110,7 +111,7 @@ pub struct ModelConfig {
     pub parameters: Option<String>,
 }
 
-/// How to start an engine process.
+/// How to start an engine process (`launch.rs` builds the command).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launcher {
     /// The program, normally the `aistack` binary.
@@ -121,6 +122,20 @@ pub struct Launcher {
     pub run_dir: PathBuf,
     /// Where engine logs go: `engine-<project>-<name>.log`.
     pub log_dir: PathBuf,
+    /// The user engines run as; `None` keeps the daemon's (one that is not root cannot give
+    /// its engines another).
+    pub user: Option<EngineUser>,
+    /// The whole environment of an engine ([`crate::engine_environment`]).
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// The user and group an engine process runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineUser {
+    /// The uid.
+    pub uid: u32,
+    /// The gid.
+    pub gid: u32,
 }
 
 /// The gateway failed.

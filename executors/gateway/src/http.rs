@@ -1,5 +1,6 @@
-//! The router and what every request passes through first: CORS, authentication (a bearer
-//! key, else loopback clients only) and the request counter.
+//! The router and what every request passes through first: the host check of a gateway
+//! without a key (DNS rebinding, [`crate::host`]), CORS, authentication (a bearer key, else
+//! loopback clients only) and the request counter.
 
 use std::net::SocketAddr;
 
@@ -13,6 +14,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::Auth;
 use crate::error::{Api, ApiError};
+use crate::host;
 use crate::metrics::ModelLabel;
 use crate::scope::{self, Scope};
 use crate::state::Shared;
@@ -91,6 +93,12 @@ async fn guard(
 ) -> Response {
     let settings = shared.settings();
     let api = Api::of_path(request.uri().path());
+    // First, so that a rebinding page's preflight is refused too.
+    if settings.auth == Auth::LoopbackOnly
+        && let Some(e) = host::refusal(&request, settings.listen)
+    {
+        return e.render(api);
+    }
     let origin = request.headers().get(header::ORIGIN).cloned();
     let allowed_origin = origin.as_ref().filter(|o| {
         settings

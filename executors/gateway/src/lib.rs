@@ -23,7 +23,9 @@ mod driver;
 mod embed;
 mod error;
 mod framing;
+mod host;
 mod http;
+mod launch;
 mod metrics;
 mod models;
 mod ollama;
@@ -38,7 +40,9 @@ use std::time::Duration;
 
 pub use aistack_engine_api::Mode;
 use axum::serve::ListenerExt;
-pub use config::{Auth, GatewayError, KeepAlive, Launcher, ModelConfig, Settings};
+pub use config::{Auth, EngineUser, GatewayError, KeepAlive, Launcher, ModelConfig, Settings};
+pub use host::MODELS_HOST;
+pub use launch::engine_environment;
 pub use models::{LoadedStatus, ModelStatus};
 pub use scope::HEADER as SCOPE_HEADER;
 use tokio_util::sync::CancellationToken;
@@ -71,7 +75,10 @@ impl Gateway {
     /// # Errors
     ///
     /// [`GatewayError::Bind`] when the address is taken or not this machine's.
-    pub async fn start(settings: Settings, launcher: Launcher) -> Result<Gateway, GatewayError> {
+    pub async fn start(
+        mut settings: Settings,
+        launcher: Launcher,
+    ) -> Result<Gateway, GatewayError> {
         let listen = settings.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -80,6 +87,8 @@ impl Gateway {
                 source,
             })?;
         let addr = listener.local_addr().unwrap_or(listen);
+        // The bound port, where `listen` asked for any.
+        settings.listen = addr;
         // Streams are many small writes; Nagle's algorithm would hold a token back until the
         // previous write is acknowledged.
         let listener = listener.tap_io(|tcp| {

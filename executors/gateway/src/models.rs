@@ -4,6 +4,7 @@
 //! queue per model, unload after `keep_alive` idle, and restart of an engine that died.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,17 +12,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aistack_engine_api::{EngineClient, EngineInfo, Mode};
 use serde::Serialize;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::admission::{Resident, evictions};
 use crate::config::{GatewayError, KeepAlive, Launcher, ModelConfig};
+use crate::launch;
 
 /// Requests that may wait for a sequence of one model; beyond, 503 as Ollama answers when
 /// its queue (`OLLAMA_MAX_QUEUE`) is full. Waiting costs only a task, so the bound is generous.
 pub(crate) const MAX_WAITING: usize = 128;
 /// How long an engine may take to load its model.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one readiness probe waits for the engine's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A registered model, as `aistack status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -72,6 +76,14 @@ struct Running {
     child: Child,
     client: EngineClient,
     info: EngineInfo,
+    /// The device and inode of the socket it bound, so that stopping it removes that
+    /// socket and never the one a newer engine of the same model bound at the same path.
+    socket: Option<(u64, u64)>,
+}
+
+/// The device and inode of the file at `path`.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 pub(crate) struct Entry {
@@ -120,6 +132,11 @@ impl Entry {
         *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Some(running) = running {
             terminate(running.child).await;
+            // A confined engine cannot remove its socket itself.
+            let path = running.client.socket();
+            if running.socket.is_some() && file_id(path) == running.socket {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -404,37 +421,12 @@ impl Models {
             .open(&log_path)
             .map_err(|e| io(&log_path, e))?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let stderr = log.try_clone().map_err(|e| io(&log_path, e))?;
         let socket = self.socket_path(config);
-        let mut command = Command::new(&self.launcher.program);
-        command
-            .args(&self.launcher.args)
-            .arg("--model")
-            .arg(&config.model_path)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--parallel")
-            .arg(config.parallel.max(1).to_string())
-            .arg("--threads")
-            .arg(self.threads_for(entry).to_string())
-            .arg("--mode")
-            .arg(match config.mode {
-                Mode::Chat => "chat",
-                Mode::Embedding => "embedding",
-            })
-            .stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(stderr)
-            .kill_on_drop(true);
-        if let Some(template) = &config.chat_template {
-            command.arg("--chat-template").arg(template);
-        }
-        if let Some(context) = config.context_size {
-            command.arg("--context-size").arg(context.to_string());
-        }
-        if !config.runtime_flags.is_empty() {
-            command.arg("--").args(&config.runtime_flags);
-        }
+        launch::share_model(&self.launcher, &config.model_path)
+            .map_err(|(path, e)| io(&path, e))?;
+        let threads = self.threads_for(entry);
+        let mut command = launch::command(&self.launcher, config, &socket, threads, log)
+            .map_err(|e| io(&log_path, e))?;
         let _ = std::fs::remove_file(&socket);
         let mut child = command.spawn().map_err(|source| GatewayError::Spawn {
             model: config.name.clone(),
@@ -452,10 +444,14 @@ impl Models {
                     log: log_path,
                 });
             }
-            if let Ok(info) = client.info().await {
+            // The engine binds its socket before it loads the model, so a probe may wait in
+            // the socket's backlog until the model is loaded: bounded, so that the deadline
+            // and the engine's exit are still seen.
+            if let Ok(Ok(info)) = tokio::time::timeout(PROBE_TIMEOUT, client.info()).await {
                 tracing::info!(model = %config.name, pid = info.pid, "Engine ready");
                 return Ok(Running {
                     child,
+                    socket: file_id(&socket),
                     client,
                     info,
                 });

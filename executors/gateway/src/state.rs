@@ -30,8 +30,11 @@ impl State {
             .clone()
     }
 
-    pub(crate) fn set_settings(&self, settings: Settings) {
+    /// New settings but the address, which is the one bound.
+    pub(crate) fn set_settings(&self, mut settings: Settings) {
         self.models.set_budget(settings.memory_budget);
-        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
+        let mut current = self.settings.write().unwrap_or_else(|e| e.into_inner());
+        settings.listen = current.listen;
+        *current = settings;
     }
 }
