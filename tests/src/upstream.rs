@@ -62,15 +62,42 @@ pub type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 /// and answers `status` (`"200 OK"`) with `body`, closing the connection; it serves for
 /// at most five minutes.
 pub fn recording(ip: &str, status: &str, body: &str) -> (u16, Heads) {
+    stand_in(ip, status, body, |stream, seen, answer| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        seen.lock().unwrap().push(head);
+        let mut stream = stream;
+        let _ = stream.write_all(answer.as_bytes());
+    })
+}
+
+/// Listens on loopback address `ip` for five minutes and hands each connection, blocking
+/// with a 10 s read timeout, to `serve` on a thread of its own, with where to record heads
+/// and the whole answer to `status` with `body`.
+fn stand_in(
+    ip: &str,
+    status: &str,
+    body: &str,
+    serve: impl Fn(TcpStream, &Heads, &str) + Send + Sync + 'static,
+) -> (u16, Heads) {
     let listener = TcpListener::bind((ip, 0)).expect("bind the stand-in");
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
     let heads = Heads::default();
     let seen = heads.clone();
-    let answer = format!(
+    let answer: Arc<str> = format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
-    );
+    )
+    .into();
+    let serve = Arc::new(serve);
     std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(300);
         while Instant::now() < deadline {
@@ -78,22 +105,13 @@ pub fn recording(ip: &str, status: &str, body: &str) -> (u16, Heads) {
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             };
-            stream.set_nonblocking(false).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                head.push_str(&line);
-            }
-            seen.lock().unwrap().push(head);
-            let mut stream = stream;
-            let _ = stream.write_all(answer.as_bytes());
+            let (serve, seen, answer) = (Arc::clone(&serve), seen.clone(), Arc::clone(&answer));
+            std::thread::spawn(move || {
+                stream.set_nonblocking(false).unwrap();
+                let timeout = Some(Duration::from_secs(10));
+                stream.set_read_timeout(timeout).unwrap();
+                serve(stream, &seen, &answer);
+            });
         }
     });
     (port, heads)
@@ -136,47 +154,24 @@ pub fn recording_tls(dir: &Path, ip: &str, status: &str, body: &str) -> TlsStand
         .with_single_cert(vec![leaf.der().clone()], key)
         .unwrap();
     let config = Arc::new(config);
-
-    let listener = TcpListener::bind((ip, 0)).expect("bind the stand-in");
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    let heads = Heads::default();
-    let seen = heads.clone();
-    let answer = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while Instant::now() < deadline {
-            let Ok((stream, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            let (config, seen, answer) = (Arc::clone(&config), seen.clone(), answer.clone());
-            std::thread::spawn(move || {
-                stream.set_nonblocking(false).unwrap();
-                let timeout = Some(Duration::from_secs(10));
-                stream.set_read_timeout(timeout).unwrap();
-                let Ok(connection) = rustls::ServerConnection::new(config) else {
-                    return;
-                };
-                let mut tls = rustls::StreamOwned::new(connection, stream);
-                let mut head = Vec::new();
-                let mut byte = [0];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match tls.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let head = String::from_utf8_lossy(&head);
-                seen.lock().unwrap().push(head.trim_end().to_owned());
-                let _ = tls.write_all(answer.as_bytes());
-                tls.conn.send_close_notify();
-                let _ = tls.flush();
-            });
+    let (port, heads) = stand_in(ip, status, body, move |stream, seen, answer| {
+        let Ok(connection) = rustls::ServerConnection::new(Arc::clone(&config)) else {
+            return;
+        };
+        let mut tls = rustls::StreamOwned::new(connection, stream);
+        let mut head = Vec::new();
+        let mut byte = [0];
+        while !head.ends_with(b"\r\n\r\n") {
+            match tls.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
         }
+        let head = String::from_utf8_lossy(&head);
+        seen.lock().unwrap().push(head.trim_end().to_owned());
+        let _ = tls.write_all(answer.as_bytes());
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
     });
     TlsStandIn {
         port,

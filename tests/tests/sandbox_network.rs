@@ -26,6 +26,21 @@ fn env() -> TestEnv {
     env
 }
 
+/// A sandbox under a policy `local` that reaches only a loopback upstream of the test's,
+/// and that upstream's port.
+fn env_reaching_an_upstream() -> (TestEnv, u16) {
+    let env = env();
+    let port = upstream();
+    let policy = format!(
+        "network_policies:\n  local:\n    default: deny\n    allow: [\"127.0.0.1/32:{port}\"]\n"
+    );
+    env.write(
+        "aistack.yaml",
+        &env.spec(&spec("    network_policy: local\n", &policy)),
+    );
+    (env, port)
+}
+
 /// `aistack exec box -- sh -c SCRIPT`: exit code, stdout, stderr.
 fn sh(env: &TestEnv, script: &str) -> (Option<i32>, String, String) {
     let out = env.run(&["exec", "box", "--", "sh", "-c", script]);
@@ -138,15 +153,7 @@ fn aistacks_own_listeners_are_out_of_reach_whatever_the_policy() {
 /// limit; once they close, the next connection works.
 #[test]
 fn more_connections_than_the_cap_break_nothing_once_they_close() {
-    let env = env();
-    let port = upstream();
-    let policy = format!(
-        "network_policies:\n  local:\n    default: deny\n    allow: [\"127.0.0.1/32:{port}\"]\n"
-    );
-    env.write(
-        "aistack.yaml",
-        &env.spec(&spec("    network_policy: local\n", &policy)),
-    );
+    let (env, port) = env_reaching_an_upstream();
     let _down = Down(&env);
     // The daemon starts with a soft limit of 1024 under a hard one of 4096.
     let up = env.cmd(&["up"]);
@@ -216,15 +223,7 @@ fn more_connections_than_the_cap_break_nothing_once_they_close() {
 /// again (`down` removed it with the project's directory) and the sandbox's network works.
 #[test]
 fn up_down_up_in_one_daemon_gives_the_sandbox_its_network_again() {
-    let env = env();
-    let port = upstream();
-    let policy = format!(
-        "network_policies:\n  local:\n    default: deny\n    allow: [\"127.0.0.1/32:{port}\"]\n"
-    );
-    env.write(
-        "aistack.yaml",
-        &env.spec(&spec("    network_policy: local\n", &policy)),
-    );
+    let (env, port) = env_reaching_an_upstream();
     let _down = Down(&env);
     let fetch = format!("wget -q -O - http://127.0.0.1:{port}/again");
     env.ok(&["up"]);
