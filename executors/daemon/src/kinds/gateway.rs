@@ -54,17 +54,7 @@ impl Executor for GatewayPlan {
 
     /// The record says a gateway was applied; the daemon knows whether it serves.
     async fn live(status: &mut ResourceStatus, cx: &Cx<'_>) {
-        match cx.runtime.gateways.status(cx.project).await {
-            Some((address, _)) => {
-                status.state = "running".to_owned();
-                status.endpoint = Some(format!("http://{address}"));
-                status.detail = None;
-            }
-            None => {
-                status.state = "stopped".to_owned();
-                status.detail =
-                    Some("not serving; `aistack logs` says why, `aistack up` retries".to_owned());
-            }
-        }
+        let address = cx.runtime.gateways.status(cx.project).await.map(|s| s.0);
+        super::listening(status, address, "not serving");
     }
 }

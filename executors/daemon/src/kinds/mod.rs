@@ -120,3 +120,22 @@ pub(crate) async fn live_status(
     };
     aistack_planner::with_kind!(kind, P => P::live(status, &cx).await);
 }
+
+/// `status` of a resource the daemon serves on a listener: running at `address`, or
+/// stopped, saying so (`not serving`) with where to look and how to retry.
+fn listening(status: &mut ResourceStatus, address: Option<impl std::fmt::Display>, stopped: &str) {
+    match address {
+        Some(address) => {
+            status.state = "running".to_owned();
+            status.endpoint = Some(format!("http://{address}"));
+            status.detail = None;
+        }
+        None => {
+            status.state = "stopped".to_owned();
+            status.endpoint = None;
+            status.detail = Some(format!(
+                "{stopped}; `aistack logs` says why, `aistack up` retries"
+            ));
+        }
+    }
+}

@@ -76,18 +76,6 @@ impl Executor for NetworkPolicy {
     /// A proxy serves where its listener is now, which the record also names.
     async fn live(status: &mut ResourceStatus, cx: &Cx<'_>) {
         let endpoints = cx.runtime.proxies.endpoints(cx.project).await;
-        match endpoints.get(cx.name) {
-            Some(address) => {
-                status.state = "running".to_owned();
-                status.endpoint = Some(format!("http://{address}"));
-                status.detail = None;
-            }
-            None => {
-                status.state = "stopped".to_owned();
-                status.endpoint = None;
-                status.detail =
-                    Some("not listening; `aistack logs` says why, `aistack up` retries".to_owned());
-            }
-        }
+        super::listening(status, endpoints.get(cx.name), "not listening");
     }
 }
