@@ -5,7 +5,7 @@
 use aistack_engine_api::{
     FinishReason, Format, GenerateRequest, Input, Message, Mode, TokenizeRequest, ToolCall,
 };
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -29,7 +29,12 @@ fn blocks_text(value: &Value) -> String {
     }
 }
 
-/// The chat, tools and constraint of a Messages request.
+/// The chat, tools and constraint of a Messages request. What the engine cannot use is
+/// dropped rather than refused, as a client such as Claude Code sends it on every turn:
+/// `thinking` and `redacted_thinking` blocks it echoes back, images and documents (the
+/// engine reads text), and block types newer than this decoder. System text, whether in
+/// `system` or in `system`-role messages, becomes the one system message chat templates
+/// expect first.
 fn input(request: &Value) -> Result<(Input, Option<Format>), ApiError> {
     let Some(items) = request.get("messages").and_then(Value::as_array) else {
         return Err(ApiError::bad_request("messages: Field required"));
@@ -39,19 +44,18 @@ fn input(request: &Value) -> Result<(Input, Option<Format>), ApiError> {
             "messages: at least one message is required",
         ));
     }
+    let mut system: Vec<String> = request.get("system").map(blocks_text).into_iter().collect();
     let mut messages = Vec::new();
-    if let Some(system) = request.get("system") {
-        let text = blocks_text(system);
-        if !text.is_empty() {
-            messages.push(Message::new("system", text));
-        }
-    }
     for m in items {
         let role = m
             .get("role")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::bad_request("messages: every message needs a `role`"))?;
         let content = m.get("content").unwrap_or(&Value::Null);
+        if role == "system" {
+            system.push(blocks_text(content));
+            continue;
+        }
         let Value::Array(blocks) = content else {
             messages.push(Message::new(role, blocks_text(content)));
             continue;
@@ -88,11 +92,7 @@ fn input(request: &Value) -> Result<(Input, Option<Format>), ApiError> {
                         .map(str::to_owned);
                     messages.push(result);
                 }
-                Some(other) => {
-                    return Err(ApiError::bad_request(format!(
-                        "Content blocks of type `{other}` are not supported"
-                    )));
-                }
+                Some(_) => {}
                 None => return Err(ApiError::bad_request("A content block has no `type`")),
             }
         }
@@ -100,8 +100,20 @@ fn input(request: &Value) -> Result<(Input, Option<Format>), ApiError> {
             messages.push(message);
         }
     }
+    system.retain(|text| !text.is_empty());
+    if !system.is_empty() {
+        messages.insert(0, Message::new("system", system.join("\n\n")));
+    }
+    // Server tools (`web_search_…`, `code_execution_…`) run at Anthropic; only the client's
+    // own tools, typed `custom` or untyped, reach the model.
     let items = request.get("tools").and_then(Value::as_array);
-    let mut offered = (items.into_iter().flatten())
+    let items = (items.into_iter().flatten()).filter(|item| {
+        matches!(
+            item.get("type").and_then(Value::as_str),
+            None | Some("custom")
+        )
+    });
+    let mut offered = items
         .map(|item| {
             tool(item, "input_schema", json!({"type": "object"}))
                 .ok_or_else(|| ApiError::bad_request("tools: every tool needs a `name`"))
@@ -250,6 +262,11 @@ impl Encoder for MessagesEncoder {
         })
     }
 
+    /// Anthropic's clients expect `ping` events, as its own streams send.
+    fn keep_alive() -> Option<Bytes> {
+        Some(Self::FRAMING.frame(&json!({"type": "ping"})))
+    }
+
     fn start(&mut self) -> Vec<Value> {
         vec![
             json!({"type": "message_start", "message": {
@@ -311,6 +328,84 @@ pub(crate) async fn count_tokens(State(shared): State<Shared>, body: Body) -> Re
 mod tests {
     use super::*;
     use crate::driver::replay::text_and_a_call;
+
+    /// The chat a request decodes into, as the engine receives it.
+    fn chat(request: Value) -> Value {
+        let (input, _) = input(&request).expect("the request decodes");
+        serde_json::to_value(input).expect("an input serializes")
+    }
+
+    #[test]
+    fn blocks_the_engine_cannot_read_are_dropped_not_refused() {
+        let request = json!({"messages": [
+            {"role": "user", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}},
+                {"type": "document", "source": {"type": "text", "data": "a PDF"}},
+                {"type": "text", "text": "What is this?"},
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "Hmm.", "signature": "c2ln"},
+                {"type": "redacted_thinking", "data": "c2VjcmV0"},
+                {"type": "text", "text": "A picture."},
+                {"type": "a_block_from_next_year"},
+            ]},
+            {"role": "user", "content": [{"type": "image", "source": {}}]},
+        ]});
+        assert_eq!(
+            chat(request)["messages"],
+            json!([
+                {"role": "user", "content": "What is this?"},
+                {"role": "assistant", "content": "A picture."},
+            ])
+        );
+    }
+
+    #[test]
+    fn system_text_from_anywhere_becomes_the_first_message() {
+        let request = json!({
+            "system": [{"type": "text", "text": "You are terse."}],
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "system", "content": [{"type": "text", "text": "Reply in French."}]},
+                {"role": "assistant", "content": "Salut"},
+            ],
+        });
+        assert_eq!(
+            chat(request)["messages"],
+            json!([
+                {"role": "system", "content": "You are terse.\n\nReply in French."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Salut"},
+            ])
+        );
+    }
+
+    #[test]
+    fn server_tools_stay_with_anthropic_and_client_tools_reach_the_model() {
+        let request = json!({
+            "messages": [{"role": "user", "content": "Search"}],
+            "tools": [
+                {"type": "web_search_20250305", "name": "web_search", "max_uses": 5},
+                {"type": "custom", "name": "Read", "input_schema": {"type": "object"}},
+                {"name": "Bash", "input_schema": {"type": "object"}},
+            ],
+        });
+        let names: Vec<Value> = (chat(request)["tools"].as_array().expect("tools"))
+            .iter()
+            .map(|tool| tool["name"].clone())
+            .collect();
+        assert_eq!(names, [json!("Read"), json!("Bash")]);
+    }
+
+    #[test]
+    fn a_block_without_a_type_is_still_refused() {
+        let request = json!({"messages": [{"role": "user", "content": [{"text": "Hi"}]}]});
+        let error = input(&request).expect_err("a block needs a type");
+        assert_eq!(
+            error.body(Api::Anthropic)["error"]["message"],
+            "A content block has no `type`"
+        );
+    }
 
     #[test]
     fn a_streamed_message_closes_its_text_block_before_each_tool_use() {

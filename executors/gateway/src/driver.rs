@@ -10,10 +10,14 @@ use aistack_engine_api::{
     ClientError, Event, EventStream, FinishReason, GenerateRequest, Input, Mode, Tool, ToolCall,
     Usage,
 };
+use std::future::Future;
+use std::time::Duration;
+
 use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
 
 use crate::error::{Api, ApiError, from_client};
 use crate::framing::Framing;
@@ -48,6 +52,11 @@ pub(crate) struct End {
     pub(crate) generated: bool,
 }
 
+/// How long a stream may stay silent while the engine works (evaluating a long prompt, or
+/// generating a tool call the splitter holds back) before it sends a keep-alive. Clients
+/// give up on streams idle for as little as 10 s.
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
 /// One dialect's way of writing a generation's answer, as JSON values: the driver frames
 /// them (by [`Encoder::FRAMING`]) and shapes failures (by [`Encoder::API`]). An answer that
 /// is not streamed gets [`Encoder::whole`]; a stream gets [`Encoder::start`], then
@@ -70,6 +79,11 @@ pub(crate) trait Encoder: Send + 'static {
 
     /// The events that show more text.
     fn text(&mut self, text: &str) -> Vec<Value>;
+
+    /// What a stream sends after [`KEEP_ALIVE`] of silence: by default its framing's.
+    fn keep_alive() -> Option<Bytes> {
+        Self::FRAMING.keep_alive()
+    }
 
     /// The events that close a stream that finished: held-back text, tool calls, the finish
     /// reason and the counts.
@@ -130,8 +144,15 @@ struct Running {
     label: String,
 }
 
-impl Running {
-    /// The engine's next step; a finished generation is counted here, however it is answered.
+/// Where a stream's steps come from: the engine, or a test's script.
+trait Steps: Send + 'static {
+    /// The next step. Dropping the future before it is ready loses nothing, as waiting for a
+    /// keep-alive's deadline does.
+    fn next(&mut self) -> impl Future<Output = Step> + Send;
+}
+
+impl Steps for Running {
+    /// A finished generation is counted here, however it is answered.
     async fn next(&mut self) -> Step {
         let step = Step::from(self.events.next().await);
         if let Step::Done(_, usage) = &step {
@@ -139,7 +160,9 @@ impl Running {
         }
         step
     }
+}
 
+impl Running {
     /// The whole answer, once the engine is done.
     async fn whole<E: Encoder>(
         mut self,
@@ -163,23 +186,41 @@ impl Running {
 
     /// The answer as a stream, written by a task that holds the lease until the stream ends
     /// or the client goes away (dropping the events then stops the engine's work).
-    fn stream<E: Encoder>(mut self, mut streaming: Streaming<E>) -> Response {
+    fn stream<E: Encoder>(self, streaming: Streaming<E>) -> Response {
         let (tx, rx) = mpsc::channel::<Bytes>(64);
-        tokio::spawn(async move {
-            let mut frames = streaming.start();
-            loop {
-                for frame in frames {
-                    if tx.send(frame).await.is_err() {
-                        return;
-                    }
-                }
-                if streaming.ended {
+        tokio::spawn(pump(streaming, self, tx));
+        E::FRAMING.response(rx)
+    }
+}
+
+/// Feeds `streaming` the steps of `steps` and sends its frames down `tx`, with a keep-alive
+/// whenever nothing was sent for [`KEEP_ALIVE`], until the stream ends or the client goes.
+async fn pump<E: Encoder>(
+    mut streaming: Streaming<E>,
+    mut steps: impl Steps,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let mut frames = streaming.start();
+    let mut sent = Instant::now();
+    loop {
+        if !frames.is_empty() {
+            for frame in frames {
+                if tx.send(frame).await.is_err() {
                     return;
                 }
-                frames = streaming.step(self.next().await);
             }
-        });
-        E::FRAMING.response(rx)
+            sent = Instant::now();
+        }
+        if streaming.ended {
+            return;
+        }
+        frames = match E::keep_alive() {
+            Some(ping) => match timeout_at(sent + KEEP_ALIVE, steps.next()).await {
+                Ok(step) => streaming.step(step),
+                Err(_) => vec![ping],
+            },
+            None => streaming.step(steps.next().await),
+        };
     }
 }
 
@@ -461,6 +502,108 @@ data: {"error":"The engine failed; help: see its log"}
         assert_eq!(
             frames.concat(),
             b"data: {\"error\":\"The model's engine stopped; the next request restarts it\"}\n\n"
+        );
+    }
+
+    /// A scripted engine: each step comes at its second from the start. Like the engine's
+    /// events, a step is taken only once it came, so a deadline passing loses none.
+    struct Script {
+        start: Instant,
+        steps: std::collections::VecDeque<(u64, Step)>,
+    }
+
+    impl Steps for Script {
+        async fn next(&mut self) -> Step {
+            let at = self
+                .steps
+                .front()
+                .expect("the script ends with its last step")
+                .0;
+            tokio::time::sleep_until(self.start + Duration::from_secs(at)).await;
+            self.steps.pop_front().expect("the step is still there").1
+        }
+    }
+
+    /// When (in whole seconds from the start) each frame of a stream of `script` is sent.
+    async fn timed<E: Encoder>(
+        encoder: E,
+        tools: Vec<Tool>,
+        script: Vec<(u64, Step)>,
+    ) -> Vec<(u64, String)> {
+        let (tx, mut rx) = mpsc::channel(64);
+        let start = Instant::now();
+        let script = Script {
+            start,
+            steps: script.into(),
+        };
+        tokio::spawn(pump(Streaming::new(encoder, tools), script, tx));
+        let mut frames = Vec::new();
+        while let Some(frame) = rx.recv().await {
+            let frame = String::from_utf8(frame.to_vec()).expect("frames are UTF-8");
+            frames.push((start.elapsed().as_secs(), frame.trim_end().to_owned()));
+        }
+        frames
+    }
+
+    fn done() -> Step {
+        Step::Done(FinishReason::Stop, USAGE)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_prompt_is_kept_alive_until_the_first_token() {
+        let script = vec![(12, Step::Text("Hi".into())), (15, done())];
+        let frames = timed(Probe, Vec::new(), script).await;
+        let expected = [
+            (0, "data: \"start\""),
+            (5, ": keep-alive"),
+            (10, ": keep-alive"),
+            (12, "data: \"Hi\""),
+            (15, "data: {\"calls\":[],\"generated\":true,\"held\":\"\"}"),
+            (15, "data: [DONE]"),
+        ];
+        assert_eq!(frames, expected.map(|(t, f)| (t, f.to_owned())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn text_held_back_as_a_tool_call_is_silence_too() {
+        let call =
+            r#"<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>"#;
+        let mut script: Vec<(u64, Step)> = (call.as_bytes().chunks(9).zip(1..))
+            .map(|(piece, at)| (at, Step::Text(String::from_utf8_lossy(piece).into_owned())))
+            .collect();
+        script.push((12, done()));
+        let frames = timed(Probe, weather(), script).await;
+        let times: Vec<u64> = frames.iter().map(|(t, _)| *t).collect();
+        assert_eq!(times, [0, 5, 10, 12, 12]);
+        assert_eq!(frames[1].1, ": keep-alive");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_json_object_a_line_has_no_keep_alive() {
+        struct Lines;
+        impl Encoder for Lines {
+            const API: Api = Api::Ollama;
+            const FRAMING: Framing = Framing::Ndjson;
+            const CALL_PREFIX: &'static str = "c";
+            fn whole(&self, _: &End) -> Value {
+                Value::Null
+            }
+            fn text(&mut self, text: &str) -> Vec<Value> {
+                vec![json!(text)]
+            }
+            fn finish(&mut self, _: &End) -> Vec<Value> {
+                vec![json!("end")]
+            }
+        }
+        let frames = timed(
+            Lines,
+            Vec::new(),
+            vec![(30, Step::Text("Hi".into())), (30, done())],
+        )
+        .await;
+        assert_eq!(
+            frames,
+            [(30, "\"Hi\"".to_owned()), (30, "\"end\"".to_owned())]
         );
     }
 

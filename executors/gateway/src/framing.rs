@@ -49,6 +49,15 @@ impl Framing {
         }
     }
 
+    /// What keeps a quiet stream alive: an SSE comment line, which clients skip. One JSON
+    /// object a line has no such thing.
+    pub(crate) fn keep_alive(self) -> Option<Bytes> {
+        match self {
+            Framing::Sse | Framing::NamedSse => Some(Bytes::from_static(b": keep-alive\n\n")),
+            Framing::Ndjson => None,
+        }
+    }
+
     /// A streaming response whose frames arrive on `frames` as they are made, marked
     /// `no-cache` as a live stream must be for proxies and clients.
     pub(crate) fn response(self, frames: Receiver<Bytes>) -> Response {
