@@ -242,6 +242,55 @@ fn openai_and_ollama_clients_chat_stream_embed_and_list() {
     assert_eq!(code, 0, "down closes the listener");
 }
 
+/// What Claude Code sends, through the official `anthropic` client: blocks the engine cannot
+/// read are dropped (the answer is the one without them), server tools stay with Anthropic,
+/// the beta endpoint answers, and a forced tool call comes back as `tool_use`.
+#[test]
+fn anthropic_client_sends_what_claude_code_sends() {
+    let env = serve(SPEC);
+    let script = aistack_tests::repo_root().join("tests/python/anthropic_client.py");
+    let out = aistack_tests::succeed(
+        Command::new(python())
+            .arg(script)
+            .arg(format!("127.0.0.1:{}", env.gateway_port()))
+            .arg("chat"),
+        "tests/python/anthropic_client.py",
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plain = &r["plain"]["text"];
+    assert!(!plain.as_str().unwrap().is_empty(), "{r}");
+    let stop = &r["plain"]["stop_reason"];
+    assert!(stop == "end_turn" || stop == "max_tokens", "{r}");
+    let tokens = r["plain"]["output_tokens"].as_u64().unwrap();
+    assert!((1..=12).contains(&tokens), "{r}");
+    assert_eq!(
+        &r["with_image"], plain,
+        "image dropped, system message read"
+    );
+    assert_eq!(r["thought"], r["history"], "thinking blocks dropped");
+    assert_eq!(&r["stream"]["text"], plain, "greedy stream = greedy reply");
+    assert_eq!(&r["stream"]["final_text"], plain);
+    assert_eq!(&r["stream"]["stop_reason"], stop);
+    assert_eq!(&r["beta"], plain, "`?beta=true` is the same route");
+
+    assert_eq!(r["tool"]["stop_reason"], "tool_use", "{r}");
+    assert_eq!(r["tool"]["name"], "get_weather");
+    assert!(r["tool"]["input"]["city"].is_string(), "{r}");
+    assert_eq!(r["tool_stream"]["stop_reason"], "tool_use");
+    assert_eq!(
+        r["tool_stream"]["input"], r["tool"]["input"],
+        "streamed call = whole call"
+    );
+    assert!(
+        !r["tool_result"]["text"].as_str().unwrap().is_empty(),
+        "the model answers from the tool's result: {r}"
+    );
+    assert_eq!(
+        r["count"], r["plain_input"],
+        "count_tokens = the prompt the reply read"
+    );
+}
+
 #[test]
 fn bad_requests_get_their_dialects_errors_and_the_model_keeps_serving() {
     let env = serve(SPEC);
