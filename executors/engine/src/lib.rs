@@ -10,6 +10,7 @@ mod embed;
 mod error;
 mod features;
 mod grammar;
+mod jinja;
 pub mod serve;
 mod stream;
 mod template;
@@ -30,7 +31,7 @@ pub use embed::Embedder;
 pub use error::EngineError;
 pub use features::{cpu_features, unused_cpu_features};
 pub use grammar::{json_object_grammar, schema_grammar, tool_call_grammar};
-pub use template::{ChatMessage, SpecialTokens, render_chat};
+pub use template::{ChatContext, ChatMessage, SpecialTokens, render_chat};
 
 fn kv_type(t: CacheType) -> KvCacheType {
     match t {
