@@ -291,6 +291,172 @@ fn anthropic_client_sends_what_claude_code_sends() {
     );
 }
 
+/// The events of a named-SSE body (`event:` then `data:`), each name checked against its
+/// payload's `type`.
+fn named_sse_events(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter(|f| !f.trim().is_empty())
+        .map(|frame| {
+            let (name, data) = frame
+                .strip_prefix("event: ")
+                .and_then(|f| f.split_once("\ndata: "))
+                .unwrap_or_else(|| panic!("not a named SSE frame: {frame:?}"));
+            let event: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(event["type"], name, "{frame}");
+            event
+        })
+        .collect()
+}
+
+#[test]
+fn the_openai_client_creates_streams_and_calls_tools_through_the_responses_api() {
+    let env = serve(SPEC);
+    let script = aistack_tests::repo_root().join("tests/python/responses.py");
+    let out = aistack_tests::succeed(
+        Command::new(python())
+            .arg(script)
+            .arg(format!("127.0.0.1:{}", env.gateway_port()))
+            .arg("chat"),
+        "tests/python/responses.py",
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let create = &r["create"];
+    assert!(
+        create["id"].as_str().unwrap().starts_with("resp_"),
+        "{create}"
+    );
+    assert_eq!(create["types"], json!(["message"]));
+    assert_eq!(create["instructions"], "Answer in one short sentence.");
+    assert!(!create["text"].as_str().unwrap().is_empty(), "{create}");
+    let output_tokens = create["output_tokens"].as_u64().unwrap();
+    match create["status"].as_str() {
+        Some("completed") => assert!(output_tokens <= 12, "{create}"),
+        Some("incomplete") => {
+            assert_eq!(create["incomplete_reason"], "max_output_tokens");
+            assert_eq!(output_tokens, 12);
+        }
+        _ => panic!("{create}"),
+    }
+
+    let stream = &r["stream"];
+    assert_eq!(
+        stream["text"], create["text"],
+        "greedy stream = greedy reply"
+    );
+    assert_eq!(stream["final_text"], stream["text"]);
+    assert_eq!(stream["final_status"], create["status"]);
+    assert_eq!(stream["output_tokens"], create["output_tokens"]);
+    let events = stream["events"].as_array().unwrap();
+    for (n, event) in events.iter().enumerate() {
+        assert_eq!(event["sequence_number"], n, "{event}");
+    }
+    let names: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let deltas = names
+        .iter()
+        .filter(|&&n| n == "response.output_text.delta")
+        .count();
+    assert!(deltas > 1, "{names:?}");
+    let last = if create["status"] == "completed" {
+        "response.completed"
+    } else {
+        "response.incomplete"
+    };
+    let mut expected = vec![
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ];
+    expected.extend(std::iter::repeat_n("response.output_text.delta", deltas));
+    expected.extend([
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        last,
+    ]);
+    assert_eq!(names, expected);
+
+    // A required function call, streamed through the SDK's helper.
+    let tool = &r["tool_stream"];
+    assert_eq!(tool["status"], "completed", "{tool}");
+    assert_eq!(tool["calls"][0]["name"], "get_weather", "{tool}");
+    assert!(tool["calls"][0]["arguments"]["city"].is_string(), "{tool}");
+    let names: Vec<&str> = (tool["events"].as_array().unwrap().iter())
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    for name in [
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+    ] {
+        assert!(names.contains(&name), "{names:?}");
+    }
+    assert_eq!(names.last(), Some(&"response.completed"));
+
+    // The call's output sent back: a second turn that reads the longer history.
+    let turn = &r["tool_turn"];
+    assert_eq!(turn["status"], "completed", "{turn}");
+    assert_eq!(turn["name"], "get_weather");
+    assert!(turn["arguments"]["city"].is_string(), "{turn}");
+    assert!(turn["call_id"].as_str().unwrap().starts_with("call_"));
+    assert!(
+        !turn["second_types"].as_array().unwrap().is_empty(),
+        "{turn}"
+    );
+    assert!(
+        turn["second_input_tokens"].as_u64() > turn["first_input_tokens"].as_u64(),
+        "{turn}"
+    );
+
+    assert_eq!(
+        r["namespace"],
+        json!({"namespace": "weather", "name": "forecast"})
+    );
+
+    // A JSON schema holds.
+    let schema = &r["schema"];
+    let text = schema["text"].as_str().unwrap();
+    let city: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {schema}"));
+    assert!(
+        city["name"].is_string() && city["population"].is_i64(),
+        "{city}"
+    );
+
+    // Reasoning, includes, storing and hosted tools are ignored: the same greedy answer.
+    let ignored = &r["ignored"];
+    assert_eq!(ignored["text"], create["text"], "{ignored}");
+    assert_eq!(ignored["status"], create["status"]);
+    assert_eq!(ignored["store"], false, "nothing is stored");
+
+    // curl: Docker Model Runner's routes, and the raw events, each named by its type.
+    let request = json!({"model": "chat", "input": "Hi", "max_output_tokens": 4, "stream": true});
+    for path in ["/engines/v1/responses", "/engines/llama.cpp/v1/responses"] {
+        let (code, body) = curl(&env, "POST", path, Some(&request), &[]);
+        assert_eq!(code, 200, "{body}");
+        let events = named_sse_events(&body);
+        assert_eq!(events[0]["type"], "response.created");
+        let done = events.last().unwrap();
+        assert_eq!(done["type"], "response.incomplete", "{done}");
+        assert_eq!(done["response"]["usage"]["output_tokens"], 4);
+    }
+
+    // Mistakes get OpenAI's error shape, with the fix.
+    let (code, body) = post(&env, "/v1/responses", &json!({"model": "chat", "input": 3}));
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("help:"),
+        "{body}"
+    );
+    let (code, body) = post(
+        &env,
+        "/v1/responses",
+        &json!({"model": "nope", "input": "Hi"}),
+    );
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_found");
+}
+
 #[test]
 fn bad_requests_get_their_dialects_errors_and_the_model_keeps_serving() {
     let env = serve(SPEC);

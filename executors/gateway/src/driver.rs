@@ -60,7 +60,8 @@ pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// One dialect's way of writing a generation's answer, as JSON values: the driver frames
 /// them (by [`Encoder::FRAMING`]) and shapes failures (by [`Encoder::API`]). An answer that
 /// is not streamed gets [`Encoder::whole`]; a stream gets [`Encoder::start`], then
-/// [`Encoder::text`] for each piece of text that can be shown, then [`Encoder::finish`].
+/// [`Encoder::text`] for each piece of text that can be shown, then [`Encoder::finish`] (or
+/// [`Encoder::fail`] when the engine fails mid-stream).
 pub(crate) trait Encoder: Send + 'static {
     /// The dialect, whose error shape failures take.
     const API: Api;
@@ -88,6 +89,12 @@ pub(crate) trait Encoder: Send + 'static {
     /// The events that close a stream that finished: held-back text, tool calls, the finish
     /// reason and the counts.
     fn finish(&mut self, end: &End) -> Vec<Value>;
+
+    /// The events that end a stream that failed: by default the dialect's error body, which
+    /// is how most dialects say it mid-stream too.
+    fn fail(&mut self, error: &ApiError) -> Vec<Value> {
+        vec![error.body(Self::API)]
+    }
 }
 
 /// Answers a generation route: `decode` reads the request, and the driver runs it.
@@ -339,7 +346,7 @@ impl<E: Encoder> Streaming<E> {
             }
             Step::Failed(e) => {
                 self.ended = true;
-                vec![E::FRAMING.frame(&e.body(E::API))]
+                framed::<E>(&self.encoder.fail(&e))
             }
         }
     }

@@ -16,6 +16,7 @@ use crate::config::Auth;
 use crate::error::{Api, ApiError};
 use crate::host;
 use crate::metrics::ModelLabel;
+use crate::responses;
 use crate::scope::{self, Scope};
 use crate::state::Shared;
 use crate::{anthropic, ollama, openai};
@@ -26,6 +27,7 @@ fn openai_routes() -> Router<Shared> {
     Router::new()
         .route("/chat/completions", post(openai::chat_completions))
         .route("/completions", post(openai::completions))
+        .route("/responses", post(responses::responses))
         .route("/embeddings", post(openai::embeddings))
         .route("/models", get(openai::list_models))
         .route("/models/{*name}", get(openai::get_model))

@@ -4,9 +4,9 @@
 //! demand. Dialects translate to the engine protocol of `aistack_engine_api`; the engines do
 //! templates, tools and grammars.
 //!
-//! Generation takes one path whatever the dialect. Each dialect module (`openai`, `ollama`,
-//! `anthropic`) is only a decoder, from its request to the engine's neutral request, and an
-//! encoder (`driver::Encoder`), from how the generation went to its whole body or its stream
+//! Generation takes one path whatever the dialect. Each dialect module (`openai`, `responses`,
+//! `ollama`, `anthropic`) is only a decoder, from its request to the engine's neutral request,
+//! and an encoder (`driver::Encoder`), from how the generation went to its whole body or its stream
 //! events. The `driver` owns all between: the lease on the model's engine and its queue,
 //! tool-call splitting, errors before and during a stream, metrics, and streaming itself;
 //! `framing` writes the events as SSE or NDJSON, `error` shapes failures for each dialect, and
@@ -31,6 +31,7 @@ mod models;
 mod ollama;
 mod openai;
 mod request;
+mod responses;
 mod scope;
 mod state;
 

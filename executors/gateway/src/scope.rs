@@ -74,8 +74,10 @@ fn is_model_api(method: &Method, path: &str) -> bool {
         .iter()
         .filter_map(|prefix| path.strip_prefix(prefix))
         .any(|rest| {
-            matches!(rest, "/chat/completions" | "/completions" | "/embeddings")
-                || rest == "/models"
+            matches!(
+                rest,
+                "/chat/completions" | "/completions" | "/responses" | "/embeddings"
+            ) || rest == "/models"
                 || rest.starts_with("/models/")
         });
     let other = matches!(
