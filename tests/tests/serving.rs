@@ -1,6 +1,7 @@
 //! The model gateway end to end: `aistack up` serves the real SmolLM2 GGUF through engine
-//! processes, and clients nobody here wrote (the `openai` and `ollama` Python packages, curl)
-//! talk to it. One thread per engine: the CI machine has two cores.
+//! processes, and clients nobody here wrote (the `openai`, `ollama`, `anthropic` and
+//! `google-genai` Python packages, curl) talk to it. One thread per engine: the CI machine
+//! has two cores.
 
 use std::process::Command;
 use std::thread;
@@ -105,7 +106,7 @@ fn engine_pid(env: &TestEnv, model: &str) -> Option<u64> {
 
 fn python() -> String {
     std::env::var("AISTACK_PYTHON").unwrap_or_else(|_| {
-        panic!("AISTACK_PYTHON must name a Python with the `openai` and `ollama` packages: run scripts/test, which sets it up")
+        panic!("AISTACK_PYTHON must name a Python with the `openai`, `ollama`, `anthropic` and `google-genai` packages: run scripts/test, which sets it up")
     })
 }
 
@@ -455,6 +456,81 @@ fn the_openai_client_creates_streams_and_calls_tools_through_the_responses_api()
     );
     assert_eq!(code, 404, "{body}");
     assert_eq!(body["error"]["code"], "model_not_found");
+}
+
+/// Google's `google-genai` SDK on the Gemini routes (`v1`, its default, and `v1beta`, which
+/// Gemini CLI speaks): a reply whole and streamed, a schema through the grammar, a forced
+/// function call and the turn that answers it, token counts, the listing and embeddings;
+/// then the bare `alt=sse` framing with curl.
+#[test]
+fn the_google_genai_sdk_generates_streams_calls_functions_and_counts() {
+    let env = serve(SPEC);
+    let out = aistack_tests::succeed(
+        Command::new(python())
+            .arg(aistack_tests::repo_root().join("tests/python/gemini.py"))
+            .arg(format!("127.0.0.1:{}", env.gateway_port()))
+            .args(["any-key", "chat", "embed"]),
+        "tests/python/gemini.py",
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let generated = &r["generate"];
+    assert_eq!(generated["finish_reason"], "MAX_TOKENS", "{r}");
+    assert_eq!(generated["candidates_tokens"], 12);
+    assert_eq!(
+        generated["total_tokens"].as_u64().unwrap(),
+        generated["prompt_tokens"].as_u64().unwrap() + 12
+    );
+    assert_eq!(generated["role"], "model");
+    assert_eq!(generated["model_version"], "chat");
+    assert_eq!(generated["has_response_id"], true);
+    assert!(!generated["text"].as_str().unwrap().is_empty());
+    assert_eq!(r["v1beta"], generated["text"], "`v1beta` is `v1`");
+    let streamed = &r["stream"];
+    assert_eq!(
+        streamed["text"], generated["text"],
+        "greedy stream = greedy reply"
+    );
+    assert!(streamed["chunks"].as_u64().unwrap() > 3, "{streamed}");
+    assert_eq!(streamed["finish_reason"], "MAX_TOKENS");
+    assert_eq!(streamed["candidates_tokens"], 12);
+    assert_eq!(r["count_tokens"], generated["prompt_tokens"], "{r}");
+    assert_eq!(r["models"], json!(["models/chat", "models/embed"]));
+    assert_eq!(r["model"]["name"], "models/chat");
+    assert_eq!(r["model"]["input_token_limit"], 2048);
+    assert!(
+        r["json"]["name"].is_string() && r["json"]["population"].is_i64(),
+        "{r}"
+    );
+    assert_eq!(r["function_call"]["name"], "get_weather", "{r}");
+    assert!(r["function_call"]["args"]["city"].is_string(), "{r}");
+    assert_eq!(r["function_call"]["finish_reason"], "STOP");
+    assert!(r["function_answer"]["parts"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["embed"], json!({"count": 2, "dims": 576}));
+    assert_eq!(r["unknown_model"]["code"], 404, "{r}");
+    assert_eq!(r["unknown_model"]["status"], "NOT_FOUND");
+
+    // Every frame JSON, as the SDKs read them: no `[DONE]`, the last with the reason.
+    let request = json!({"contents": [{"parts": [{"text": "Hi"}]}],
+                         "generationConfig": {"maxOutputTokens": 4}});
+    let path = "/v1beta/models/chat:streamGenerateContent?alt=sse";
+    let (code, body) = curl(&env, "POST", path, Some(&request), &[]);
+    assert_eq!(code, 200, "{body}");
+    let frames: Vec<Value> = (sse_events(&body).iter())
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|e| panic!("{e}: {body}")))
+        .collect();
+    let last = frames.last().unwrap();
+    assert_eq!(
+        last["candidates"][0]["finishReason"], "MAX_TOKENS",
+        "{body}"
+    );
+    assert_eq!(last["usageMetadata"]["candidatesTokenCount"], 4);
+    let path = "/v1beta/models/chat:streamGenerateContent";
+    let (code, refused) = post(&env, path, &request);
+    assert_eq!(
+        (code, &refused["error"]["status"]),
+        (400, &json!("INVALID_ARGUMENT"))
+    );
+    env.ok(&["down"]);
 }
 
 #[test]
@@ -807,6 +883,7 @@ models:
         &["authorization: Bearer s3cret-key"],
     );
     assert_eq!(code, 200, "{body}");
+    gemini_keys(&env);
     // keep_alive: 0 unloads after the request.
     assert!(
         wait_for(Duration::from_secs(5), || engine_pid(&env, "chat")
@@ -864,6 +941,37 @@ models:
         "{message}"
     );
     env.ok(&["down"]);
+}
+
+/// The Gemini routes take the key as Google's clients send it, `x-goog-api-key` or `?key=`
+/// (the preloaded `warm` model answers without a load), and refuse a wrong one in Google's
+/// error shape. The query is read on the Gemini routes only.
+fn gemini_keys(env: &TestEnv) {
+    let count = json!({"contents": [{"parts": [{"text": "Hi"}]}]});
+    let path = "/v1beta/models/warm:countTokens";
+    let (code, body) = post_with(env, path, &count, &["x-goog-api-key: s3cret-key"]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body["totalTokens"].as_u64().unwrap() > 0, "{body}");
+    let (code, body) = post_with(env, &format!("{path}?key=s3cret-key"), &count, &[]);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = curl(env, "GET", "/v1beta/models?key=s3cret-key", None, &[]);
+    assert_eq!(code, 200, "{body}");
+    for (query, headers) in [
+        ("", &[][..]),
+        ("?key=wrong", &[][..]),
+        ("", &["x-goog-api-key: wrong"][..]),
+    ] {
+        let (code, body) = post_with(env, &format!("{path}{query}"), &count, headers);
+        assert_eq!(code, 401, "{query} {headers:?}: {body}");
+        assert_eq!(body["error"]["code"], 401);
+        assert_eq!(body["error"]["status"], "UNAUTHENTICATED");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("x-goog-api-key"), "{message}");
+    }
+    let chat =
+        json!({"model": "warm", "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]});
+    let (code, _) = post_with(env, "/v1/chat/completions?key=s3cret-key", &chat, &[]);
+    assert_eq!(code, 401, "OpenAI's routes take no key in the query");
 }
 
 /// DNS rebinding (issue 16): a page on `evil.example` that re-points its name at 127.0.0.1

@@ -3,10 +3,12 @@
 //! agree on what a client sees.
 
 use aistack_engine_api::{ClientError, ErrorKind};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::gemini;
 use crate::models::Unavailable;
 
 /// The API a request speaks, which decides its error shape.
@@ -18,13 +20,18 @@ pub(crate) enum Api {
     Ollama,
     /// Anthropic's Messages.
     Anthropic,
+    /// Google's Gemini API (`/v1beta/models/...`, and Google's clients on `/v1/models/...`).
+    Gemini,
 }
 
 impl Api {
-    /// The dialect of a path, for answers given before any route runs (authentication, the
-    /// sandbox scope, unknown routes).
-    pub(crate) fn of_path(path: &str) -> Api {
-        if path.starts_with("/api/") {
+    /// The dialect of a request, for answers given before any route runs (authentication,
+    /// the sandbox scope, unknown routes).
+    pub(crate) fn of(request: &Request) -> Api {
+        let path = request.uri().path();
+        if gemini::asks(request) {
+            Api::Gemini
+        } else if path.starts_with("/api/") {
             Api::Ollama
         } else if path.starts_with("/v1/messages") {
             Api::Anthropic
@@ -39,6 +46,7 @@ impl Api {
             Api::OpenAi => "openai",
             Api::Ollama => "ollama",
             Api::Anthropic => "anthropic",
+            Api::Gemini => "gemini",
         }
     }
 }
@@ -93,6 +101,20 @@ impl ApiError {
                     _ => "invalid_request_error",
                 };
                 json!({"type": "error", "error": {"type": kind, "message": self.message}})
+            }
+            Api::Gemini => {
+                // google.rpc.Status, as Google's HTTP mapping of its codes writes it.
+                let status = match self.status.as_u16() {
+                    401 => "UNAUTHENTICATED",
+                    403 => "PERMISSION_DENIED",
+                    404 => "NOT_FOUND",
+                    429 => "RESOURCE_EXHAUSTED",
+                    501 => "UNIMPLEMENTED",
+                    503 => "UNAVAILABLE",
+                    s if s >= 500 => "INTERNAL",
+                    _ => "INVALID_ARGUMENT",
+                };
+                json!({"error": {"code": self.status.as_u16(), "message": self.message, "status": status}})
             }
         }
     }

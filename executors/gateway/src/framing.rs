@@ -1,4 +1,4 @@
-//! How a streamed answer is framed on the wire. Three conventions cover the dialects, so an
+//! How a streamed answer is framed on the wire. Four conventions cover the dialects, so an
 //! encoder names one instead of writing bytes.
 
 use std::convert::Infallible;
@@ -16,6 +16,9 @@ pub(crate) enum Framing {
     Sse,
     /// Server-sent events each named by its payload's `type`, as Anthropic's are.
     NamedSse,
+    /// Server-sent `data:` events and nothing after the last (Gemini's `alt=sse`): its clients
+    /// read every frame as JSON, so OpenAI's `[DONE]` would be an error there.
+    PlainSse,
     /// One JSON object a line (Ollama).
     Ndjson,
 }
@@ -23,7 +26,7 @@ pub(crate) enum Framing {
 impl Framing {
     fn content_type(self) -> &'static str {
         match self {
-            Framing::Sse | Framing::NamedSse => "text/event-stream",
+            Framing::Sse | Framing::NamedSse | Framing::PlainSse => "text/event-stream",
             Framing::Ndjson => "application/x-ndjson",
         }
     }
@@ -31,7 +34,7 @@ impl Framing {
     /// One event, framed.
     pub(crate) fn frame(self, event: &Value) -> Bytes {
         Bytes::from(match self {
-            Framing::Sse => format!("data: {event}\n\n"),
+            Framing::Sse | Framing::PlainSse => format!("data: {event}\n\n"),
             Framing::NamedSse => {
                 // An event without a `type` takes SSE's default name.
                 let name = event.get("type").and_then(Value::as_str);
@@ -45,16 +48,17 @@ impl Framing {
     pub(crate) fn trailer(self) -> Option<Bytes> {
         match self {
             Framing::Sse => Some(Bytes::from_static(b"data: [DONE]\n\n")),
-            Framing::NamedSse | Framing::Ndjson => None,
+            Framing::NamedSse | Framing::PlainSse | Framing::Ndjson => None,
         }
     }
 
     /// What keeps a quiet stream alive: an SSE comment line, which clients skip. One JSON
-    /// object a line has no such thing.
+    /// object a line has no such thing, and neither has [`Framing::PlainSse`], whose clients
+    /// read a comment as a frame too: its encoder sends a frame of its own.
     pub(crate) fn keep_alive(self) -> Option<Bytes> {
         match self {
             Framing::Sse | Framing::NamedSse => Some(Bytes::from_static(b": keep-alive\n\n")),
-            Framing::Ndjson => None,
+            Framing::PlainSse | Framing::Ndjson => None,
         }
     }
 

@@ -1,11 +1,11 @@
 //! The router and what every request passes through first: the host check of a gateway
-//! without a key (DNS rebinding, [`crate::host`]), CORS, authentication (a bearer key, else
-//! loopback clients only) and the request counter.
+//! without a key (DNS rebinding, [`crate::host`]), CORS, authentication (a key, else loopback
+//! clients only) and the request counter.
 
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,27 +19,64 @@ use crate::metrics::ModelLabel;
 use crate::responses;
 use crate::scope::{self, Scope};
 use crate::state::Shared;
-use crate::{anthropic, ollama, openai};
+use crate::{anthropic, gemini, ollama, openai};
 
 /// OpenAI's routes, mounted under `/v1`, `/engines/v1` and `/engines/llama.cpp/v1` as Docker
-/// Model Runner mounts them.
+/// Model Runner mounts them, but for the models under `/v1` (see [`router`]).
 fn openai_routes() -> Router<Shared> {
     Router::new()
         .route("/chat/completions", post(openai::chat_completions))
         .route("/completions", post(openai::completions))
         .route("/responses", post(responses::responses))
         .route("/embeddings", post(openai::embeddings))
+}
+
+/// OpenAI's model listing and model.
+fn openai_models() -> Router<Shared> {
+    Router::new()
         .route("/models", get(openai::list_models))
         .route("/models/{*name}", get(openai::get_model))
+}
+
+async fn v1_listing(State(shared): State<Shared>, request: Request) -> Response {
+    if gemini::asks(&request) {
+        gemini::list_models(State(shared), request).await
+    } else {
+        openai::list_models(State(shared)).await
+    }
+}
+
+async fn v1_model(State(shared): State<Shared>, name: Path<String>, request: Request) -> Response {
+    if gemini::asks(&request) {
+        gemini::model_route(State(shared), request).await
+    } else {
+        openai::get_model(State(shared), name).await
+    }
 }
 
 pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
         .nest("/v1", openai_routes())
-        .nest("/engines/v1", openai_routes())
-        .nest("/engines/llama.cpp/v1", openai_routes())
+        // The Gemini API's `v1` (google-genai 3's default) shares these paths: its model
+        // methods are `POST`s, which OpenAI has none of here, and its `GET`s are told apart
+        // by `gemini::asks`. Routed whole, as a nested route would see its path cut.
+        .route("/v1/models", get(v1_listing))
+        .route(
+            "/v1/models/{*name}",
+            get(v1_model).post(gemini::model_route),
+        )
+        .nest("/engines/v1", openai_routes().merge(openai_models()))
+        .nest(
+            "/engines/llama.cpp/v1",
+            openai_routes().merge(openai_models()),
+        )
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route("/v1beta/models", get(gemini::list_models))
+        .route(
+            "/v1beta/models/{*rest}",
+            get(gemini::model_route).post(gemini::model_route),
+        )
         .route("/api/tags", get(ollama::tags))
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate_route))
@@ -71,17 +108,23 @@ async fn not_found(request: Request) -> Response {
         StatusCode::NOT_FOUND,
         format!("No route `{} {path}`", request.method()),
     )
-    .render(Api::of_path(&path))
+    .render(Api::of(&request))
 }
 
-/// Whether `headers` carry the key, as a bearer token or Anthropic's `x-api-key`.
-fn authorised(headers: &HeaderMap, key: &str) -> bool {
+/// Whether `request` carries the key: as a bearer token, Anthropic's `x-api-key`, Google's
+/// `x-goog-api-key`, or, on the Gemini routes (`api`), Google's `key=` query parameter.
+fn authorised(request: &Request, api: Api, key: &str) -> bool {
+    let headers: &HeaderMap = request.headers();
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    [bearer, x_api_key]
+    let x_goog_api_key = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok());
+    let query_key = (api == Api::Gemini)
+        .then(|| gemini::query_param(request.uri().query(), "key"))
+        .flatten();
+    [bearer, x_api_key, x_goog_api_key, query_key.as_deref()]
         .into_iter()
         .flatten()
         .any(|given| bool::from(given.as_bytes().ct_eq(key.as_bytes())))
@@ -94,7 +137,7 @@ async fn guard(
     next: Next,
 ) -> Response {
     let settings = shared.settings();
-    let api = Api::of_path(request.uri().path());
+    let api = Api::of(&request);
     // First, so that a rebinding page's preflight is refused too.
     if settings.auth == Auth::LoopbackOnly
         && let Some(e) = host::refusal(&request, settings.listen)
@@ -129,7 +172,9 @@ async fn guard(
         );
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("authorization, content-type, x-api-key, anthropic-version"),
+            HeaderValue::from_static(
+                "authorization, content-type, x-api-key, anthropic-version, x-goog-api-key, x-goog-api-client",
+            ),
         );
         headers.insert(
             header::ACCESS_CONTROL_MAX_AGE,
@@ -139,9 +184,16 @@ async fn guard(
         return response;
     }
     let refusal = match &settings.auth {
-        Auth::Key(key) if !authorised(request.headers(), key) => Some(ApiError::new(
+        Auth::Key(key) if !authorised(&request, api, key) => Some(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "Missing or wrong API key; help: send `Authorization: Bearer <key>` with the value of the variable named by `gateway.api_key_env`",
+            match api {
+                Api::Gemini => {
+                    "Missing or wrong API key; help: send `x-goog-api-key: <key>` with the value of the variable named by `gateway.api_key_env`"
+                }
+                _ => {
+                    "Missing or wrong API key; help: send `Authorization: Bearer <key>` with the value of the variable named by `gateway.api_key_env`"
+                }
+            },
         )),
         Auth::KeyUnknown => Some(ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -1,13 +1,13 @@
 //! The model gateway (DESIGN §6): one HTTP listener per `gateway.listen` address, serving the
-//! models registered by the projects that name it in the OpenAI, Docker Model Runner, Ollama
-//! and Anthropic dialects, in front of engine processes (`aistack engine`) it starts on
+//! models registered by the projects that name it in the OpenAI, Docker Model Runner, Ollama,
+//! Anthropic and Gemini dialects, in front of engine processes (`aistack engine`) it starts on
 //! demand. Dialects translate to the engine protocol of `aistack_engine_api`; the engines do
 //! templates, tools and grammars.
 //!
-//! Generation takes one path whatever the dialect. Each dialect module (`openai`, `responses`,
-//! `ollama`, `anthropic`) is only a decoder, from its request to the engine's neutral request,
-//! and an encoder (`driver::Encoder`), from how the generation went to its whole body or its stream
-//! events. The `driver` owns all between: the lease on the model's engine and its queue,
+//! Generation takes one path whatever the dialect. Each dialect module (`openai`,
+//! `responses`, `ollama`, `anthropic`, `gemini`) is only a decoder, from its request to the engine's neutral request,
+//! and an encoder (`driver::Encoder`), from how the generation went to its whole body or its
+//! stream events. The `driver` owns all between: the lease on the model's engine and its queue,
 //! tool-call splitting, errors before and during a stream, metrics, and streaming itself;
 //! `framing` writes the events as SSE or NDJSON, `error` shapes failures for each dialect, and
 //! `request` reads what every model route is asked (the body, the model, the metrics label).
@@ -23,6 +23,7 @@ mod driver;
 mod embed;
 mod error;
 mod framing;
+mod gemini;
 mod host;
 mod http;
 mod launch;

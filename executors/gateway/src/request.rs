@@ -66,11 +66,28 @@ where
     F: FnOnce(Call) -> Fut,
     Fut: Future<Output = Result<Response, ApiError>>,
 {
+    answer_for(shared, body, api, None, respond).await
+}
+
+/// As [`answer`], for a route that names its model in the path (Gemini's
+/// `/v1beta/models/{model}:generateContent`): `model`, when given, is the one asked, whatever
+/// the body says.
+pub(crate) async fn answer_for<F, Fut>(
+    shared: &Shared,
+    body: Body,
+    api: Api,
+    model: Option<&str>,
+    respond: F,
+) -> Response
+where
+    F: FnOnce(Call) -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
+{
     let body: Value = match read_json(shared, body).await {
         Ok(body) => body,
         Err(e) => return e.render(api),
     };
-    let model = (body.get("model").and_then(Value::as_str))
+    let model = (model.or_else(|| body.get("model").and_then(Value::as_str)))
         .unwrap_or_default()
         .to_owned();
     let label = ModelLabel(model.clone());

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::error::{Api, ApiError};
+use crate::gemini;
 use crate::request::read_body;
 use crate::state::Shared;
 
@@ -92,12 +93,17 @@ fn is_model_api(method: &Method, path: &str) -> bool {
             | "/api/show"
             | "/api/ps"
             | "/api/version"
-    );
+    ) || path == "/v1beta/models"
+        || path.starts_with("/v1beta/models/");
     (openai || other) && (method == Method::GET || method == Method::POST)
 }
 
-/// The model a `GET .../models/{name}` asks for.
-fn model_in_path(path: &str) -> Option<&str> {
+/// The model a `GET .../models/{name}` asks for, or any Gemini route, which names its model
+/// in the path: read as the handler of `api` reads it.
+fn model_in_path<'a>(api: Api, method: &Method, path: &'a str) -> Option<&'a str> {
+    if api == Api::Gemini {
+        return gemini::target(method, path).map(|(model, _)| model);
+    }
     [
         "/v1/models/",
         "/engines/v1/models/",
@@ -116,7 +122,7 @@ pub(crate) async fn enforce(
     next: Next,
 ) -> Response {
     let path = request.uri().path().to_owned();
-    let api = Api::of_path(&path);
+    let api = Api::of(&request);
     if !is_model_api(request.method(), &path) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -127,12 +133,13 @@ pub(crate) async fn enforce(
         )
         .render(api);
     }
-    if let Some(name) = model_in_path(&path)
+    if let Some(name) = model_in_path(api, request.method(), &path)
         && !scope.allows(shared, name)
     {
         return scope.refusal(name).render(api);
     }
-    let request = if request.method() == Method::POST {
+    // Gemini's handlers use the model of the path, checked above, whatever the body says.
+    let request = if request.method() == Method::POST && api != Api::Gemini {
         let (parts, body) = request.into_parts();
         let bytes = match read_body(shared, body).await {
             Ok(bytes) => bytes,
@@ -152,7 +159,7 @@ pub(crate) async fn enforce(
     if response.status() != StatusCode::OK || !is_listing(&path) {
         return response;
     }
-    narrowed(scope, shared, response).await
+    narrowed(scope, shared, api, response).await
 }
 
 /// The model a request body names: `model`, or Ollama's older `name`.
@@ -167,8 +174,8 @@ fn is_listing(path: &str) -> bool {
 }
 
 /// A listing with the models outside the scope left out: OpenAI's `data[].id`, Ollama's
-/// `models[].name`.
-async fn narrowed(scope: Scope, shared: &Shared, response: Response) -> Response {
+/// `models[].name`, Gemini's `models[].name` (`models/chat`).
+async fn narrowed(scope: Scope, shared: &Shared, api: Api, response: Response) -> Response {
     let (mut parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -180,6 +187,10 @@ async fn narrowed(scope: Scope, shared: &Shared, response: Response) -> Response
         if let Some(items) = listing.get_mut(key).and_then(Value::as_array_mut) {
             items.retain(|item| {
                 (item.get(id).and_then(Value::as_str))
+                    .map(|name| match api {
+                        Api::Gemini => name.strip_prefix("models/").unwrap_or(name),
+                        _ => name,
+                    })
                     .is_some_and(|name| scope.allows(shared, name))
             });
         }
@@ -201,6 +212,8 @@ mod tests {
             "/v1/messages",
             "/api/chat",
             "/api/tags",
+            "/v1beta/models",
+            "/v1beta/models/chat:streamGenerateContent",
         ] {
             assert!(
                 is_model_api(&Method::POST, path) || is_model_api(&Method::GET, path),
@@ -236,6 +249,28 @@ mod tests {
         assert!(scope("").is_empty());
         let unscoped = Request::builder().body(Body::empty()).unwrap();
         assert_eq!(Scope::of(&unscoped), None);
+    }
+
+    #[test]
+    fn gemini_routes_name_their_model_in_the_path() {
+        let post = |path| model_in_path(Api::Gemini, &Method::POST, path);
+        let get = |api, path| model_in_path(api, &Method::GET, path);
+        assert_eq!(post("/v1beta/models/chat:generateContent"), Some("chat"));
+        assert_eq!(
+            post("/v1beta/models/models/embed:embedContent"),
+            Some("embed")
+        );
+        assert_eq!(
+            post("/v1/models/chat:latest:countTokens"),
+            Some("chat:latest")
+        );
+        assert_eq!(get(Api::Gemini, "/v1beta/models/chat"), Some("chat"));
+        assert_eq!(get(Api::Gemini, "/v1beta/models"), None);
+        assert_eq!(get(Api::Gemini, "/v1/models/models/chat"), Some("chat"));
+        assert_eq!(
+            get(Api::OpenAi, "/v1/models/chat:latest"),
+            Some("chat:latest")
+        );
     }
 
     #[test]
