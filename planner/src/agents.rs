@@ -8,6 +8,8 @@
 //! elsewhere (a local gateway, a stand-in) by the name the agent documents.
 
 use aistack_spec::values::Agent;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 /// What an agent sees in place of an API key.
 pub const PLACEHOLDER: &str = "aistack-placeholder";
@@ -98,6 +100,179 @@ impl Profile {
     }
 }
 
+/// The project model an agent runs on, as the agent must be told about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalModel<'a> {
+    /// The model's key in `models:`, which the gateway serves it by.
+    pub name: &'a str,
+    /// Its context window in tokens.
+    pub context: u32,
+    /// The sandbox's workspace, which the agent is told it may trust.
+    pub workspace: &'a str,
+}
+
+/// A file an agent reads at start, written into the sandbox before the agent first runs
+/// (and left alone afterwards: agents keep their own state in some of these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentFile {
+    /// Where, relative to the agent user's home.
+    pub path: String,
+    /// What it holds.
+    pub contents: String,
+}
+
+/// What an agent needs to run on a local model: the variables over its profile's, and its
+/// configuration files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalSetup {
+    /// Variables, over the profile's (its base URL now names the gateway).
+    pub env: Vec<(String, String)>,
+    /// Configuration files.
+    pub files: Vec<AgentFile>,
+}
+
+/// How the sandbox reaches the project's gateway (through its proxy).
+fn gateway() -> String {
+    format!("http://{}", crate::MODELS_HOST)
+}
+
+/// The most a reply may take of the window: a quarter, at most 8k tokens (agents ask for
+/// 32k by default, which would leave no room for their prompt in a 32k window).
+fn output_tokens(context: u32) -> u32 {
+    (context / 4).min(8192)
+}
+
+fn pairs(items: &[(&str, String)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+fn json_file(path: &str, value: &serde_json::Value) -> AgentFile {
+    AgentFile {
+        path: path.to_owned(),
+        contents: format!("{value:#}\n"),
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(text: &str) -> String {
+    serde_json::Value::String(text.to_owned()).to_string()
+}
+
+/// What `agent` needs to run on `model` through the gateway and reach nothing else:
+/// `None` for an agent that cannot ([`Agent::runs_on_local_models`]).
+#[must_use]
+pub fn on_local_model(agent: Agent, model: LocalModel<'_>) -> Option<LocalSetup> {
+    let LocalModel {
+        name,
+        context,
+        workspace,
+    } = model;
+    let output = output_tokens(context).to_string();
+    let v1 = format!("{}/v1", gateway());
+    // Node's `fetch` reads the proxy variables only when asked to.
+    let node_proxy = ("NODE_USE_ENV_PROXY", "1".to_owned());
+    Some(match agent {
+        Agent::Claude => LocalSetup {
+            env: pairs(&[
+                ("ANTHROPIC_BASE_URL", gateway()),
+                ("ANTHROPIC_MODEL", name.to_owned()),
+                ("ANTHROPIC_DEFAULT_OPUS_MODEL", name.to_owned()),
+                ("ANTHROPIC_DEFAULT_SONNET_MODEL", name.to_owned()),
+                ("ANTHROPIC_DEFAULT_HAIKU_MODEL", name.to_owned()),
+                ("CLAUDE_CODE_SUBAGENT_MODEL", name.to_owned()),
+                ("CLAUDE_CODE_AUTO_COMPACT_WINDOW", context.to_string()),
+                ("CLAUDE_CODE_MAX_OUTPUT_TOKENS", output),
+                ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
+                node_proxy,
+            ]),
+            files: vec![json_file(
+                ".claude.json",
+                &json!({
+                    "hasCompletedOnboarding": true,
+                    "customApiKeyResponses": {"approved": [PLACEHOLDER], "rejected": []},
+                    "projects": {workspace: {"hasTrustDialogAccepted": true}},
+                }),
+            )],
+        },
+        Agent::Codex => LocalSetup {
+            env: Vec::new(),
+            files: vec![AgentFile {
+                path: ".codex/config.toml".to_owned(),
+                contents: format!(
+                    "model = {model}\nmodel_provider = \"aistack\"\nmodel_context_window = {context}\nmodel_max_output_tokens = {output}\ncheck_for_update_on_startup = false\n\n[model_providers.aistack]\nname = \"aistack\"\nbase_url = {base}\nwire_api = \"responses\"\nenv_key = \"OPENAI_API_KEY\"\n\n[projects.{workspace}]\ntrust_level = \"trusted\"\n",
+                    model = toml_string(name),
+                    base = toml_string(&v1),
+                    workspace = toml_string(workspace),
+                ),
+            }],
+        },
+        Agent::Copilot => LocalSetup {
+            env: pairs(&[
+                ("COPILOT_PROVIDER_BASE_URL", v1),
+                ("COPILOT_PROVIDER_TYPE", "openai".to_owned()),
+                ("COPILOT_PROVIDER_API_KEY", PLACEHOLDER.to_owned()),
+                ("COPILOT_MODEL", name.to_owned()),
+                (
+                    "COPILOT_PROVIDER_MAX_PROMPT_TOKENS",
+                    (context - output_tokens(context)).to_string(),
+                ),
+                ("COPILOT_PROVIDER_MAX_OUTPUT_TOKENS", output),
+                ("COPILOT_OFFLINE", "true".to_owned()),
+                node_proxy,
+            ]),
+            files: Vec::new(),
+        },
+        Agent::Gemini => LocalSetup {
+            env: pairs(&[
+                ("GOOGLE_GEMINI_BASE_URL", gateway()),
+                ("GEMINI_MODEL", name.to_owned()),
+                ("GEMINI_CLI_TRUST_WORKSPACE", "true".to_owned()),
+                node_proxy,
+            ]),
+            files: vec![json_file(
+                ".gemini/settings.json",
+                &json!({
+                    "security": {"auth": {"selectedType": "gemini-api-key"}},
+                    "model": {"name": name},
+                    "general": {"disableAutoUpdate": true, "disableUpdateNag": true},
+                    "privacy": {"usageStatisticsEnabled": false},
+                    "telemetry": {"enabled": false},
+                }),
+            )],
+        },
+        Agent::Opencode => LocalSetup {
+            env: pairs(&[
+                ("OPENCODE_DISABLE_MODELS_FETCH", "1".to_owned()),
+                ("OPENCODE_DISABLE_AUTOUPDATE", "1".to_owned()),
+            ]),
+            files: vec![json_file(
+                ".config/opencode/opencode.json",
+                &json!({
+                    "$schema": "https://opencode.ai/config.json",
+                    "model": format!("aistack/{name}"),
+                    "small_model": format!("aistack/{name}"),
+                    "autoupdate": false,
+                    "share": "disabled",
+                    "provider": {"aistack": {
+                        "npm": "@ai-sdk/openai-compatible",
+                        "name": "aistack",
+                        "options": {"baseURL": v1},
+                        "models": {name: {
+                            "name": name,
+                            "tool_call": true,
+                            "limit": {"context": context, "output": output_tokens(context)},
+                        }},
+                    }},
+                }),
+            )],
+        },
+        Agent::Kiro | Agent::DockerAgent | Agent::Shell => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +291,57 @@ mod tests {
             ]
         );
         assert_eq!(profile(Agent::DockerAgent).command, "cagent");
+    }
+
+    #[test]
+    fn each_agent_is_pointed_at_the_gateway_with_the_models_window() {
+        let model = LocalModel {
+            name: "coder",
+            context: 32768,
+            workspace: "/home/me/my \"project\"",
+        };
+        for agent in Agent::NAMES.iter().filter_map(|n| Agent::from_name(n)) {
+            let setup = on_local_model(agent, model);
+            assert_eq!(setup.is_some(), agent.runs_on_local_models(), "{agent}");
+            let Some(setup) = setup else { continue };
+            let mut text = String::new();
+            for (key, value) in &setup.env {
+                text.push_str(&format!("{key}={value}\n"));
+            }
+            for file in &setup.files {
+                text.push_str(&format!("--- ~/{}\n{}", file.path, file.contents));
+            }
+            assert!(
+                !text.contains("api.") && !text.contains("googleapis"),
+                "{agent}: {text}"
+            );
+            insta::assert_snapshot!(format!("local_model_{agent}"), text);
+        }
+    }
+
+    #[test]
+    fn codex_reads_its_config_as_toml() {
+        let setup = on_local_model(
+            Agent::Codex,
+            LocalModel {
+                name: "coder",
+                context: 32768,
+                workspace: "/w/\"odd\" \\ path",
+            },
+        )
+        .unwrap();
+        let config: toml::Table = setup.files[0].contents.parse().unwrap();
+        assert_eq!(config["model"].as_str(), Some("coder"));
+        assert_eq!(config["model_context_window"].as_integer(), Some(32768));
+        let provider = &config["model_providers"]["aistack"];
+        assert_eq!(provider["wire_api"].as_str(), Some("responses"));
+        assert_eq!(
+            provider["base_url"].as_str(),
+            Some("http://models.aistack.internal/v1")
+        );
+        assert_eq!(
+            config["projects"]["/w/\"odd\" \\ path"]["trust_level"].as_str(),
+            Some("trusted")
+        );
     }
 }

@@ -517,6 +517,10 @@ pub struct SandboxPlan {
     /// models' `<KEY>_URL` and `<KEY>_MODEL`, then the template chain's and its own `env:`,
     /// which win. Derived from the settings, so not compared on its own.
     pub environment: BTreeMap<String, String>,
+    /// The configuration files an agent on a local model reads (relative to its home),
+    /// written before it first runs. Derived from the settings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::agents::AgentFile>,
     /// The agent's program, which the template must have on `PATH`.
     pub program: String,
     /// The build step that installs it, for the error that says it is missing.
@@ -537,6 +541,9 @@ pub struct SandboxSettings {
     pub template: String,
     /// The agent.
     pub agent: Agent,
+    /// The project model the agent runs on, instead of its vendor's API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_model: Option<String>,
     /// Extra arguments for the agent.
     pub args: Vec<String>,
     /// The workspace, absolute.

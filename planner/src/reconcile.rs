@@ -540,18 +540,19 @@ impl Reconciler<'_> {
         if let Some(policy) = &sandbox.network_policy {
             depends_on.push(ResourceId::new(Kind::Proxy, policy));
         }
-        depends_on.extend(
-            sandbox
-                .models
-                .iter()
-                .map(|m| ResourceId::new(Kind::Model, m)),
-        );
+        // The agent's model is reachable as the listed ones are.
+        let mut models = sandbox.models.clone();
+        if let Some(model) = sandbox.agent.model.as_ref().filter(|m| !models.contains(m)) {
+            models.push(model.clone());
+        }
+        depends_on.extend(models.iter().map(|m| ResourceId::new(Kind::Model, m)));
         let workspace = normalise(self.base_dir, &sandbox.workspace);
         let mut env = self.template_env(&sandbox.template);
         env.extend(sandbox.env.clone());
-        let profile = agents::profile(sandbox.agent);
+        let agent = sandbox.agent.name;
+        let profile = agents::profile(agent);
         let mut environment: BTreeMap<String, String> = profile.environment().into_iter().collect();
-        for model in &sandbox.models {
+        for model in &models {
             let key = model_variable(model);
             environment.insert(
                 format!("{key}_URL"),
@@ -559,17 +560,32 @@ impl Reconciler<'_> {
             );
             environment.insert(format!("{key}_MODEL"), model.clone());
         }
+        let workspace_text = workspace.to_string_lossy().into_owned();
+        let local = sandbox.agent.model.as_ref().and_then(|name| {
+            let context = self.spec.models.get(name)?.context_size?;
+            agents::on_local_model(
+                agent,
+                agents::LocalModel {
+                    name,
+                    context,
+                    workspace: &workspace_text,
+                },
+            )
+        });
+        let local = local.unwrap_or_default();
+        environment.extend(local.env);
         environment.extend(env.clone());
         let settings = SandboxSettings {
             template: sandbox.template.clone(),
-            agent: sandbox.agent,
+            agent,
+            agent_model: sandbox.agent.model.clone(),
             args: sandbox.args.clone(),
-            workspace: workspace.to_string_lossy().into_owned(),
+            workspace: workspace_text,
             isolation: sandbox.isolation,
             cpus: sandbox.cpus,
             memory: sandbox.memory,
             network_policy: sandbox.network_policy.clone(),
-            models: sandbox.models.clone(),
+            models,
             ports: sandbox.ports.clone(),
             env,
         };
@@ -593,6 +609,7 @@ impl Reconciler<'_> {
                 .collect(),
             settings,
             environment,
+            files: local.files,
             program: profile.command.to_owned(),
             install: profile.install.to_owned(),
         });

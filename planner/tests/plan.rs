@@ -144,7 +144,7 @@ fn full_spec() -> Spec {
         "coder".to_owned(),
         Sandbox {
             template: "dev".into(),
-            agent: Agent::Claude,
+            agent: Agent::Claude.into(),
             args: Vec::new(),
             workspace: ".".into(),
             isolation: Isolation::Auto,

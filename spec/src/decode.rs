@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::diagnostic::{Diagnostic, Location, codes};
 use crate::interpolate::is_env_name;
 use crate::model::{
-    Credential, DiffusersDefaults, Engines, Gateway, LlamaCppDefaults, Model, NetworkPolicy,
-    Sandbox, Spec, Template, VllmDefaults,
+    AgentChoice, Credential, DiffusersDefaults, Engines, Gateway, LlamaCppDefaults, Model,
+    NetworkPolicy, Sandbox, Spec, Template, VllmDefaults,
 };
 use crate::runtime_flags;
 use crate::values::{
@@ -992,6 +992,23 @@ fn policy(cx: &mut Cx, entry: &Entry, path: &str) -> Option<NetworkPolicy> {
     })
 }
 
+/// `agent: codex` or `agent: {name: codex, model: coder}`.
+fn agent_choice(cx: &mut Cx, node: &Node, path: &str) -> Option<AgentChoice> {
+    let name =
+        |cx: &mut Cx, n: &Node, p: &str| enumeration(cx, n, p, Agent::NAMES, Agent::from_name);
+    if !matches!(node.value, Value::Mapping(_)) {
+        return name(cx, node, path).map(AgentChoice::from);
+    }
+    let mut m = MapReader::new(cx, node, path, node.location.clone());
+    let agent = m.required(cx, "name", "codex", name);
+    let model = m.optional(cx, "model", reference);
+    m.finish(cx);
+    Some(AgentChoice {
+        name: agent?,
+        model,
+    })
+}
+
 /// The smallest memory a sandbox may have.
 pub const MIN_SANDBOX_MEMORY: u64 = 64 << 20;
 
@@ -999,9 +1016,7 @@ fn sandbox(cx: &mut Cx, entry: &Entry, path: &str) -> Option<Sandbox> {
     let mut m = MapReader::new(cx, &entry.value, path, entry.key_location.clone());
     let template = m.required(cx, "template", "dev", reference);
     let agent = m
-        .optional(cx, "agent", |cx, n, p| {
-            enumeration(cx, n, p, Agent::NAMES, Agent::from_name)
-        })
+        .optional(cx, "agent", |cx, n, p| agent_choice(cx, n, p))
         .unwrap_or_default();
     let args = m
         .optional(cx, "args", |cx, n, p| Some(list(cx, n, p, string)))

@@ -238,9 +238,11 @@ pub struct Credential {
 pub struct Sandbox {
     /// Template the sandbox's root filesystem comes from.
     pub template: String,
-    /// Agent started in the sandbox.
+    /// Agent started in the sandbox: its name, or `{name, model}` to run it on one of the
+    /// project's models instead of its vendor's API.
     #[serde(default)]
-    pub agent: Agent,
+    #[schemars(schema_with = "agent_schema")]
+    pub agent: AgentChoice,
     /// Extra arguments for the agent.
     #[serde(default)]
     pub args: Vec<String>,
@@ -272,6 +274,61 @@ pub struct Sandbox {
     #[serde(default)]
     #[schemars(schema_with = "env_schema")]
     pub env: BTreeMap<String, String>,
+}
+
+/// The agent a sandbox starts, and the project model it runs on, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AgentChoice {
+    /// The agent.
+    pub name: Agent,
+    /// A key of `models:` the agent runs on; `None`: its vendor's API.
+    pub model: Option<String>,
+}
+
+impl From<Agent> for AgentChoice {
+    fn from(name: Agent) -> Self {
+        AgentChoice { name, model: None }
+    }
+}
+
+/// As the file writes it: the name alone unless a model is named.
+impl Serialize for AgentChoice {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match &self.model {
+            None => self.name.serialize(serializer),
+            Some(model) => {
+                let mut map = serializer.serialize_map(Some(2))?;
+                map.serialize_entry("name", &self.name)?;
+                map.serialize_entry("model", model)?;
+                map.end()
+            }
+        }
+    }
+}
+
+fn agent_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let name = generator.subschema_for::<Agent>();
+    let mut named = name.as_value().clone();
+    named["description"] = "The agent.".into();
+    schemars::json_schema!({
+        "anyOf": [
+            name,
+            {
+                "type": "object",
+                "properties": {
+                    "name": named,
+                    "model": {
+                        "description": "A key of `models:` the agent runs on, through the gateway, instead of its vendor's API.",
+                        "type": "string"
+                    }
+                },
+                "required": ["name"],
+                "additionalProperties": false
+            }
+        ],
+        "default": "shell"
+    })
 }
 
 fn default_workspace() -> String {

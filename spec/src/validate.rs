@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use crate::decode::{Cx, Declared, did_you_mean};
 use crate::diagnostic::{Diagnostic, Location, codes};
 use crate::model::Spec;
-use crate::values::TemplateFrom;
+use crate::values::{ModelMode, TemplateFrom};
 
 fn location(cx: &Cx, path: &str) -> Location {
     cx.locations
@@ -57,6 +57,7 @@ fn resolve(
 /// Runs every check on the decoded `spec`, reporting into `cx`.
 pub fn validate(cx: &mut Cx, spec: &Spec, declared: &Declared) {
     references(cx, spec, declared);
+    agent_models(cx, spec, declared);
     cycles(cx, spec);
     ports(cx, spec);
     bypassed_credentials(cx, spec);
@@ -100,6 +101,66 @@ fn references(cx: &mut Cx, spec: &Spec, declared: &Declared) {
         for (i, model) in sandbox.models.iter().enumerate() {
             let path = format!("sandboxes.{name}.models.{i}");
             resolve(cx, &path, model, "Model", "models", &declared.models);
+        }
+    }
+}
+
+/// An agent's model is one of the project's chat models, with the context the agent is told
+/// it has, and the agent is one that can be pointed at it.
+fn agent_models(cx: &mut Cx, spec: &Spec, declared: &Declared) {
+    for (name, sandbox) in &spec.sandboxes {
+        let Some(model) = &sandbox.agent.model else {
+            continue;
+        };
+        let agent = sandbox.agent.name;
+        let path = format!("sandboxes.{name}.agent.model");
+        if !agent.runs_on_local_models() {
+            let location = location(cx, &path);
+            cx.diagnostics.push(
+                Diagnostic::new(
+                    codes::INVALID_VALUE,
+                    format!("Agent `{agent}` cannot run on a local model"),
+                    location,
+                    "no local model for this agent",
+                )
+                .with_help(format!(
+                    "Run `claude`, `codex`, `copilot`, `gemini` or `opencode` on `{model}`, or list `{model}` in `sandboxes.{name}.models` to reach it at `${}_URL`",
+                    model.to_uppercase().replace('-', "_")
+                )),
+            );
+            continue;
+        }
+        resolve(cx, &path, model, "Model", "models", &declared.models);
+        let Some(settings) = spec.models.get(model) else {
+            continue;
+        };
+        let problem = if settings.mode != ModelMode::Chat {
+            Some((
+                format!(
+                    "Agent `{agent}` of sandbox `{name}` runs on `{model}`, which serves `{}`",
+                    settings.mode
+                ),
+                "not a chat model".to_owned(),
+                "Name a model with `mode: chat` (the default)".to_owned(),
+            ))
+        } else if settings.context_size.is_none() {
+            Some((
+                format!(
+                    "Agent `{agent}` of sandbox `{name}` runs on `{model}`, which has no `context_size`"
+                ),
+                "the agent is told this model's context".to_owned(),
+                format!(
+                    "Set `models.{model}.context_size`, e.g. `32768`: agents send 10k to 15k tokens of instructions and tools before the first question"
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((message, label, help)) = problem {
+            let location = location(cx, &path);
+            cx.diagnostics.push(
+                Diagnostic::new(codes::INVALID_VALUE, message, location, label).with_help(help),
+            );
         }
     }
 }

@@ -168,6 +168,17 @@ string_enum! {
     }
 }
 
+impl Agent {
+    /// Whether aistack can point the agent at a project model (its API is one the gateway
+    /// serves, and the agent reads a base URL and a model name).
+    pub fn runs_on_local_models(self) -> bool {
+        matches!(
+            self,
+            Agent::Claude | Agent::Codex | Agent::Copilot | Agent::Gemini | Agent::Opencode
+        )
+    }
+}
+
 string_enum! {
     /// The sandbox backend.
     Isolation {

@@ -99,7 +99,7 @@ fn full_example() {
 
     let coder = &spec.sandboxes["coder"];
     assert_eq!(coder.template, "dev");
-    assert_eq!(coder.agent, Agent::Claude);
+    assert_eq!(coder.agent, Agent::Claude.into());
     assert_eq!(coder.workspace, ".");
     assert_eq!(coder.isolation, Isolation::Auto);
     assert_eq!(coder.cpus, Some(2));

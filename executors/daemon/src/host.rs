@@ -131,6 +131,7 @@ mod tests {
             settings: SandboxSettings {
                 template: "dev".into(),
                 agent: Agent::Claude,
+                agent_model: None,
                 args: Vec::new(),
                 workspace: "/work".into(),
                 isolation,
@@ -142,6 +143,7 @@ mod tests {
                 env: Default::default(),
             },
             environment: Default::default(),
+            files: Vec::new(),
             program: "claude".into(),
             install: "npm install -g @anthropic-ai/claude-code".into(),
             limits: aistack_planner::Limits::of(None, None),

@@ -8,20 +8,23 @@
 //! kept until it is removed), `run/sandbox-<p>-<name>/guest.sock`,
 //! `logs/sandbox-<p>-<name>.log`.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use aistack_apply::HostError;
 use aistack_planner::SandboxPlan;
+use aistack_planner::agents::AgentFile;
 use aistack_proxy::Entrance;
 use aistack_sandbox::backend::{Backend, Layout, Spec};
 use aistack_sandbox::cgroup::Limits;
 use aistack_sandbox::client::GuestClient;
 use aistack_sandbox::idmap::{DEFAULT_BASE, IdRange};
+use aistack_sandbox::protocol::Exec;
 use aistack_sandbox::rootfs;
 use aistack_sandbox::setup::Workspace;
 use sha2::{Digest, Sha256};
@@ -248,6 +251,44 @@ impl Sandboxes {
 }
 
 /// The cgroup limits of a plan's limits.
+/// Writes an agent's configuration files into its home, as the agent (so they are its own),
+/// leaving any it already has: agents keep their state in some of them.
+pub(crate) async fn write_agent_files(
+    socket: &Path,
+    name: &str,
+    files: &[AgentFile],
+) -> Result<(), HostError> {
+    // The contents travel in a variable: no quoting to get wrong, nothing on a command line.
+    const WRITE: &str = r#"f="$HOME/$1"; [ -e "$f" ] && exit 0; mkdir -p "$(dirname "$f")" && printf '%s' "$AISTACK_FILE" > "$f""#;
+    let client = GuestClient::new(socket);
+    for file in files {
+        let exec = Exec {
+            argv: ["sh", "-c", WRITE, "sh", &file.path]
+                .map(str::to_owned)
+                .to_vec(),
+            env: BTreeMap::from([("AISTACK_FILE".to_owned(), file.contents.clone())]),
+            cwd: None,
+            user: None,
+            tty: None,
+            detach: false,
+        };
+        let output = client.output(exec).await;
+        let failed = match &output {
+            Ok(out) if out.status.is_some_and(|s| s.shell_code() == 0) => continue,
+            Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            Err(e) => e.to_string(),
+        };
+        return Err(HostError::new(format!(
+            "Cannot write `~/{}` for the agent of sandbox `{name}`: {failed}",
+            file.path
+        ))
+        .with_help(
+            "The template needs `sh`, `mkdir` and `dirname`; a Debian or Alpine base has them",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn limits(limits: &aistack_planner::Limits) -> Limits {
     Limits {
         memory: Some(limits.memory),

@@ -59,6 +59,7 @@ impl Executor for SandboxPlan {
         let socket = (runtime.sandboxes)
             .start(project, name, self, &layers, proxy, backend)
             .await?;
+        crate::sandboxes::write_agent_files(&socket, name, &self.files).await?;
         Ok(Outputs::from([
             (SOCKET.to_owned(), socket.to_string_lossy().into_owned()),
             (ISOLATION.to_owned(), choice.backend.to_owned()),
