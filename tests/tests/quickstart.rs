@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use aistack_tests::sandbox::{Down, busybox_rootfs, guest_bin};
-use aistack_tests::{TestEnv, rendered, repo_root, wait_for};
+use aistack_tests::{TestEnv, aistack_bin, rendered, repo_root, wait_for};
 
 /// `aistack ARGS` with `script` on its standard input (not a terminal).
 fn with_stdin(env: &TestEnv, args: &[&str], script: &str) -> Output {
@@ -123,6 +123,30 @@ fn the_shell_quick_start_runs_reuses_its_sandbox_and_reset_removes_it() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("reset_without_a_terminal", rendered(&out));
+    assert_eq!(sandboxes(&env).len(), 1);
+    // On a terminal (util-linux's `script` makes one) it asks, and `n` keeps them.
+    let mut asked = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} sandbox reset", aistack_bin().display()),
+            "/dev/null",
+        ])
+        .current_dir(env.project())
+        .env("AISTACK_HOME", env.home())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    asked.stdin.take().unwrap().write_all(b"n\n").unwrap();
+    let out = asked.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(
+            "Remove 1 sandbox (project/shell) with their own files? Workspaces stay. [y/N]"
+        ) && said.contains("Nothing was removed"),
+        "{said}"
+    );
     assert_eq!(sandboxes(&env).len(), 1);
     let out = env.ok(&["sandbox", "reset", "--force"]);
     assert!(out.contains("Removed 1 sandbox"), "{out}");

@@ -31,8 +31,8 @@ pub struct RunArgs {
     /// agent of a quick start: `claude`, `codex`, `copilot`, `gemini`, `opencode`, `kiro`,
     /// `docker-agent` or `shell`.
     name: String,
-    /// The quick start's workspace (default: this directory); its project is this
-    /// directory's.
+    /// The quick start's workspace (default: this directory); the project is named after
+    /// it.
     path: Option<PathBuf>,
     /// Run the agent on a local model instead of its vendor's API: a GGUF file or a
     /// registry reference (`ai/smollm2`), declared in the spec and listed in the sandbox's

@@ -31,11 +31,14 @@ pub enum SandboxCommand {
         name: String,
     },
     /// Start a sandbox's agent on this terminal (its command and `args`, in the workspace).
+    ///
     /// In a directory without `aistack.yaml`, a quick start: `sandbox run AGENT [PATH]`
     /// makes a sandbox for PATH from a built-in template first (`--print-spec` shows it).
     Run(super::quickstart::RunArgs),
-    /// Remove every sandbox of every project of this `AISTACK_HOME`, with their own files
-    /// (workspaces, templates and the projects' other resources stay).
+    /// Remove every sandbox of every project of this `AISTACK_HOME`, with their own files.
+    ///
+    /// Workspaces, templates and the projects' other resources stay. It asks first, on a
+    /// terminal; without one it refuses unless `--force`.
     Reset {
         /// Remove them without asking.
         #[arg(long)]
