@@ -17,6 +17,7 @@ mod engine;
 mod exec;
 mod model;
 mod network;
+mod quickstart;
 mod run;
 mod sandbox;
 mod status;
@@ -104,6 +105,16 @@ pub fn home() -> Result<Home, Failure> {
 /// Observes and plans the loaded spec (`pull`: re-resolving registry tags); planner errors
 /// point at their spans.
 pub async fn plan_for(home: &Home, loaded: &Loaded, pull: bool) -> Result<Plan, Failure> {
+    let observed = observe_for(home, loaded, pull).await?;
+    reconcile_for(loaded, &observed)
+}
+
+/// What the planner needs to know of the machine for the loaded spec.
+pub async fn observe_for(
+    home: &Home,
+    loaded: &Loaded,
+    pull: bool,
+) -> Result<aistack_planner::Observed, Failure> {
     let mut observed = observe(
         home,
         &loaded.project,
@@ -114,11 +125,19 @@ pub async fn plan_for(home: &Home, loaded: &Loaded, pull: bool) -> Result<Plan, 
     .await?;
     observed.spec_files = loaded.spec_files.clone();
     observed.dotenv = loaded.dotenv.clone();
+    Ok(observed)
+}
+
+/// Plans the loaded spec against `observed`; planner errors point at their spans.
+pub fn reconcile_for(
+    loaded: &Loaded,
+    observed: &aistack_planner::Observed,
+) -> Result<Plan, Failure> {
     aistack_planner::reconcile(
         &loaded.project,
         &loaded.document.spec,
         &loaded.base_dir,
-        &observed,
+        observed,
     )
     .map_err(|errors| {
         Failure(

@@ -89,6 +89,110 @@ pub fn profile(agent: Agent) -> Profile {
     }
 }
 
+/// A header the policy proxy sets on requests to a vendor's API, from a variable of the
+/// user's environment (a policy's `credentials` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credential {
+    /// The API host.
+    pub host: &'static str,
+    /// The header the proxy sets.
+    pub header: &'static str,
+    /// The variable of `aistack up`'s environment holding the header's value.
+    pub from_env: &'static str,
+    /// What that value is, for the message that says it is unset.
+    pub value: &'static str,
+}
+
+/// What an agent reaches: the quick start's (`aistack sandbox run AGENT` without a spec)
+/// network policies are made from it. Only the vendor's API, and at build time the host
+/// its install step downloads from; telemetry and update checks are left to be refused
+/// (the network log shows them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vendor {
+    /// Hosts the agent's API calls go to (its sandbox's policy allows them).
+    pub api: &'static [&'static str],
+    /// Credentials for those hosts.
+    pub credentials: &'static [Credential],
+    /// Hosts [`Profile::install`] downloads from (its template build's policy allows
+    /// them); empty for an agent the base template already has.
+    pub install_hosts: &'static [&'static str],
+}
+
+const NPM: &[&str] = &["registry.npmjs.org"];
+
+const ANTHROPIC: Credential = Credential {
+    host: "api.anthropic.com",
+    header: "x-api-key",
+    from_env: "ANTHROPIC_API_KEY",
+    value: "your Anthropic API key",
+};
+
+/// The vendor of an agent.
+#[must_use]
+pub fn vendor(agent: Agent) -> Vendor {
+    match agent {
+        Agent::Claude | Agent::Opencode => Vendor {
+            api: &["api.anthropic.com"],
+            credentials: &[ANTHROPIC],
+            install_hosts: NPM,
+        },
+        Agent::Codex => Vendor {
+            api: &["api.openai.com"],
+            credentials: &[Credential {
+                host: "api.openai.com",
+                header: "authorization",
+                from_env: "OPENAI_BEARER",
+                value: "`Bearer ` and your OpenAI API key (`export OPENAI_BEARER=\"Bearer $OPENAI_API_KEY\"`)",
+            }],
+            install_hosts: NPM,
+        },
+        Agent::Copilot => Vendor {
+            api: &["api.github.com", "*.githubcopilot.com"],
+            credentials: &[Credential {
+                host: "api.github.com",
+                header: "authorization",
+                from_env: "GH_BEARER",
+                value: "`Bearer ` and a GitHub token with Copilot access (`export GH_BEARER=\"Bearer $GH_TOKEN\"`)",
+            }],
+            install_hosts: NPM,
+        },
+        Agent::Gemini => Vendor {
+            api: &["generativelanguage.googleapis.com"],
+            credentials: &[Credential {
+                host: "generativelanguage.googleapis.com",
+                header: "x-goog-api-key",
+                from_env: "GEMINI_API_KEY",
+                value: "your Gemini API key",
+            }],
+            install_hosts: NPM,
+        },
+        Agent::Kiro => Vendor {
+            // Kiro signs in through AWS (Builder ID); it has no key to inject.
+            api: &[
+                "*.kiro.dev",
+                "oidc.us-east-1.amazonaws.com",
+                "q.us-east-1.amazonaws.com",
+            ],
+            credentials: &[],
+            install_hosts: &["cli.kiro.dev", "desktop-release.q.us-east-1.amazonaws.com"],
+        },
+        Agent::DockerAgent => Vendor {
+            api: &["api.anthropic.com"],
+            credentials: &[ANTHROPIC],
+            install_hosts: &[
+                "github.com",
+                "objects.githubusercontent.com",
+                "release-assets.githubusercontent.com",
+            ],
+        },
+        Agent::Shell => Vendor {
+            api: &[],
+            credentials: &[],
+            install_hosts: &[],
+        },
+    }
+}
+
 impl Profile {
     /// The agent's variables, keys as placeholders.
     #[must_use]

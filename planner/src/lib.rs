@@ -12,6 +12,7 @@ pub mod agents;
 pub mod observed;
 pub mod payload;
 pub mod plan;
+pub mod quickstart;
 pub mod reconcile;
 pub mod resource;
 

@@ -83,20 +83,42 @@ pub async fn remove(
 ) -> Result<ExitCode, Failure> {
     let home = home()?;
     let project = spec.project_without_spec()?;
-    let mut observed = aistack_daemon::state::ProjectState::load(&home, &project)?.observed();
-    observed.resources.retain(|recorded, _| recorded == id);
-    let plan = aistack_planner::reconcile_down(&project, &observed, false);
+    remove_where(&home, &project, |recorded| recorded == id).await
+}
+
+/// Removes the applied resources of `project` that `which` picks (`sandbox rm`, `sandbox
+/// reset`), as `down` removes them all.
+pub async fn remove_where(
+    home: &Home,
+    project: &str,
+    which: impl Fn(&ResourceId) -> bool,
+) -> Result<ExitCode, Failure> {
+    let mut observed = aistack_daemon::state::ProjectState::load(home, project)?.observed();
+    observed.resources.retain(|recorded, _| which(recorded));
+    let plan = aistack_planner::reconcile_down(project, &observed, false);
     print!("{}", plan.render_text());
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    apply(&home, plan, false, Secrets::default()).await
+    apply(home, plan, false, Secrets::default()).await
 }
 
 async fn converge(home: &Home, spec: &SpecArgs, options: UpOptions) -> Result<ExitCode, Failure> {
     let loaded = spec.load()?;
     let secrets = secrets(&loaded)?;
     let plan = plan_for(home, &loaded, options.pull).await?;
+    converge_to(home, &loaded, plan, secrets, options).await
+}
+
+/// Prints `plan` of the loaded spec and has the daemon carry it out (or, with nothing to
+/// change, serve what was applied and take the secrets), then prints the endpoints.
+pub async fn converge_to(
+    home: &Home,
+    loaded: &Loaded,
+    plan: Plan,
+    secrets: Secrets,
+    options: UpOptions,
+) -> Result<ExitCode, Failure> {
     print!("{}", plan.render_text());
     let serves = !loaded.document.spec.models.is_empty();
     let proxies = !loaded.document.spec.network_policies.is_empty();
@@ -138,7 +160,7 @@ async fn converge(home: &Home, spec: &SpecArgs, options: UpOptions) -> Result<Ex
 /// The values of the environment variables the spec names as secrets: the gateway's
 /// `api_key_env` when it serves models, and every credential's `from_env`. An unset
 /// variable is an error, never an open gateway or a request sent without its credential.
-fn secrets(loaded: &Loaded) -> Result<Secrets, Failure> {
+pub fn secrets(loaded: &Loaded) -> Result<Secrets, Failure> {
     let spec = &loaded.document.spec;
     let mut wanted = Vec::new();
     if let Some(name) = spec.gateway.api_key_env.as_ref()

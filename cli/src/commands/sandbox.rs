@@ -4,6 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use aistack_daemon::Home;
 use aistack_daemon::sandboxes::{ISOLATION, ISOLATION_REASON, Sandboxes};
 use aistack_daemon::state::ProjectState;
 use aistack_daemon::templates::Templates;
@@ -30,9 +31,18 @@ pub enum SandboxCommand {
         name: String,
     },
     /// Start a sandbox's agent on this terminal (its command and `args`, in the workspace).
-    Run {
-        /// The sandbox: its key under `sandboxes:`.
-        name: String,
+    ///
+    /// In a directory without `aistack.yaml`, a quick start: `sandbox run AGENT [PATH]`
+    /// makes a sandbox for PATH from a built-in template first (`--print-spec` shows it).
+    Run(super::quickstart::RunArgs),
+    /// Remove every sandbox of every project of this `AISTACK_HOME`, with their own files.
+    ///
+    /// Workspaces, templates and the projects' other resources stay. It asks first, on a
+    /// terminal; without one it refuses unless `--force`.
+    Reset {
+        /// Remove them without asking.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a sandbox and its own files (the workspace stays); `aistack up` makes it anew.
     Rm {
@@ -56,6 +66,11 @@ pub enum SandboxCommand {
 
 /// `aistack sandbox …`.
 pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCode, Failure> {
+    let command = match command {
+        SandboxCommand::Run(args) => return super::quickstart::run(spec, args).await,
+        SandboxCommand::Reset { force } => return reset(force).await,
+        command => command,
+    };
     let home = home()?;
     let project = spec.project_without_spec()?;
     let state = ProjectState::load(&home, &project)?;
@@ -114,20 +129,7 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
             }
             Ok(ExitCode::SUCCESS)
         }
-        SandboxCommand::Run { name } => {
-            let settings = find(&recorded, &name, &project)?.settings::<SandboxSettings>()?;
-            let terminal = rustix::termios::isatty(std::io::stdin());
-            let request = aistack_sandbox::protocol::Exec {
-                argv: settings.command(),
-                env: Default::default(),
-                cwd: Some(settings.workspace),
-                user: None,
-                tty: terminal.then(super::exec::window_size),
-                detach: false,
-            };
-            let socket = Sandboxes::socket(&home, &project, &name);
-            super::exec::session(&socket, &name, request, true).await
-        }
+        SandboxCommand::Run(_) | SandboxCommand::Reset { .. } => unreachable!("handled above"),
         SandboxCommand::Rm { name } => {
             let recorded = find(&recorded, &name, &project)?;
             super::apply::remove(spec, &recorded.id).await
@@ -143,6 +145,92 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Starts sandbox `name`'s agent (its command and `args`, in its workspace) on this
+/// terminal, standard input passed; exits with the agent's code.
+pub async fn attach(
+    home: &Home,
+    project: &str,
+    name: &str,
+    settings: SandboxSettings,
+) -> Result<ExitCode, Failure> {
+    let terminal = rustix::termios::isatty(std::io::stdin());
+    let request = aistack_sandbox::protocol::Exec {
+        argv: settings.command(),
+        env: Default::default(),
+        cwd: Some(settings.workspace),
+        user: None,
+        tty: terminal.then(super::exec::window_size),
+        detach: false,
+    };
+    let socket = Sandboxes::socket(home, project, name);
+    super::exec::session(&socket, name, request, true).await
+}
+
+/// `sandbox reset`: every project's sandboxes removed, after a confirmation on a terminal
+/// unless `force`.
+async fn reset(force: bool) -> Result<ExitCode, Failure> {
+    let home = home()?;
+    let mut found = Vec::new();
+    for project in ProjectState::projects(&home) {
+        let state = ProjectState::load(&home, &project)?;
+        let names: Vec<String> = (state.resources.iter())
+            .filter(|r| r.id.kind == Kind::Sandbox)
+            .map(|r| r.id.name.clone())
+            .collect();
+        if !names.is_empty() {
+            found.push((project, names));
+        }
+    }
+    if found.is_empty() {
+        eprintln!("No sandboxes to remove");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let listed: Vec<String> = (found.iter())
+        .flat_map(|(project, names)| names.iter().map(move |n| format!("{project}/{n}")))
+        .collect();
+    if !force {
+        if !rustix::termios::isatty(std::io::stdin()) {
+            return Err(Report::new(
+                format!(
+                    "`sandbox reset` cannot ask to confirm removing {}: standard input is \
+                     not a terminal",
+                    counted(listed.len())
+                ),
+                Some("Run it again with `--force` to remove without asking".to_owned()),
+            )
+            .into());
+        }
+        eprint!(
+            "Remove {} ({}) with their own files? Workspaces stay. [y/N] ",
+            counted(listed.len()),
+            listed.join(", ")
+        );
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if !matches!(answer.trim().to_lowercase().as_str(), "y" | "yes") {
+            eprintln!("Nothing was removed");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    for (project, _) in &found {
+        let code =
+            super::apply::remove_where(&home, project, |id| id.kind == Kind::Sandbox).await?;
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+    }
+    println!("Removed {}", counted(listed.len()));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn counted(n: usize) -> String {
+    if n == 1 {
+        "1 sandbox".to_owned()
+    } else {
+        format!("{n} sandboxes")
     }
 }
 
