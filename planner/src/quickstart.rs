@@ -16,8 +16,10 @@
 //!
 //! The `shell` agent needs nothing installed and reaches no vendor: its template is the
 //! base alone and it has no network, so it starts offline. With a local model (`--model`)
-//! the model is declared and listed in the sandbox's `models:`, and the vendor's policy
-//! and key are left out: the sandbox reaches its model and nothing else.
+//! the model is declared with a 32k window (what agents' prompts need) and the agent runs
+//! on it (`agent: {name, model}`; an agent that cannot, such as the shell, has it in
+//! `models:`), and the vendor's policy and key are left out: the sandbox reaches its model
+//! and nothing else.
 //!
 //! Every template and policy name is fixed, so the templates' hashes, and the trees built
 //! for them, are the same for every project: a second quick start anywhere builds nothing.
@@ -90,7 +92,7 @@ impl QuickStart {
         if let Some((key, source)) = &self.model {
             let _ = writeln!(
                 w,
-                "models:\n  {}:\n    source: {}",
+                "models:\n  {}:\n    source: {}\n    context_size: {AGENT_CONTEXT}",
                 scalar(key),
                 scalar(source)
             );
@@ -122,14 +124,24 @@ impl QuickStart {
                 policy(w, agent, vendor.api, vendor.credentials);
             }
         }
-        let _ = writeln!(
-            w,
-            "sandboxes:\n  {agent}:\n    template: {template}\n    agent: {agent}\n    workspace: ."
-        );
+        let _ = writeln!(w, "sandboxes:\n  {agent}:\n    template: {template}");
+        match &self.model {
+            Some((key, _)) if self.agent.runs_on_local_models() => {
+                let _ = writeln!(w, "    agent: {{ name: {agent}, model: {} }}", scalar(key));
+            }
+            _ => {
+                let _ = writeln!(w, "    agent: {agent}");
+            }
+        }
+        let _ = writeln!(w, "    workspace: .");
         if vendor_policy {
             let _ = writeln!(w, "    network_policy: {agent}");
         }
-        if let Some((key, _)) = &self.model {
+        if let Some((key, _)) = self
+            .model
+            .as_ref()
+            .filter(|_| !self.agent.runs_on_local_models())
+        {
             let _ = writeln!(w, "    models: [{}]", scalar(key));
         }
         out
@@ -156,6 +168,10 @@ fn policy(w: &mut String, name: &str, allow: &[&str], credentials: &[Credential]
         }
     }
 }
+
+/// The window a quick start's model gets: agents send 10k to 15k tokens of instructions
+/// and tools before the user's first question.
+pub const AGENT_CONTEXT: u32 = 32768;
 
 /// The key a model is declared under: the GGUF file's name without `.gguf`, else the
 /// reference's last path component, lowercase, as a spec name; `model` when nothing of it
@@ -240,7 +256,7 @@ mod tests {
             };
             let spec = parse(&quick.spec());
             let sandbox = &spec.sandboxes[*name];
-            assert_eq!(sandbox.agent, agent);
+            assert_eq!(sandbox.agent, agent.into());
             assert_eq!(sandbox.workspace, ".");
             let vendor = agents::vendor(agent);
             match &sandbox.network_policy {
@@ -257,7 +273,14 @@ mod tests {
                 ..quick
             };
             let spec = parse(&with_model.spec());
-            assert_eq!(spec.sandboxes[*name].models, ["smollm2"]);
+            let sandbox = &spec.sandboxes[*name];
+            if agent.runs_on_local_models() {
+                assert_eq!(sandbox.agent.model.as_deref(), Some("smollm2"), "{name}");
+                assert!(sandbox.models.is_empty());
+            } else {
+                assert_eq!(sandbox.models, ["smollm2"]);
+            }
+            assert_eq!(spec.models["smollm2"].context_size, Some(AGENT_CONTEXT));
             assert_eq!(spec.sandboxes[*name].network_policy, None);
             assert!(with_model.credentials().is_empty());
         }

@@ -122,3 +122,94 @@ sandboxes:
         );
     }
 }
+
+/// The agents' test model (Qwen2.5-Coder-0.5B-Instruct, 32k context, tool calling), linked
+/// into the project as `models/coder.gguf`.
+fn link_coder_model(env: &TestEnv) {
+    let model = std::env::var("AISTACK_TEST_CODER_MODEL").unwrap_or_else(|_| {
+        panic!("AISTACK_TEST_CODER_MODEL must name the Qwen2.5-Coder GGUF: run scripts/test, which fetches it with scripts/fetch-coder-model")
+    });
+    fs::create_dir_all(env.project().join("models")).unwrap();
+    std::os::unix::fs::symlink(model, env.project().join("models/coder.gguf")).unwrap();
+}
+
+/// Codex from npm in a sandbox, on the project's local model with nothing set by hand: it
+/// reads a file of the workspace through its shell tool and answers from it, its only
+/// traffic is the gateway's Responses API, and no vendor host is even tried.
+#[test]
+fn codex_runs_a_tool_turn_on_a_local_model_and_reaches_no_vendor() {
+    let debian = debian_rootfs();
+    let mut env = TestEnv::new();
+    env.set_var("AISTACK_GUEST", guest_bin());
+    link_coder_model(&env);
+    env.write("notes.txt", "The launch code is PAPAYA-42.\n");
+    let spec = format!(
+        "version: 1
+name: local-agents
+engines:
+  llama.cpp: {{ threads: 2 }}
+models:
+  coder: {{ source: ./models/coder.gguf, context_size: 32768 }}
+templates:
+  debian:
+    from: {debian}
+    network_policy: build
+    run:
+      - apt-get update
+      - apt-get install -y --no-install-recommends ca-certificates nodejs npm
+  codex:
+    from: debian
+    network_policy: build
+    run:
+      - npm install -g @openai/codex
+network_policies:
+  build:
+    default: deny
+    allow: [deb.debian.org, registry.npmjs.org]
+sandboxes:
+  coder:
+    template: codex
+    agent: {{ name: codex, model: coder }}
+",
+        debian = debian.display()
+    );
+    env.write("aistack.yaml", &env.spec(&spec));
+    let _down = Down(&env);
+    env.ok(&["up"]);
+
+    // `--dangerously-bypass-approvals-and-sandbox`: the sandbox is the sandbox, and codex's
+    // own (Landlock, seccomp) would stack on ours.
+    let prompt = "Run the shell command `cat notes.txt` and tell me the launch code it prints.";
+    let workspace = env.project().canonicalize().unwrap();
+    let run = format!(
+        "cd {} && timeout 900 codex exec --skip-git-repo-check --dangerously-bypass-approvals-and-sandbox '{prompt}' </dev/null",
+        workspace.display()
+    );
+    let out = env.run(&["exec", "coder", "--", "sh", "-c", &run]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "codex exec failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("PAPAYA-42") || stderr.contains("PAPAYA-42"),
+        "codex did not answer from the file:\n{stdout}\n{stderr}"
+    );
+    // The tool ran: codex prints each command it runs.
+    assert!(stderr.contains("notes.txt"), "no tool call:\n{stderr}");
+
+    // Its config came from aistack: the Responses API of the gateway, the model's window.
+    let config = env.ok(&["exec", "coder", "--", "cat", "/home/agent/.codex/config.toml"]);
+    assert!(config.contains("model_context_window = 32768"), "{config}");
+
+    let log = env.ok(&["network", "log", "coder", "--json"]);
+    let entries: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        entries.iter().all(|e| e["host"] == "models.aistack.internal"),
+        "the sandbox tried to reach something else than its model:\n{log}"
+    );
+    assert!(!entries.is_empty(), "the sandbox's requests are logged");
+}

@@ -76,9 +76,10 @@ pub struct Parsed {
     pub calls: Vec<ToolCall>,
 }
 
-/// Splits a finished reply into text and calls. A reply that is nothing but one bare JSON call
-/// of an offered tool counts as a call too (small models often drop the tags). A block that
-/// does not parse stays in the text, so nothing the model said is lost.
+/// Splits a finished reply into text and calls. A reply that is nothing but one JSON call of
+/// an offered tool, bare or in a code fence, counts as a call too (small models often drop
+/// the tags: Qwen2.5-Coder 0.5B answers Codex with a fenced call). A block that does not
+/// parse stays in the text, so nothing the model said is lost.
 pub fn parse(text: &str, tools: &[Tool], id_prefix: &str) -> Parsed {
     let mut parsed = Parsed::default();
     let mut content = String::new();
@@ -102,7 +103,7 @@ pub fn parse(text: &str, tools: &[Tool], id_prefix: &str) -> Parsed {
     }
     content.push_str(rest);
     if parsed.calls.is_empty()
-        && let Some((name, arguments)) = call_from_json(content.trim(), tools)
+        && let Some((name, arguments)) = call_from_json(unfenced(content.trim()), tools)
     {
         parsed.calls.push(ToolCall {
             id: format!("{id_prefix}0"),
@@ -113,6 +114,22 @@ pub fn parse(text: &str, tools: &[Tool], id_prefix: &str) -> Parsed {
     }
     parsed.content = content.trim().to_owned();
     parsed
+}
+
+/// The body of a Markdown code fence (```` ```json ````…```` ``` ````) that is the whole of
+/// `text`, else `text`.
+fn unfenced(text: &str) -> &str {
+    let Some(inner) = text
+        .strip_prefix("```")
+        .and_then(|t| t.strip_suffix("```"))
+    else {
+        return text;
+    };
+    // The fence's first line names a language, if anything.
+    match inner.split_once('\n') {
+        Some((language, body)) if !language.contains('{') => body.trim(),
+        _ => inner.trim(),
+    }
 }
 
 fn call_from_json(body: &str, tools: &[Tool]) -> Option<(String, String)> {
@@ -132,7 +149,8 @@ fn call_from_json(body: &str, tools: &[Tool]) -> Option<(String, String)> {
 
 /// Streams a reply's text while holding back anything that may be a tool call: text before
 /// the first [`OPEN`] goes out as it comes (less a tail that could be the start of the tag);
-/// from the tag on, everything waits for [`Splitter::finish`].
+/// from the tag on, everything waits for [`Splitter::finish`]. A reply that opens with `{`
+/// or a code fence may be a call without tags (see [`parse`]): it waits whole.
 #[derive(Debug, Default)]
 pub struct Splitter {
     text: String,
@@ -151,6 +169,17 @@ impl Splitter {
         self.text.push_str(delta);
         if self.in_call {
             return "";
+        }
+        if self.emitted == 0 {
+            match self.text.trim_start().chars().next() {
+                // Leading whitespace says nothing yet.
+                None => return "",
+                Some('{' | '`') => {
+                    self.in_call = true;
+                    return "";
+                }
+                Some(_) => {}
+            }
         }
         let start = self.emitted;
         let end = match self.text[start..].find(OPEN) {
@@ -245,6 +274,26 @@ mod tests {
         );
         assert_eq!(parsed.calls.len(), 1);
         assert_eq!(parsed.content, "");
+    }
+
+    #[test]
+    fn a_fenced_call_counts_and_is_not_shown_as_text() {
+        let reply = "```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n```";
+        let mut s = Splitter::new();
+        for piece in ["\n", &reply[..3], &reply[3..15], &reply[15..]] {
+            assert_eq!(s.push(piece), "", "{piece:?}");
+        }
+        let (parsed, unshown) = s.finish(&tools(), "c");
+        assert_eq!(parsed.calls.len(), 1, "{parsed:?}");
+        assert_eq!(parsed.calls[0].arguments, r#"{"city":"Oslo"}"#);
+        assert_eq!(unshown, "");
+        // Code that is not a call is text, shown when the reply ends.
+        let mut s = Splitter::new();
+        assert_eq!(s.push("```rust\nfn main() {}\n```"), "");
+        let (parsed, unshown) = s.finish(&tools(), "c");
+        assert!(parsed.calls.is_empty());
+        assert_eq!(unshown, "```rust\nfn main() {}\n```");
+        assert_eq!(unfenced("```{\"a\":1}```"), "{\"a\":1}");
     }
 
     #[test]
