@@ -1015,9 +1015,7 @@ pub const MIN_SANDBOX_MEMORY: u64 = 64 << 20;
 fn sandbox(cx: &mut Cx, entry: &Entry, path: &str) -> Option<Sandbox> {
     let mut m = MapReader::new(cx, &entry.value, path, entry.key_location.clone());
     let template = m.required(cx, "template", "dev", reference);
-    let agent = m
-        .optional(cx, "agent", agent_choice)
-        .unwrap_or_default();
+    let agent = m.optional(cx, "agent", agent_choice).unwrap_or_default();
     let args = m
         .optional(cx, "args", |cx, n, p| Some(list(cx, n, p, string)))
         .unwrap_or_default();

@@ -190,7 +190,10 @@ sandboxes:
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    assert!(out.status.success(), "codex exec failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "codex exec failed:\n{stdout}\n{stderr}"
+    );
     assert!(
         stdout.contains("PAPAYA-42") || stderr.contains("PAPAYA-42"),
         "codex did not answer from the file:\n{stdout}\n{stderr}"
@@ -199,7 +202,13 @@ sandboxes:
     assert!(stderr.contains("notes.txt"), "no tool call:\n{stderr}");
 
     // Its config came from aistack: the Responses API of the gateway, the model's window.
-    let config = env.ok(&["exec", "coder", "--", "cat", "/home/agent/.codex/config.toml"]);
+    let config = env.ok(&[
+        "exec",
+        "coder",
+        "--",
+        "cat",
+        "/home/agent/.codex/config.toml",
+    ]);
     assert!(config.contains("model_context_window = 32768"), "{config}");
 
     let log = env.ok(&["network", "log", "coder", "--json"]);
@@ -208,7 +217,9 @@ sandboxes:
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     assert!(
-        entries.iter().all(|e| e["host"] == "models.aistack.internal"),
+        entries
+            .iter()
+            .all(|e| e["host"] == "models.aistack.internal"),
         "the sandbox tried to reach something else than its model:\n{log}"
     );
     assert!(!entries.is_empty(), "the sandbox's requests are logged");

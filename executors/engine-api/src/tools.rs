@@ -119,10 +119,7 @@ pub fn parse(text: &str, tools: &[Tool], id_prefix: &str) -> Parsed {
 /// The body of a Markdown code fence (```` ```json ````…```` ``` ````) that is the whole of
 /// `text`, else `text`.
 fn unfenced(text: &str) -> &str {
-    let Some(inner) = text
-        .strip_prefix("```")
-        .and_then(|t| t.strip_suffix("```"))
-    else {
+    let Some(inner) = text.strip_prefix("```").and_then(|t| t.strip_suffix("```")) else {
         return text;
     };
     // The fence's first line names a language, if anything.
@@ -278,7 +275,8 @@ mod tests {
 
     #[test]
     fn a_fenced_call_counts_and_is_not_shown_as_text() {
-        let reply = "```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n```";
+        let reply =
+            "```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n```";
         let mut s = Splitter::new();
         for piece in ["\n", &reply[..3], &reply[3..15], &reply[15..]] {
             assert_eq!(s.push(piece), "", "{piece:?}");

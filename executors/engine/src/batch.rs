@@ -42,8 +42,8 @@ pub struct Job<'s> {
     pub tokens: Vec<LlamaToken>,
     /// Sampling and stopping.
     pub params: GenerateParams,
-    /// A GBNF grammar (root rule `root`) the output must follow; checked by the caller.
-    pub grammar: Option<String>,
+    /// A grammar the output must follow; checked by the caller.
+    pub grammar: Option<crate::Grammar>,
     /// Where output goes.
     pub sink: Sink<'s>,
     /// When the request arrived, for time to first token.
@@ -146,7 +146,7 @@ impl<'m, 's> Batcher<'m, 's> {
         else {
             return Err(Box::new(job));
         };
-        let sampler = match self.model.sampler(&job.params, job.grammar.as_deref()) {
+        let sampler = match self.model.sampler(&job.params, job.grammar.as_ref()) {
             Ok(sampler) => sampler,
             Err(e) => {
                 (job.sink)(Output::Failed(e));

@@ -2,7 +2,83 @@
 //! one llama-server uses), and the tool-call syntax of `aistack_engine_api::tools` around a
 //! schema of the allowed calls.
 
+use aistack_engine_api::Tool;
+
 use crate::EngineError;
+
+/// A GBNF grammar (root rule `root`) a generation must follow: from its first token, or,
+/// with trigger patterns, only from where the first of them matches on, as llama-server
+/// holds a model to its tools' schemas once it starts a call and leaves it free until then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grammar {
+    /// The rules.
+    pub rules: String,
+    /// Regular expressions matched against the output from its start; the grammar applies
+    /// from the first capture group of the first match. Empty: from the first token.
+    pub triggers: Vec<String>,
+}
+
+impl Grammar {
+    /// A grammar that holds from the first token.
+    #[must_use]
+    pub fn strict(rules: String) -> Self {
+        Grammar {
+            rules,
+            triggers: Vec::new(),
+        }
+    }
+}
+
+/// The lazy grammar of a reply that may call `tools`: free text until the model opens a
+/// call, with the tag or with a code fence (`` ```json ``, how small models often write
+/// one), then a call of an offered tool whose arguments follow its schema, closed as it was
+/// opened. `None` when a tool's schema is one llama.cpp's converter cannot read: the calls
+/// then go unconstrained, as before.
+#[must_use]
+pub fn lazy_tool_call_grammar(tools: &[Tool]) -> Option<Grammar> {
+    // The schema as text, so that `name` comes before `arguments`: the converter keeps the
+    // order of `properties`, and the trigger has already written `{"name"`.
+    let variants: Vec<String> = tools
+        .iter()
+        .map(|t| {
+            format!(
+                r#"{{"type":"object","properties":{{"name":{{"const":{}}},"arguments":{}}},"required":["name","arguments"],"additionalProperties":false}}"#,
+                serde_json::Value::String(t.name.clone()),
+                t.parameters
+            )
+        })
+        .collect();
+    let schema = match variants.as_slice() {
+        [] => return None,
+        [one] => one.clone(),
+        many => format!(r#"{{"oneOf":[{}]}}"#, many.join(",")),
+    };
+    let body = llama_cpp_2::json_schema_to_grammar(&schema).ok()?;
+    let body = rename_rule(&body, "root", "tool-call-body");
+    let (open, close) = (
+        aistack_engine_api::tools::OPEN,
+        aistack_engine_api::tools::CLOSE,
+    );
+    Some(Grammar {
+        rules: format!(
+            "root ::= \"{open}\" [ \\t\\n]* tool-call-body [ \\t\\n]* \"{close}\" | \"```\" \"json\"? [ \\t\\n]* tool-call-body [ \\t\\n]* \"```\"\n{body}"
+        ),
+        triggers: vec![format!(
+            r#"[\s\S]*?({}|```(?:json)?\s*\{{\s*"name")[\s\S]*"#,
+            regex_escape(open)
+        )],
+    })
+}
+
+/// `text` as a regular expression that matches it literally.
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
 
 /// A grammar for any JSON object.
 ///
@@ -99,6 +175,34 @@ mod tests {
             rename_rule(g, "root", "body"),
             "body ::= \"root\" root-x body\nroot-x ::= [a]"
         );
+    }
+
+    #[test]
+    fn a_lazy_tool_grammar_opens_at_the_tag_or_a_fence_with_the_name_first() {
+        let tools = [Tool {
+            name: "read".into(),
+            description: None,
+            parameters: serde_json::json!({
+                "type": "object",
+                "properties": {"path": {"type": "string"}},
+                "required": ["path"]
+            }),
+        }];
+        let grammar = lazy_tool_call_grammar(&tools).unwrap();
+        assert!(
+            grammar.rules.starts_with("root ::= \"<tool_call>\""),
+            "{}",
+            grammar.rules
+        );
+        assert!(
+            grammar.rules.contains("tool-call-body ::="),
+            "{}",
+            grammar.rules
+        );
+        let body = r#"tool-call-body ::= "{" space name-kv "," space arguments-kv"#;
+        assert!(grammar.rules.contains(body), "{}", grammar.rules);
+        assert_eq!(grammar.triggers.len(), 1);
+        assert!(lazy_tool_call_grammar(&[]).is_none());
     }
 
     #[test]

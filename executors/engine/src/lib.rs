@@ -30,7 +30,9 @@ pub use batch::{Batcher, Job, Output, Sink};
 pub use embed::Embedder;
 pub use error::EngineError;
 pub use features::{cpu_features, unused_cpu_features};
-pub use grammar::{json_object_grammar, schema_grammar, tool_call_grammar};
+pub use grammar::{
+    Grammar, json_object_grammar, lazy_tool_call_grammar, schema_grammar, tool_call_grammar,
+};
 pub use template::{ChatContext, ChatMessage, SpecialTokens, render_chat};
 
 fn kv_type(t: CacheType) -> KvCacheType {
@@ -413,14 +415,22 @@ impl Model {
     pub fn sampler(
         &self,
         params: &GenerateParams,
-        grammar: Option<&str>,
+        grammar: Option<&Grammar>,
     ) -> Result<LlamaSampler, EngineError> {
         let mut chain = Vec::new();
         if let Some(grammar) = grammar {
-            chain.push(
-                LlamaSampler::grammar(&self.model, grammar, "root")
-                    .map_err(|e| EngineError::Grammar(e.to_string()))?,
-            );
+            let sampler = if grammar.triggers.is_empty() {
+                LlamaSampler::grammar(&self.model, &grammar.rules, "root")
+            } else {
+                LlamaSampler::grammar_lazy_patterns(
+                    &self.model,
+                    &grammar.rules,
+                    "root",
+                    &grammar.triggers,
+                    &[],
+                )
+            };
+            chain.push(sampler.map_err(|e| EngineError::Grammar(e.to_string()))?);
         }
         if params.repeat_penalty != 1.0
             || params.frequency_penalty != 0.0

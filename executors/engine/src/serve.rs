@@ -26,8 +26,9 @@ use tokio::sync::oneshot;
 
 use crate::template::render_messages;
 use crate::{
-    Batcher, Embedder, EngineError, GenerateParams, Job, LoadOptions, Model, Output, SpecialTokens,
-    cpu_features, json_object_grammar, schema_grammar, tool_call_grammar, unused_cpu_features,
+    Batcher, Embedder, EngineError, GenerateParams, Grammar, Job, LoadOptions, Model, Output,
+    SpecialTokens, cpu_features, json_object_grammar, lazy_tool_call_grammar, schema_grammar,
+    tool_call_grammar, unused_cpu_features,
 };
 
 /// What `aistack engine` was asked to serve.
@@ -344,11 +345,16 @@ fn prompt_tokens(engine: &Engine, input: &Input) -> Result<Vec<LlamaToken>, Engi
     Ok(tokens)
 }
 
-fn grammar(input: &Input, format: Option<&Format>) -> Result<Option<String>, EngineError> {
+/// What holds the output to the request's format; with tools and no format, a grammar that
+/// holds a call the model starts to its tool's schema.
+fn grammar(input: &Input, format: Option<&Format>) -> Result<Option<Grammar>, EngineError> {
     Ok(match format {
-        None => None,
-        Some(Format::JsonObject) => Some(json_object_grammar()?),
-        Some(Format::JsonSchema { schema }) => Some(schema_grammar(schema)?),
+        None => match input {
+            Input::Chat { tools, .. } => lazy_tool_call_grammar(tools),
+            Input::Text { .. } => None,
+        },
+        Some(Format::JsonObject) => Some(Grammar::strict(json_object_grammar()?)),
+        Some(Format::JsonSchema { schema }) => Some(Grammar::strict(schema_grammar(schema)?)),
         Some(Format::ToolCall { names }) => {
             let offered = match input {
                 Input::Chat { tools, .. } => tools.as_slice(),
@@ -362,7 +368,9 @@ fn grammar(input: &Input, format: Option<&Format>) -> Result<Option<String>, Eng
                     "the tool `{missing}` is required but not offered"
                 )));
             }
-            Some(tool_call_grammar(&tools::call_schema(offered, names))?)
+            Some(Grammar::strict(tool_call_grammar(&tools::call_schema(
+                offered, names,
+            ))?))
         }
     })
 }

@@ -449,7 +449,7 @@ fn json_schema_grammar_constrains_the_output() {
     let job = aistack_engine::Job {
         tokens: model().tokenize(&chat_prompt("Describe Paris as JSON.")),
         params: greedy(64),
-        grammar: Some(grammar),
+        grammar: Some(aistack_engine::Grammar::strict(grammar)),
         received: std::time::Instant::now(),
         sink: Box::new(move |output| {
             if let aistack_engine::Output::Done(g) = output {
