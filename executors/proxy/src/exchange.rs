@@ -591,6 +591,9 @@ async fn connect(shared: &Arc<Shared>, mut request: Request<Incoming>) -> Respon
         Ok(parsed) => parsed,
         Err(error) => return invalid(shared, &config, "CONNECT", &authority, &error.reason),
     };
+    if port == 80 && config.route(&destination).is_some() {
+        return routed_tunnel(shared, request, destination);
+    }
     let mut entry = shared.entry(&config, "CONNECT", &destination, port);
     if config.route(&destination).is_some() {
         entry.rule = format!("route {destination} takes plain http only");
@@ -662,6 +665,55 @@ async fn connect(shared: &Arc<Shared>, mut request: Request<Incoming>) -> Respon
             entry.error = pumped.error;
             shared.log().record(entry);
         }
+    });
+    Response::new(body::empty())
+}
+
+/// A CONNECT to a route's plain-http port, as clients send every proxied request whose
+/// `fetch` tunnels plain http too (Bun's: Claude Code's native build): the requests inside
+/// are served as forwarded ones to that route, and logged each as such. They go nowhere
+/// else, whatever their target says.
+fn routed_tunnel(
+    shared: &Arc<Shared>,
+    mut request: Request<Incoming>,
+    destination: Destination,
+) -> Response<Body> {
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let client = Arc::new(Client::default());
+        let service = {
+            let shared = Arc::clone(&shared);
+            service_fn(move |mut request: Request<Incoming>| {
+                let shared = Arc::clone(&shared);
+                let client = Arc::clone(&client);
+                let destination = destination.clone();
+                async move {
+                    if let Some(response) = oversized(&shared.settings.limits, &request) {
+                        return Ok(response);
+                    }
+                    let path = (request.uri().path_and_query()).map_or("/", |p| p.as_str());
+                    let Ok(uri) = format!("http://{destination}{path}").parse() else {
+                        let response = refuse(
+                            StatusCode::BAD_REQUEST,
+                            "The request target is not a path",
+                            "Send `METHOD /path HTTP/1.1` inside the tunnel",
+                        );
+                        return Ok(response);
+                    };
+                    *request.uri_mut() = uri;
+                    let response = forward(&shared, &client, request).await;
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            })
+        };
+        let _ = http1_builder(&shared.settings.limits)
+            .serve_connection(upgraded, service)
+            .with_upgrades()
+            .await;
     });
     Response::new(body::empty())
 }

@@ -374,6 +374,53 @@ async fn bypass_hosts_are_tunnelled_without_interception_or_credentials() {
 
 /// Credentials go over TLS only (issue 16): a plain-HTTP request to a host that has one
 /// is refused with the fix, logged, and never reaches the upstream, with or without it.
+/// A route (`models.aistack.internal`) through CONNECT to its port 80, as Bun's `fetch`
+/// (Claude Code's) sends plain http through a proxy: the requests inside reach the route's
+/// address, with its headers, whatever host they name; port 443 stays refused.
+#[tokio::test]
+async fn a_connect_to_a_routes_plain_http_port_serves_the_route_inside() {
+    let upstream = Upstream::http().await;
+    let proxy = Harness::start(&policy(Deny, &[], &[]), None).await;
+    let mut config = Config::new("agents", &policy(Deny, &[], &[]));
+    config.routes.push(aistack_proxy::Route {
+        host: "models.aistack.internal".to_owned(),
+        address: format!("127.0.0.1:{}", upstream.port()).parse().unwrap(),
+        headers: vec![("x-aistack-models".to_owned(), "coder".to_owned())],
+    });
+    proxy.proxy.update(config);
+    let mut stream = tunnel(proxy.addr(), "models.aistack.internal:80").await;
+    for path in ["/v1/messages?beta=true", "/v1/models"] {
+        let (code, body) = ask(&mut stream, path).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains(&format!(r#""path":"{}""#, path.split('?').next().unwrap())),
+            "{body}"
+        );
+    }
+    let seen = upstream.seen();
+    assert_eq!(
+        seen.len(),
+        2,
+        "both requests of the tunnel reached the route"
+    );
+    assert_eq!(seen[0].header("x-aistack-models"), Some("coder"));
+    let entries = proxy.entries().await;
+    assert!(
+        (entries.iter()).all(|e| e.method == "GET"
+            && e.host == "models.aistack.internal"
+            && e.decision == "allow"),
+        "{entries:?}"
+    );
+
+    let answer = raw(
+        proxy.addr(),
+        b"CONNECT models.aistack.internal:443 HTTP/1.1\r\nHost: models.aistack.internal:443\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(status(&answer), 400, "{answer}");
+}
+
 #[tokio::test]
 async fn plain_http_to_a_credential_host_is_refused_and_logged() {
     let upstream = Upstream::http().await;
