@@ -306,7 +306,7 @@ pub fn on_local_model(agent: Agent, model: LocalModel<'_>) -> Option<LocalSetup>
             files: vec![AgentFile {
                 path: ".codex/config.toml".to_owned(),
                 contents: format!(
-                    "model = {model}\nmodel_provider = \"aistack\"\nmodel_context_window = {context}\ncheck_for_update_on_startup = false\n\n[analytics]\nenabled = false\n\n[model_providers.aistack]\nname = \"aistack\"\nbase_url = {base}\nwire_api = \"responses\"\nenv_key = \"OPENAI_API_KEY\"\n\n[projects.{workspace}]\ntrust_level = \"trusted\"\n",
+                    "model = {model}\nmodel_provider = \"aistack\"\nmodel_context_window = {context}\ncheck_for_update_on_startup = false\n\n[analytics]\nenabled = false\n\n[features]\nplugins = false\n\n[model_providers.aistack]\nname = \"aistack\"\nbase_url = {base}\nwire_api = \"responses\"\nenv_key = \"OPENAI_API_KEY\"\n\n[projects.{workspace}]\ntrust_level = \"trusted\"\n",
                     model = toml_string(name),
                     base = toml_string(&v1),
                     workspace = toml_string(workspace),
