@@ -28,8 +28,20 @@ fn example_env(dir: &Path) -> TestEnv {
     let env = TestEnv::new();
     let text = fs::read_to_string(dir.join("aistack.yaml")).expect("example has aistack.yaml");
     env.write("aistack.yaml", &text);
-    if text.contains("./models/") {
-        env.link_model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    // The test model stands in for every local file an example names.
+    let mut names: Vec<&str> = text
+        .split("./models/")
+        .skip(1)
+        .filter_map(|rest| rest.split([' ', ',', '}', '\n', '$']).next())
+        .filter(|name| name.ends_with(".gguf"))
+        .collect();
+    if text.contains("./models/${") {
+        names.push("SmolLM2-135M-Instruct.Q4_1.gguf");
+    }
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        env.link_model(name);
     }
     env
 }
