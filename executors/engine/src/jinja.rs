@@ -205,9 +205,7 @@ fn python_float(f: f64) -> String {
 /// Writes `{{ value }}` as Jinja under Python does: `str(value)`, so `None`, `True`, and dicts
 /// and lists in Python's notation (templates print tool lists with `{{ tools }}`).
 pub(crate) fn format(out: &mut Output, _: &State, value: &Value) -> Result<(), Error> {
-    let mut text = String::new();
-    python_str(&mut text, value)?;
-    out.write_str(&text).map_err(Error::from)
+    out.write_str(&string(value)?).map_err(Error::from)
 }
 
 /// `value | string`: Python's `str(value)`, as [`format`] prints it.
