@@ -287,7 +287,7 @@ pub fn on_local_model(agent: Agent, model: LocalModel<'_>) -> Option<LocalSetup>
                 ("ANTHROPIC_DEFAULT_SONNET_MODEL", name.to_owned()),
                 ("ANTHROPIC_DEFAULT_HAIKU_MODEL", name.to_owned()),
                 ("CLAUDE_CODE_SUBAGENT_MODEL", name.to_owned()),
-                ("CLAUDE_CODE_AUTO_COMPACT_WINDOW", context.to_string()),
+                ("CLAUDE_CODE_MAX_CONTEXT_TOKENS", context.to_string()),
                 ("CLAUDE_CODE_MAX_OUTPUT_TOKENS", output),
                 ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
                 node_proxy,

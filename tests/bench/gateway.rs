@@ -4,14 +4,20 @@
 //!
 //! a. single-stream decode tokens/s and greedy text identity; b. aggregate tokens/s with 4
 //! concurrent streams; c. time to first token through the gateway vs the engine's unix
-//! socket; d. `GET /v1/models` p50 on a kept-alive connection.
+//! socket; d. `GET /v1/models` p50 on a kept-alive connection; e. time to first token of
+//! turn 5 of a ~12k-token agent conversation (`agent_turns.rs`) on the agents' model
+//! (Qwen2.5-Coder-0.5B), against llama-server reusing its cached prompt (`cache_prompt`).
 //!
-//!     AISTACK_TEST_MODEL=$(scripts/fetch-model) cargo bench -p aistack-tests --bench gateway
+//!     AISTACK_TEST_MODEL=$(scripts/fetch-model) AISTACK_TEST_CODER_MODEL=$(scripts/fetch-coder-model) \
+//!       cargo bench -p aistack-tests --bench gateway
 //!
 //! Env: AISTACK_BENCH_THREADS (default 1), AISTACK_BENCH_ROUNDS (default 5),
-//! AISTACK_BENCH_IDLE_WAIT (seconds, default 120),
-//! LLAMA_SERVER (a llama-server binary; default: `scripts/build-llama-server`'s cache path).
-//! Speed is reported, never asserted; streams completing is asserted.
+//! AISTACK_BENCH_IDLE_WAIT (seconds, default 120), AISTACK_BENCH_PARTS (the parts to run,
+//! default `abcde`), LLAMA_SERVER (a llama-server binary; default:
+//! `scripts/build-llama-server`'s cache path). Without AISTACK_TEST_CODER_MODEL part e is
+//! skipped. Speed is reported, never asserted; streams completing is asserted.
+
+mod agent_turns;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -282,14 +288,16 @@ struct Ours {
 }
 
 impl Ours {
-    fn up(parallel: usize, ctx: usize) -> Ours {
+    fn up(model: &Path, parallel: usize, ctx: usize) -> Ours {
         let env = TestEnv::new();
         let spec = format!(
-            "version: 1\nname: bench\nengines:\n  llama.cpp: {{ threads: {} }}\nmodels:\n  chat: {{ source: ./models/smollm2.gguf, context_size: {ctx}, parallel: {parallel}, preload: true, keep_alive: -1 }}\n",
+            "version: 1\nname: bench\nengines:\n  llama.cpp: {{ threads: {} }}\nmodels:\n  chat: {{ source: ./models/chat.gguf, context_size: {ctx}, parallel: {parallel}, preload: true, keep_alive: -1 }}\n",
             threads()
         );
         env.write("aistack.yaml", &env.spec(&spec));
-        env.link_model("smollm2.gguf");
+        fs::create_dir_all(env.project().join("models")).expect("models dir");
+        std::os::unix::fs::symlink(model, env.project().join("models/chat.gguf"))
+            .expect("symlink the model");
         env.ok(&["up", "-q"]);
         Ours { env }
     }
@@ -324,17 +332,14 @@ struct LlamaServer {
 }
 
 impl LlamaServer {
-    fn start(bin: &Path, parallel: usize, ctx: usize) -> LlamaServer {
+    fn start(bin: &Path, model: &Path, parallel: usize, ctx: usize) -> LlamaServer {
         let port = free_port();
         let child = Command::new(bin)
-            .args([
-                "-m",
-                &test_model().to_string_lossy(),
-                "-t",
-                &threads().to_string(),
-            ])
+            .args(["-m", &model.to_string_lossy(), "-t", &threads().to_string()])
             .args(["-c", &ctx.to_string(), "--parallel", &parallel.to_string()])
             .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+            // The model's own chat template, tools included, as the gateway renders it.
+            .arg("--jinja")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -409,12 +414,7 @@ fn row(metric: &str, a: f64, b: Option<f64>, unit: &str, target: &str) {
 }
 
 fn main() {
-    let n = rounds();
-    println!(
-        "model {}, threads {}, rounds {n}",
-        test_model().display(),
-        threads()
-    );
+    println!("threads {}, rounds {}", threads(), rounds());
     let llama = llama_server_bin();
     if llama.is_none() {
         eprintln!(
@@ -423,10 +423,28 @@ fn main() {
     }
     let load = wait_idle(IDLE_WAIT);
     println!("1-min load at start {load:.2}");
+    let parts = std::env::var("AISTACK_BENCH_PARTS").unwrap_or_else(|_| "abcde".into());
+    if parts.contains(['a', 'b', 'c', 'd']) {
+        serving(llama.as_deref());
+    }
+    if parts.contains('e') {
+        match std::env::var_os("AISTACK_TEST_CODER_MODEL") {
+            Some(model) => agent_turn(llama.as_deref(), Path::new(&model)),
+            None => println!(
+                "e: skipped (set AISTACK_TEST_CODER_MODEL to the Qwen2.5-Coder GGUF: scripts/fetch-coder-model)"
+            ),
+        }
+    }
+}
 
+/// Parts a to d, on the test model.
+fn serving(llama: Option<&Path>) {
+    let n = rounds();
+    let model = test_model();
+    println!("a–d: model {}", model.display());
     // a + c + d: one stream.
-    let ours = Ours::up(1, 2048);
-    let server = llama.as_ref().map(|b| LlamaServer::start(b, 1, 2048));
+    let ours = Ours::up(&model, 1, 2048);
+    let server = llama.map(|b| LlamaServer::start(b, &model, 1, 2048));
     let (mut a_tps, mut l_tps) = (Vec::new(), Vec::new());
     let (mut a_text, mut l_text) = (String::new(), String::new());
     stream_chat(ours.port(), 8); // warm-up
@@ -469,8 +487,8 @@ fn main() {
     {
         // The same context per sequence: ours counts it per sequence, llama-server's `-c` is
         // split between its slots.
-        let ours = Ours::up(4, 2048);
-        let server = llama.as_ref().map(|b| LlamaServer::start(b, 4, 4 * 2048));
+        let ours = Ours::up(&model, 4, 2048);
+        let server = llama.map(|b| LlamaServer::start(b, &model, 4, 4 * 2048));
         for _ in 0..n {
             a_agg.push(aggregate(ours.port(), 4));
             if let Some(s) = &server {
@@ -560,5 +578,113 @@ fn main() {
         }
     } else {
         println!("aistack greedy text:\n{a_text}");
+    }
+}
+
+/// One turn of an agent conversation, asking for a single token: (seconds until the
+/// stream ends, the prompt's tokens as the server counts them).
+fn agent_request(port: u16, body: &Value) -> (f64, u64) {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_nodelay(true).ok();
+    s.write_all(&request("/v1/chat/completions", body, "127.0.0.1", false))
+        .expect("send");
+    let mut r = BufReader::new(s);
+    let (status, chunked, len) = read_head(&mut r);
+    assert_eq!(status, 200, "agent turn status");
+    let body = BufReader::new(Body {
+        r: &mut r,
+        chunked,
+        left: if chunked { Some(0) } else { len },
+        done: false,
+    });
+    let (mut prompt, mut done) = (0, false);
+    for line in body.lines() {
+        let line = line.expect("stream line");
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data.trim() == "[DONE]" {
+            done = true;
+            break;
+        }
+        let v: Value = serde_json::from_str(data).expect("SSE JSON");
+        if let Some(n) = v["usage"]["prompt_tokens"].as_u64() {
+            prompt = n;
+        }
+    }
+    assert!(done, "stream ended with [DONE]");
+    (start.elapsed().as_secs_f64(), prompt)
+}
+
+/// A whole conversation: each turn's seconds, and the last turn's prompt tokens.
+fn conversation(port: u16, session: usize) -> (Vec<f64>, u64) {
+    let mut times = Vec::new();
+    let mut prompt = 0;
+    for turn in 1..=agent_turns::TURNS {
+        let (t, p) = agent_request(port, &agent_turns::request(session, turn, "chat"));
+        times.push(t);
+        prompt = p;
+    }
+    (times, prompt)
+}
+
+/// Part e: turn 5 of an agent conversation, on a 32k window, one sequence each. A
+/// conversation per round and server, interleaved; each starts with a new task, so only
+/// the system prompt is cached from the round before, as between an agent's sessions.
+fn agent_turn(llama: Option<&Path>, model: &Path) {
+    const CTX: usize = 32768;
+    let n = rounds();
+    println!("e: model {}", model.display());
+    let ours = Ours::up(model, 1, CTX);
+    let server = llama.map(|b| LlamaServer::start(b, model, 1, CTX));
+    // The first conversation evaluates the system prompt and is not counted.
+    let (cold, prompt) = conversation(ours.port(), 0);
+    eprintln!("e: aistack warm-up turns {cold:.2?} s, turn 5 prompt {prompt} tokens");
+    let cold_server = server.as_ref().map(|s| conversation(s.port, 0));
+    if let Some((t, p)) = &cold_server {
+        eprintln!("e: llama-server warm-up turns {t:.2?} s, turn 5 prompt {p} tokens");
+    }
+    let (mut a, mut l) = (Vec::new(), Vec::new());
+    for round in 1..=n {
+        let (t, _) = conversation(ours.port(), round);
+        a.push(t[agent_turns::TURNS - 1] * 1e3);
+        if let Some(s) = &server {
+            let (t, _) = conversation(s.port, round);
+            l.push(t[agent_turns::TURNS - 1] * 1e3);
+        }
+        eprintln!(
+            "e: turn 5 aistack {:.0} ms, llama-server {:?}",
+            a[a.len() - 1],
+            l.last().map(|v| v.round())
+        );
+    }
+    let paired = (!l.is_empty()).then(|| median(a.iter().zip(&l).map(|(x, y)| x / y).collect()));
+    let (am, lm) = (median(a), (!l.is_empty()).then(|| median(l)));
+    println!(
+        "\n{:<34} {:>14} {:>16} {:>7}  target",
+        "metric", "aistack", "llama-server", "ratio"
+    );
+    row(
+        &format!("e. turn-5 TTFT, {prompt}-token prompt"),
+        am,
+        lm,
+        "ms",
+        "ratio ≤ 1.0",
+    );
+    row(
+        "   first turn, cold (1 sample)",
+        cold[0] * 1e3,
+        cold_server.map(|(t, _)| t[0] * 1e3),
+        "ms",
+        "-",
+    );
+    match (lm, paired) {
+        (Some(lm), Some(p)) => println!(
+            "e: {} (aistack/llama-server = {:.3}; median of per-round ratios {p:.3})",
+            if am / lm <= 1.0 { "MET" } else { "NOT MET" },
+            am / lm
+        ),
+        _ => println!("e: not compared (no llama-server)"),
     }
 }

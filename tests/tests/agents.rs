@@ -7,6 +7,8 @@
 
 use std::fs;
 
+use serde_json::Value;
+
 use aistack_tests::TestEnv;
 use aistack_tests::sandbox::{Down, assert_no_key, debian_rootfs, guest_bin, key_search};
 
@@ -67,11 +69,7 @@ sandboxes:
     env.ok(&["up"]);
 
     // apt's and npm's requests went through the build's policy and are logged as its.
-    let log = env.ok(&["network", "log", "--json"]);
-    let entries: Vec<serde_json::Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let (log, entries) = network_log(&env, None);
     let allowed = |host: &str| {
         entries.iter().any(|e| {
             let source = e["source"].as_str().unwrap_or_default();
@@ -123,6 +121,22 @@ sandboxes:
     }
 }
 
+/// The network log, of one sandbox or of the whole project: its text and its entries.
+fn network_log(env: &TestEnv, sandbox: Option<&str>) -> (String, Vec<Value>) {
+    let mut args = vec!["network", "log", "--json"];
+    args.extend(sandbox);
+    let log = env.ok(&args);
+    let entries = (log.lines())
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (log, entries)
+}
+
+/// Whether a log entry is a request to the project's models.
+fn to_model(entry: &Value) -> bool {
+    entry["host"] == "models.aistack.internal"
+}
+
 /// The agents' test model (Qwen2.5-Coder-0.5B-Instruct, 32k context, tool calling), linked
 /// into the project as `models/coder.gguf`.
 fn link_coder_model(env: &TestEnv) {
@@ -133,17 +147,22 @@ fn link_coder_model(env: &TestEnv) {
     std::os::unix::fs::symlink(model, env.project().join("models/coder.gguf")).unwrap();
 }
 
-/// Codex from npm in a sandbox, on the project's local model with nothing set by hand: it
-/// reads a file of the workspace through its shell tool and answers from it, and nothing
-/// but the gateway's Responses API is reached.
-#[test]
-#[ignore = "slow and at the mercy of a 0.5B model: 4 to 15 minutes on 2 cores; run it with `cargo test -p aistack-tests --test agents -- --ignored`"]
-fn codex_runs_a_tool_turn_on_a_local_model_and_reaches_no_vendor() {
+/// A project whose sandboxes each run one agent CLI from npm on its local model.
+/// Node.js comes from npm's `node` package (its binary from npm's registry too): Debian
+/// bookworm's is 18, and Claude Code and Copilot want 22, Gemini CLI 20.
+fn local_agents_project(agents: &[&str]) -> TestEnv {
     let debian = debian_rootfs();
     let mut env = TestEnv::new();
     env.set_var("AISTACK_GUEST", guest_bin());
     link_coder_model(&env);
     env.write("notes.txt", "The launch code is PAPAYA-42.\n");
+    let packages: Vec<&str> = agents.iter().map(|a| package(a)).collect();
+    let sandboxes: String = agents
+        .iter()
+        .map(|a| {
+            format!("  {a}:\n    template: agents\n    agent: {{ name: {a}, model: coder }}\n")
+        })
+        .collect();
     let spec = format!(
         "version: 1
 name: local-agents
@@ -153,7 +172,7 @@ models:
   coder:
     source: ./models/coder.gguf
     context_size: 32768
-    # Greedy, and a turn of at most 1024 tokens: codex sets neither, and a small model
+    # Greedy, and a turn of at most 1024 tokens: agents set neither, and a small model
     # sampled at its defaults can ramble for the rest of a 32k window.
     runtime_flags: [--temp=0, --n-predict=1024]
 templates:
@@ -163,85 +182,149 @@ templates:
     run:
       - apt-get update
       - apt-get install -y --no-install-recommends ca-certificates nodejs npm
-  codex:
+  agents:
     from: debian
     network_policy: build
     run:
-      - npm install -g @openai/codex
+      - npm install -g node@22
+      - npm install -g {packages}
 network_policies:
   build:
     default: deny
     allow: [deb.debian.org, registry.npmjs.org]
 sandboxes:
-  coder:
-    template: codex
-    agent: {{ name: codex, model: coder }}
-",
-        debian = debian.display()
+{sandboxes}",
+        debian = debian.display(),
+        packages = packages.join(" "),
     );
     env.write("aistack.yaml", &env.spec(&spec));
-    let _down = Down(&env);
-    env.ok(&["up"]);
+    env
+}
 
-    // `--dangerously-bypass-approvals-and-sandbox`: the sandbox is the sandbox, and codex's
-    // own (Landlock, seccomp) would stack on ours.
-    let prompt = "Run the shell command `cat notes.txt` and tell me the launch code it prints.";
+/// An agent's npm package.
+fn package(agent: &str) -> &'static str {
+    match agent {
+        "claude" => "@anthropic-ai/claude-code",
+        "codex" => "@openai/codex",
+        "copilot" => "@github/copilot",
+        "gemini" => "@google/gemini-cli",
+        "opencode" => "opencode-ai",
+        other => panic!("no package for {other}"),
+    }
+}
+
+/// The one-turn, non-interactive run of an agent, approving its own tool calls (the
+/// sandbox is the boundary; an agent's own sandbox, such as Codex's Landlock and seccomp,
+/// would stack on it). `$PROMPT` holds the task.
+fn one_turn(agent: &str) -> &'static str {
+    match agent {
+        "claude" => "claude -p \"$PROMPT\" --dangerously-skip-permissions",
+        "codex" => {
+            "codex exec --skip-git-repo-check --dangerously-bypass-approvals-and-sandbox \"$PROMPT\""
+        }
+        "copilot" => "copilot -p \"$PROMPT\" --allow-all-tools",
+        "gemini" => "gemini -p \"$PROMPT\" --yolo",
+        "opencode" => "opencode run \"$PROMPT\"",
+        other => panic!("no command for {other}"),
+    }
+}
+
+/// What went wrong with one agent's run, if anything: it must exit 0, answer from the file
+/// (which only a tool call can have read: the model cannot guess the code), and reach
+/// nothing but the project's model. It may only have tried `refused` hosts, which the
+/// policy denied.
+fn tool_turn(env: &TestEnv, agent: &str, refused: &[&str]) -> Result<String, String> {
+    let prompt =
+        "Use your shell tool to run `cat notes.txt`, then tell me the launch code it prints.";
     let workspace = env.project().canonicalize().unwrap();
     let run = format!(
-        "cd {} && timeout 900 codex exec --skip-git-repo-check --dangerously-bypass-approvals-and-sandbox '{prompt}' </dev/null",
-        workspace.display()
+        "PROMPT='{prompt}'; cd {} && timeout 900 {} </dev/null",
+        workspace.display(),
+        one_turn(agent)
     );
-    let out = env.run(&["exec", "coder", "--", "sh", "-c", &run]);
+    let started = std::time::Instant::now();
+    let out = env.run(&["exec", agent, "--", "sh", "-c", &run]);
+    let took = started.elapsed();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    assert!(
-        out.status.success(),
-        "codex exec failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("PAPAYA-42") || stderr.contains("PAPAYA-42"),
-        "codex did not answer from the file:\n{stdout}\n{stderr}"
-    );
-    // The tool ran: codex prints each command it runs.
-    assert!(stderr.contains("notes.txt"), "no tool call:\n{stderr}");
+    if !out.status.success() {
+        return Err(format!(
+            "{agent} failed ({}):\n{stdout}\n{stderr}",
+            out.status
+        ));
+    }
+    if !stdout.contains("PAPAYA-42") {
+        return Err(format!(
+            "{agent} did not answer from the file:\n{stdout}\n{stderr}"
+        ));
+    }
+    let (log, entries) = network_log(env, Some(agent));
+    if !entries.iter().any(to_model) {
+        return Err(format!(
+            "{agent}: no request to the model is logged:\n{log}"
+        ));
+    }
+    let expected = |e: &&Value| {
+        (to_model(e) && e["decision"] == "allow")
+            || (e["decision"] == "deny"
+                && refused.contains(&e["host"].as_str().unwrap_or_default()))
+    };
+    if let Some(other) = entries.iter().find(|e| !expected(e)) {
+        return Err(format!("{agent} tried to reach {other}:\n{log}"));
+    }
+    Ok(format!(
+        "{agent}: {:.0} s, {} requests to the model",
+        took.as_secs_f64(),
+        entries.len()
+    ))
+}
 
-    // Its config came from aistack: the Responses API of the gateway, the model's window.
+/// Claude Code, OpenCode, Copilot CLI and Gemini CLI from npm, each in its sandbox on the
+/// project's local model with nothing set by hand: each reads a file of the workspace
+/// through a tool and answers from it, exits 0, and reaches nothing but the gateway.
+#[test]
+#[ignore = "slow and at the mercy of a 0.5B model: each agent sends 10k to 15k tokens a turn, minutes each on 2 cores; run it with `cargo test -p aistack-tests --test agents -- --ignored`"]
+fn agent_clis_run_a_tool_turn_on_a_local_model_and_reach_no_vendor() {
+    let agents = ["claude", "opencode", "copilot", "gemini"];
+    let env = local_agents_project(&agents);
+    let _down = Down(&env);
+    env.ok(&["up"]);
+    let results: Vec<Result<String, String>> =
+        agents.iter().map(|a| tool_turn(&env, a, &[])).collect();
+    for done in results.iter().flatten() {
+        eprintln!("{done}");
+    }
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{}",
+        failures
+            .iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    );
+}
+
+/// Codex from npm in a sandbox, on the project's local model with nothing set by hand, as
+/// above. Codex 0.171 still tries its plugin catalog (chatgpt.com) and GitHub with
+/// analytics and plugins off: those attempts are refused and logged, and only they.
+#[test]
+#[ignore = "slow and at the mercy of a 0.5B model: 4 to 15 minutes on 2 cores; run it with `cargo test -p aistack-tests --test agents -- --ignored`"]
+fn codex_runs_a_tool_turn_on_a_local_model_and_reaches_no_vendor() {
+    let env = local_agents_project(&["codex"]);
+    let _down = Down(&env);
+    env.ok(&["up"]);
     let config = env.ok(&[
         "exec",
-        "coder",
+        "codex",
         "--",
         "cat",
         "/home/agent/.codex/config.toml",
     ]);
     assert!(config.contains("model_context_window = 32768"), "{config}");
-
-    let log = env.ok(&["network", "log", "coder", "--json"]);
-    let entries: Vec<serde_json::Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let model = |e: &&serde_json::Value| e["host"] == "models.aistack.internal";
-    assert!(
-        entries
-            .iter()
-            .filter(model)
-            .all(|e| e["decision"] == "allow"),
-        "{log}"
-    );
-    assert!(
-        entries.iter().any(|e| model(&e)),
-        "the model's requests are logged"
-    );
-    // Nothing else got out. Codex 0.171 still tries its plugin catalog (chatgpt.com) and
-    // GitHub with analytics and plugins off; those attempts are refused and logged.
-    let others: Vec<&serde_json::Value> = entries.iter().filter(|e| !model(e)).collect();
-    assert!(
-        others.iter().all(|e| e["decision"] == "deny"),
-        "the sandbox reached something else than its model:\n{log}"
-    );
-    for e in &others {
-        eprintln!("refused: {} {}", e["method"], e["host"]);
-    }
+    let done = tool_turn(&env, "codex", &["chatgpt.com", "api.github.com"]);
+    eprintln!("{}", done.unwrap_or_else(|failure| panic!("{failure}")));
 }

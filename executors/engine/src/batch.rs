@@ -31,6 +31,10 @@ pub enum Output<'a> {
     Done(Generation),
     /// It failed.
     Failed(EngineError),
+    /// Asked before each batch of a generation's prompt, which reports nothing while it
+    /// is evaluated: the sink returns `false` when nobody listens any more, which ends the
+    /// generation there. Minutes of an agent's prompt are not spent on a client that left.
+    Listening,
 }
 
 /// Receives a generation's output; called on the batching thread, so it must not block.
@@ -217,10 +221,15 @@ impl<'m, 's> Batcher<'m, 's> {
                 }
             }
         }
-        for (seq, slot) in self.slots.iter_mut().enumerate() {
-            let Some(slot) = slot else { continue };
+        for (seq, entry) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = entry else { continue };
             let remaining = slot.job.tokens.len() - slot.prompt_done;
             if remaining == 0 || budget == 0 {
+                continue;
+            }
+            if !(slot.job.sink)(Output::Listening) {
+                // What is evaluated stays cached: the client may well send it again.
+                *entry = None;
                 continue;
             }
             let take = remaining.min(budget);

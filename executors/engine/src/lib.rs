@@ -386,6 +386,7 @@ impl Model {
                 outcome = Some(Err(error));
                 true
             }
+            Output::Listening => true,
         });
         let job = Job {
             tokens,

@@ -463,6 +463,7 @@ async fn generate(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
             });
             true
         }
+        Output::Listening => !tx.is_closed(),
     });
     let job = Job {
         tokens,

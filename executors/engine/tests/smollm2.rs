@@ -277,6 +277,7 @@ fn continuous_batching_gives_each_sequence_its_solo_output() {
                     Output::Failed(e) => {
                         tx.send((index, Err(e.to_string()), String::new())).unwrap()
                     }
+                    Output::Listening => {}
                 }
                 true
             }),
@@ -341,7 +342,7 @@ fn run_job(
             match output {
                 aistack_engine::Output::Done(g) => tx.send(g).unwrap(),
                 aistack_engine::Output::Failed(e) => panic!("{e}"),
-                aistack_engine::Output::Text(_) => {}
+                aistack_engine::Output::Text(_) | aistack_engine::Output::Listening => {}
             }
             true
         }),
@@ -433,6 +434,59 @@ fn the_next_turn_reuses_the_cached_conversation() {
     let again = run_job(&mut batcher, model, &turn, 24);
     assert_eq!(again.cached_tokens, again.prompt_tokens - 1);
     assert_eq!(again.text, fresh.text);
+}
+
+/// A client that leaves while its prompt is evaluated ends the generation before the next
+/// batch: nothing more is evaluated or reported, and what was evaluated stays cached.
+#[test]
+fn a_generation_whose_client_left_stops_between_prompt_batches() {
+    use aistack_engine::{Batcher, Job, Output};
+
+    let model = model_without_flash_attention();
+    let prompt = conversation(&[("user", &"Tell me about lighthouses. ".repeat(150))]);
+    let tokens = model.tokenize(&prompt);
+    assert!(
+        (600..2000).contains(&tokens.len()),
+        "{} tokens",
+        tokens.len()
+    );
+    let mut batcher = Batcher::new(model, 1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<&str>();
+    let mut probes = 0;
+    let job = Job {
+        tokens,
+        params: greedy(8),
+        grammar: None,
+        received: std::time::Instant::now(),
+        // Listens through the first batch of the prompt, then leaves.
+        sink: Box::new(move |output| match output {
+            Output::Listening => {
+                probes += 1;
+                probes == 1
+            }
+            Output::Text(_) => tx.send("text").is_ok(),
+            Output::Done(_) => tx.send("done").is_ok(),
+            Output::Failed(_) => tx.send("failed").is_ok(),
+        }),
+    };
+    assert!(batcher.admit(job).is_ok());
+    let mut steps = 0;
+    while !batcher.is_idle() {
+        batcher.step();
+        steps += 1;
+        assert!(steps < 10, "the generation ends");
+    }
+    assert_eq!(steps, 2, "one batch evaluated, the next one not");
+    assert_eq!(
+        rx.try_recv(),
+        Err(std::sync::mpsc::TryRecvError::Disconnected)
+    );
+
+    let again = run_job(&mut batcher, model, &prompt, 4);
+    assert_eq!(
+        again.cached_tokens, 512,
+        "the batch evaluated before it left is cached"
+    );
 }
 
 /// A grammar from a JSON schema holds even this small model to the schema.

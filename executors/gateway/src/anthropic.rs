@@ -29,6 +29,28 @@ fn blocks_text(value: &Value) -> String {
     }
 }
 
+/// Claude Code opens its system prompt with a line for Anthropic's billing
+/// (`x-anthropic-billing-header: cc_version=…; cch=…;`) whose hash changes every request.
+/// Kept, it would change the prompt's first tokens on every turn and no cached prefix of a
+/// conversation would survive; it tells the model nothing.
+const BILLING_LINE: &str = "x-anthropic-billing-header:";
+
+/// The text of `system`, without Claude Code's billing line.
+fn system_text(value: &Value) -> String {
+    match value {
+        Value::Array(blocks) => blocks_text(&Value::Array(
+            (blocks.iter())
+                .filter(|b| {
+                    !(b.get("text").and_then(Value::as_str))
+                        .is_some_and(|t| t.starts_with(BILLING_LINE))
+                })
+                .cloned()
+                .collect(),
+        )),
+        other => blocks_text(other),
+    }
+}
+
 /// The chat, tools and constraint of a Messages request. What the engine cannot use is
 /// dropped rather than refused, as a client such as Claude Code sends it on every turn:
 /// `thinking` and `redacted_thinking` blocks it echoes back, images and documents (the
@@ -44,7 +66,7 @@ fn input(request: &Value) -> Result<(Input, Option<Format>), ApiError> {
             "messages: at least one message is required",
         ));
     }
-    let mut system: Vec<String> = request.get("system").map(blocks_text).into_iter().collect();
+    let mut system: Vec<String> = request.get("system").map(system_text).into_iter().collect();
     let mut messages = Vec::new();
     for m in items {
         let role = m
@@ -378,6 +400,28 @@ mod tests {
                 {"role": "assistant", "content": "Salut"},
             ])
         );
+    }
+
+    #[test]
+    fn claude_codes_billing_line_is_not_part_of_the_prompt() {
+        let turn = |hash: &str| {
+            chat(json!({
+                "system": [
+                    {"type": "text", "text": format!("x-anthropic-billing-header: cc_version=2.1.332.a1b; cc_entrypoint=sdk-cli; cch={hash};")},
+                    {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
+                ],
+                "messages": [{"role": "user", "content": "Hi"}],
+            }))["messages"]
+                .clone()
+        };
+        assert_eq!(
+            turn("5f1c2"),
+            json!([
+                {"role": "system", "content": "You are Claude Code."},
+                {"role": "user", "content": "Hi"},
+            ])
+        );
+        assert_eq!(turn("5f1c2"), turn("9e0d7"));
     }
 
     #[test]
