@@ -13,8 +13,8 @@ use crate::EngineError;
 pub struct Grammar {
     /// The rules.
     pub rules: String,
-    /// Regular expressions matched against the output from its start; the grammar applies
-    /// from the first capture group of the first match. Empty: from the first token.
+    /// Regular expressions searched for in the output; the grammar applies from the first
+    /// capture group of the first match. Empty: from the first token.
     pub triggers: Vec<String>,
 }
 
@@ -63,8 +63,12 @@ pub fn lazy_tool_call_grammar(tools: &[Tool]) -> Option<Grammar> {
         rules: format!(
             "root ::= \"{open}\" [ \\t\\n]* tool-call-body [ \\t\\n]* \"{close}\" | \"```\" \"json\"? [ \\t\\n]* tool-call-body [ \\t\\n]* \"```\"\n{body}"
         ),
+        // Searched for, not matched whole: llama.cpp runs `std::regex_search` over all the
+        // output so far at every token, and a `[\s\S]*?…[\s\S]*` frame around it (as
+        // llama-server writes its patterns) makes libstdc++'s backtracking quadratic in the
+        // output's length per token. A 1k-token reply after a tool result then took minutes.
         triggers: vec![format!(
-            r#"[\s\S]*?({}|```(?:json)?\s*\{{\s*"name")[\s\S]*"#,
+            r#"({}|```(?:json)?\s*\{{\s*"name")"#,
             regex_escape(open)
         )],
     })
