@@ -164,17 +164,12 @@ fn chat_body(max_tokens: u32, stream: bool) -> Value {
     })
 }
 
-fn stream_chat(port: u16, max_tokens: u32) -> Stream {
-    let start = Instant::now();
+/// Streams one completion and hands `on_event` each SSE event's JSON until `[DONE]`.
+fn stream_events(port: u16, body: &Value, mut on_event: impl FnMut(&Value)) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_nodelay(true).ok();
-    s.write_all(&request(
-        "/v1/chat/completions",
-        &chat_body(max_tokens, true),
-        "127.0.0.1",
-        false,
-    ))
-    .expect("send");
+    s.write_all(&request("/v1/chat/completions", body, "127.0.0.1", false))
+        .expect("send");
     let mut r = BufReader::new(s);
     let (status, chunked, len) = read_head(&mut r);
     assert_eq!(status, 200, "chat completion status");
@@ -184,17 +179,23 @@ fn stream_chat(port: u16, max_tokens: u32) -> Stream {
         left: if chunked { Some(0) } else { len },
         done: false,
     });
-    let (mut text, mut tokens, mut first, mut done) = (String::new(), 0, None, false);
     for line in body.lines() {
         let line = line.expect("stream line");
         let Some(data) = line.strip_prefix("data: ") else {
             continue;
         };
         if data.trim() == "[DONE]" {
-            done = true;
-            break;
+            return;
         }
-        let v: Value = serde_json::from_str(data).expect("SSE JSON");
+        on_event(&serde_json::from_str(data).expect("SSE JSON"));
+    }
+    panic!("the stream ended without [DONE]");
+}
+
+fn stream_chat(port: u16, max_tokens: u32) -> Stream {
+    let start = Instant::now();
+    let (mut text, mut tokens, mut first) = (String::new(), 0, None);
+    stream_events(port, &chat_body(max_tokens, true), |v| {
         if let Some(c) = v["choices"][0]["delta"]["content"].as_str()
             && !c.is_empty()
         {
@@ -204,9 +205,8 @@ fn stream_chat(port: u16, max_tokens: u32) -> Stream {
         if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
             tokens = n;
         }
-    }
+    });
     let end = Instant::now();
-    assert!(done, "stream ended with [DONE]");
     let first = first.expect("some content");
     Stream {
         text,
@@ -585,35 +585,12 @@ fn serving(llama: Option<&Path>) {
 /// stream ends, the prompt's tokens as the server counts them).
 fn agent_request(port: u16, body: &Value) -> (f64, u64) {
     let start = Instant::now();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_nodelay(true).ok();
-    s.write_all(&request("/v1/chat/completions", body, "127.0.0.1", false))
-        .expect("send");
-    let mut r = BufReader::new(s);
-    let (status, chunked, len) = read_head(&mut r);
-    assert_eq!(status, 200, "agent turn status");
-    let body = BufReader::new(Body {
-        r: &mut r,
-        chunked,
-        left: if chunked { Some(0) } else { len },
-        done: false,
-    });
-    let (mut prompt, mut done) = (0, false);
-    for line in body.lines() {
-        let line = line.expect("stream line");
-        let Some(data) = line.strip_prefix("data: ") else {
-            continue;
-        };
-        if data.trim() == "[DONE]" {
-            done = true;
-            break;
-        }
-        let v: Value = serde_json::from_str(data).expect("SSE JSON");
+    let mut prompt = 0;
+    stream_events(port, body, |v| {
         if let Some(n) = v["usage"]["prompt_tokens"].as_u64() {
             prompt = n;
         }
-    }
-    assert!(done, "stream ended with [DONE]");
+    });
     (start.elapsed().as_secs_f64(), prompt)
 }
 
