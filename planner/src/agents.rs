@@ -351,27 +351,47 @@ pub fn on_local_model(agent: Agent, model: LocalModel<'_>) -> Option<LocalSetup>
             env: pairs(&[
                 ("OPENCODE_DISABLE_MODELS_FETCH", "1".to_owned()),
                 ("OPENCODE_DISABLE_AUTOUPDATE", "1".to_owned()),
+                // Language servers are otherwise downloaded when a file is first edited.
+                ("OPENCODE_DISABLE_LSP_DOWNLOAD", "1".to_owned()),
             ]),
-            files: vec![json_file(
-                ".config/opencode/opencode.json",
-                &json!({
-                    "$schema": "https://opencode.ai/config.json",
-                    "model": format!("aistack/{name}"),
-                    "small_model": format!("aistack/{name}"),
-                    "autoupdate": false,
-                    "share": "disabled",
-                    "provider": {"aistack": {
-                        "npm": "@ai-sdk/openai-compatible",
-                        "name": "aistack",
-                        "options": {"baseURL": v1},
-                        "models": {name: {
-                            "name": name,
-                            "tool_call": true,
-                            "limit": {"context": context, "output": output_tokens(context)},
+            files: vec![
+                // At every start OpenCode installs its plugin SDK into its config directory
+                // from registry.npmjs.org unless that directory has `node_modules` and a
+                // lockfile naming the SDK. Nothing here uses plugins, and the sandbox reaches
+                // no registry, so the directory says it is installed.
+                json_file(
+                    ".config/opencode/package-lock.json",
+                    &json!({
+                        "lockfileVersion": 3,
+                        "requires": true,
+                        "packages": {"": {"dependencies": {"@opencode-ai/plugin": "*"}}},
+                    }),
+                ),
+                json_file(
+                    ".config/opencode/node_modules/.package-lock.json",
+                    &json!({"lockfileVersion": 3, "requires": true, "packages": {}}),
+                ),
+                json_file(
+                    ".config/opencode/opencode.json",
+                    &json!({
+                        "$schema": "https://opencode.ai/config.json",
+                        "model": format!("aistack/{name}"),
+                        "small_model": format!("aistack/{name}"),
+                        "autoupdate": false,
+                        "share": "disabled",
+                        "provider": {"aistack": {
+                            "npm": "@ai-sdk/openai-compatible",
+                            "name": "aistack",
+                            "options": {"baseURL": v1},
+                            "models": {name: {
+                                "name": name,
+                                "tool_call": true,
+                                "limit": {"context": context, "output": output_tokens(context)},
+                            }},
                         }},
-                    }},
-                }),
-            )],
+                    }),
+                ),
+            ],
         },
         Agent::Kiro | Agent::DockerAgent | Agent::Shell => return None,
     })

@@ -108,8 +108,8 @@ pub enum Payload {
     Proxy(NetworkPolicy),
     /// Build a template's layers.
     Template(TemplatePlan),
-    /// Create and start a sandbox.
-    Sandbox(SandboxPlan),
+    /// Create and start a sandbox (boxed: it is by far the largest).
+    Sandbox(Box<SandboxPlan>),
 }
 
 impl Payload {
@@ -192,7 +192,10 @@ macro_rules! with_plan {
             $crate::Payload::Engine($plan) => $body,
             $crate::Payload::Proxy($plan) => $body,
             $crate::Payload::Template($plan) => $body,
-            $crate::Payload::Sandbox($plan) => $body,
+            $crate::Payload::Sandbox($plan) => {
+                let $plan = &**$plan;
+                $body
+            }
         }
     };
 }
@@ -562,6 +565,11 @@ pub struct SandboxSettings {
     pub ports: Vec<PortMapping>,
     /// The template chain's `env:` under its own.
     pub env: BTreeMap<String, String>,
+    /// sha256 over what aistack sets up for the agent: its variables and configuration
+    /// files. A new aistack that sets an agent up differently (a renamed variable, a new
+    /// config key) changes it, so `up` replaces the sandbox rather than leaving it stale.
+    #[serde(default)]
+    pub agent_setup: String,
 }
 
 impl Settings for SandboxSettings {

@@ -574,6 +574,10 @@ impl Reconciler<'_> {
         });
         let local = local.unwrap_or_default();
         environment.extend(local.env);
+        let agent_setup = crate::resource::canonical_hash(&serde_json::json!({
+            "environment": environment,
+            "files": local.files,
+        }));
         environment.extend(env.clone());
         let settings = SandboxSettings {
             template: sandbox.template.clone(),
@@ -588,10 +592,11 @@ impl Reconciler<'_> {
             models,
             ports: sandbox.ports.clone(),
             env,
+            agent_setup,
         };
         let inside = |path: &&PathBuf| path.starts_with(&workspace);
         let text = |path: &PathBuf| path.to_string_lossy().into_owned();
-        let payload = Payload::Sandbox(SandboxPlan {
+        let payload = Payload::Sandbox(Box::new(SandboxPlan {
             limits: Limits::of(settings.memory, settings.cpus),
             read_only: self
                 .observed
@@ -612,7 +617,7 @@ impl Reconciler<'_> {
             files: local.files,
             program: profile.command.to_owned(),
             install: profile.install.to_owned(),
-        });
+        }));
         Desired::new(key, payload, depends_on)
     }
 

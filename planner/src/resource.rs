@@ -103,11 +103,16 @@ fn fields_of(payload: &Payload) -> BTreeMap<String, serde_json::Value> {
 /// sha256 (lower-case hex) over the canonical JSON of `fields`: object keys sorted at every
 /// level, no whitespace. Independent of serde_json's `preserve_order` feature.
 fn fields_hash(fields: &BTreeMap<String, serde_json::Value>) -> String {
-    use sha2::{Digest, Sha256};
-    let mut text = String::new();
     let object: serde_json::Map<String, serde_json::Value> =
         fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    write_canonical(&serde_json::Value::Object(object), &mut text);
+    canonical_hash(&serde_json::Value::Object(object))
+}
+
+/// sha256 (lower-case hex) over the canonical JSON of `value`.
+pub(crate) fn canonical_hash(value: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut text = String::new();
+    write_canonical(value, &mut text);
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 

@@ -713,7 +713,38 @@ fn records_written_before_typed_payloads_read_back_and_keep_their_hashes() {
     let mut observed = Observed::from_applied(records);
     observed.local_files = fresh().local_files;
     let plan = reconcile("demo", &full_spec(), Path::new(BASE), &observed).unwrap();
-    assert_eq!(plan.render_text(), "No changes.\n");
+    // Records of that version carry no digest of the agent's setup, so their sandbox is
+    // made again once, with the setup of this version; nothing else changes.
+    let steps: Vec<_> = plan
+        .steps()
+        .into_iter()
+        .map(|s| (s.id.to_string(), s.action))
+        .collect();
+    assert_eq!(steps, [("sandbox coder".to_owned(), Action::Replace)]);
+    assert!(
+        plan.render_text().contains("agent_setup"),
+        "{}",
+        plan.render_text()
+    );
+}
+
+#[test]
+fn a_new_agent_setup_replaces_the_sandbox_and_nothing_else() {
+    // What an upgrade that sets the agent up differently (a renamed variable, a new
+    // config key) leaves in the state: the sandbox's record names another setup.
+    let mut observed = applied();
+    let coder = ResourceId::new(Kind::Sandbox, "coder");
+    let record = observed.resources.get_mut(&coder).unwrap();
+    record.fields.insert(
+        "agent_setup".into(),
+        serde_json::json!("set up by another version"),
+    );
+    record.hash = "the hash of those fields".into();
+    let plan = check(&full_spec(), &observed);
+    insta::assert_snapshot!(plan.render_text());
+    let step = plan.find(&coder).unwrap();
+    assert_eq!(plan.step(step).action, Action::Replace);
+    assert_eq!(plan.steps().len(), 1);
 }
 
 #[test]

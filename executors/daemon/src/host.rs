@@ -127,7 +127,7 @@ mod tests {
     }
 
     fn sandbox(isolation: Isolation) -> Payload {
-        Payload::Sandbox(SandboxPlan {
+        Payload::Sandbox(Box::new(SandboxPlan {
             settings: SandboxSettings {
                 template: "dev".into(),
                 agent: Agent::Claude,
@@ -141,6 +141,7 @@ mod tests {
                 models: Vec::new(),
                 ports: Vec::new(),
                 env: Default::default(),
+                agent_setup: String::new(),
             },
             environment: Default::default(),
             files: Vec::new(),
@@ -149,7 +150,7 @@ mod tests {
             limits: aistack_planner::Limits::of(None, None),
             read_only: Vec::new(),
             hidden: Vec::new(),
-        })
+        }))
     }
 
     #[test]

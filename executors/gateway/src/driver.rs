@@ -17,9 +17,9 @@ use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::error::{Api, ApiError, from_client};
+use crate::error::{Api, ApiError, from_client, unavailable};
 use crate::framing::Framing;
 use crate::models::Lease;
 use crate::request::{Call, answer};
@@ -122,23 +122,36 @@ pub(crate) async fn generate<E: Encoder>(
         stream,
         encoder,
     } = generation;
-    let lease = call.lease(shared, Mode::Chat).await?;
-    let events = lease.client.generate(&request).await;
-    let events = events.map_err(|e| from_client(&e))?;
-    let tools = match request.input {
-        Input::Chat { tools, .. } => tools,
+    let tools = match &request.input {
+        Input::Chat { tools, .. } => tools.clone(),
         Input::Text { .. } => Vec::new(),
     };
-    let running = Running {
-        lease,
-        events,
-        shared: shared.clone(),
-        label: call.model.clone(),
-    };
-    if stream {
-        Ok(running.stream(Streaming::new(encoder, tools)))
-    } else {
-        running.whole(&encoder, &tools).await
+    let entry = call.entry(shared, Mode::Chat)?;
+    let (shared, label) = (shared.clone(), call.model.clone());
+    // The turn in the model's queue (and the engine's load), then the engine's acceptance.
+    let mut accepted = Box::pin(async move {
+        let lease = (shared.models.acquire(entry).await).map_err(|e| unavailable(&label, e))?;
+        let events = lease.client.generate(&request).await;
+        let events = events.map_err(|e| from_client(&e))?;
+        Ok(Running {
+            lease,
+            events,
+            shared,
+            label,
+        })
+    });
+    if !stream {
+        return accepted.await?.whole(&encoder, &tools).await;
+    }
+    let streaming = Streaming::new(encoder, tools);
+    if E::keep_alive().is_none() {
+        return Ok(respond(streaming, accepted.await?));
+    }
+    match timeout(KEEP_ALIVE, accepted.as_mut()).await {
+        Ok(running) => Ok(respond(streaming, running?)),
+        // Still waiting: the stream starts now, so that a client's idle timer sees its
+        // keep-alives, and the wait goes on inside it; a failure then ends the stream.
+        Err(_) => Ok(respond(streaming, Queued::Waiting(accepted))),
     }
 }
 
@@ -190,13 +203,40 @@ impl Running {
             }
         }
     }
+}
 
-    /// The answer as a stream, written by a task that holds the lease until the stream ends
-    /// or the client goes away (dropping the events then stops the engine's work).
-    fn stream<E: Encoder>(self, streaming: Streaming<E>) -> Response {
-        let (tx, rx) = mpsc::channel::<Bytes>(64);
-        tokio::spawn(pump(streaming, self, tx));
-        E::FRAMING.response(rx)
+/// The answer as a stream, written by a task that holds the steps (and so the lease) until
+/// the stream ends or the client goes away (dropping the events then stops the engine's
+/// work; dropping a wait leaves the queue).
+fn respond<E: Encoder>(streaming: Streaming<E>, steps: impl Steps) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(pump(streaming, steps, tx));
+    E::FRAMING.response(rx)
+}
+
+/// A stream whose generation waits for its turn: its first step comes once the engine
+/// accepted it, or is the failure that ended the wait.
+enum Queued<F, S> {
+    Waiting(std::pin::Pin<Box<F>>),
+    Accepted(S),
+}
+
+impl<F, S> Steps for Queued<F, S>
+where
+    F: Future<Output = Result<S, ApiError>> + Send + 'static,
+    S: Steps,
+{
+    /// Dropped at a keep-alive's deadline, the wait keeps its place: it lives in the box.
+    async fn next(&mut self) -> Step {
+        loop {
+            match self {
+                Queued::Accepted(steps) => return steps.next().await,
+                Queued::Waiting(wait) => match wait.as_mut().await {
+                    Ok(steps) => *self = Queued::Accepted(steps),
+                    Err(e) => return Step::Failed(e),
+                },
+            }
+        }
     }
 }
 
@@ -531,19 +571,31 @@ data: {"error":"The engine failed; help: see its log"}
         }
     }
 
+    fn script(steps: Vec<(u64, Step)>) -> Script {
+        Script {
+            start: Instant::now(),
+            steps: steps.into(),
+        }
+    }
+
     /// When (in whole seconds from the start) each frame of a stream of `script` is sent.
     async fn timed<E: Encoder>(
         encoder: E,
         tools: Vec<Tool>,
-        script: Vec<(u64, Step)>,
+        steps: Vec<(u64, Step)>,
+    ) -> Vec<(u64, String)> {
+        timed_steps(encoder, tools, script(steps)).await
+    }
+
+    /// When (in whole seconds from the start) each frame of a stream of `steps` is sent.
+    async fn timed_steps<E: Encoder>(
+        encoder: E,
+        tools: Vec<Tool>,
+        steps: impl Steps,
     ) -> Vec<(u64, String)> {
         let (tx, mut rx) = mpsc::channel(64);
         let start = Instant::now();
-        let script = Script {
-            start,
-            steps: script.into(),
-        };
-        tokio::spawn(pump(Streaming::new(encoder, tools), script, tx));
+        tokio::spawn(pump(Streaming::new(encoder, tools), steps, tx));
         let mut frames = Vec::new();
         while let Some(frame) = rx.recv().await {
             let frame = String::from_utf8(frame.to_vec()).expect("frames are UTF-8");
@@ -569,6 +621,34 @@ data: {"error":"The engine failed; help: see its log"}
             (15, "data: [DONE]"),
         ];
         assert_eq!(frames, expected.map(|(t, f)| (t, f.to_owned())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_for_its_turn_is_kept_alive_and_then_answered() {
+        // Another client's generation holds the engine for 12 s.
+        let accepted = Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(12)).await;
+            // The first token a second after the engine took it.
+            Ok(script(vec![(1, Step::Text("Hi".into())), (1, done())]))
+        });
+        let frames = timed_steps(Probe, Vec::new(), Queued::Waiting(accepted)).await;
+        let times: Vec<u64> = frames.iter().map(|(t, _)| *t).collect();
+        assert_eq!(times, [0, 5, 10, 13, 13, 13], "{frames:?}");
+        assert_eq!(frames[1].1, ": keep-alive");
+        assert_eq!(frames[3].1, "data: \"Hi\"");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_that_fails_ends_the_stream_with_the_error() {
+        let accepted = Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(7)).await;
+            Err::<Script, _>(ApiError::bad_request("The engine of `chat` failed to load"))
+        });
+        let frames = timed_steps(Probe, Vec::new(), Queued::Waiting(accepted)).await;
+        assert_eq!(frames.len(), 3, "{frames:?}");
+        assert_eq!(frames[1], (5, ": keep-alive".to_owned()));
+        assert_eq!(frames[2].0, 7);
+        assert!(frames[2].1.contains("failed to load"), "{frames:?}");
     }
 
     #[tokio::test(start_paused = true)]

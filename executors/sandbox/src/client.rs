@@ -12,7 +12,8 @@ use crate::protocol::{self, Exec, ExitStatus, Frame, Hello, Reply, Request, io_a
 /// A failed request to the guest agent.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
-    /// The agent's socket accepts no connection: the sandbox is not running.
+    /// The agent's socket accepts no connection, or the agent went away before it answered
+    /// (a connection accepted while it was being killed): the sandbox is not running.
     #[error("Cannot reach the guest agent at `{}`", socket.display())]
     Unreachable {
         /// The agent's socket on the host.
@@ -77,10 +78,20 @@ impl GuestClient {
                     socket: self.socket.clone(),
                     source,
                 })?;
+        let gone = |source: std::io::Error| match source.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe => GuestError::Unreachable {
+                socket: self.socket.clone(),
+                source,
+            },
+            _ => GuestError::Io(source),
+        };
         stream
             .write_all(&protocol::json_line(&Hello::new(request)))
-            .await?;
-        let line = io_async::read_line(&mut stream).await?;
+            .await
+            .map_err(gone)?;
+        let line = io_async::read_line(&mut stream).await.map_err(gone)?;
         let reply: Reply = serde_json::from_slice(&line)
             .map_err(|e| GuestError::Protocol(format!("unreadable reply: {e}")))?;
         match reply {
@@ -207,5 +218,27 @@ impl FrameWriter {
     /// Sends one frame.
     pub async fn send(&mut self, frame: &Frame) -> std::io::Result<()> {
         self.writer.write_all(&frame.encode()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent being killed can still accept a connection and then drop it; that is a
+    /// sandbox that is not running, with the `aistack up` help, not a broken protocol.
+    #[tokio::test]
+    async fn an_agent_that_drops_the_connection_before_answering_is_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let dying = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            drop(stream);
+        });
+        let error = GuestClient::new(&socket).health().await.unwrap_err();
+        dying.await.unwrap();
+        assert!(matches!(error, GuestError::Unreachable { .. }), "{error:?}");
+        assert!(error.help().unwrap().contains("`aistack up`"));
     }
 }
