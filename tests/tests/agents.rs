@@ -147,6 +147,9 @@ fn link_coder_model(env: &TestEnv) {
     std::os::unix::fs::symlink(model, env.project().join("models/coder.gguf")).unwrap();
 }
 
+/// The file each agent is asked to read: the code in it cannot be guessed.
+const NOTES: &str = "The launch code is PAPAYA-42.\n";
+
 /// A project whose sandboxes each run one agent CLI from npm on its local model.
 /// Node.js comes from npm's `node` package (its binary from npm's registry too): Debian
 /// bookworm's is 18, and Claude Code and Copilot want 22, Gemini CLI 20.
@@ -155,7 +158,7 @@ fn local_agents_project(agents: &[&str]) -> TestEnv {
     let mut env = TestEnv::new();
     env.set_var("AISTACK_GUEST", guest_bin());
     link_coder_model(&env);
-    env.write("notes.txt", "The launch code is PAPAYA-42.\n");
+    env.write("notes.txt", NOTES);
     let packages: Vec<&str> = agents.iter().map(|a| package(a)).collect();
     let sandboxes: String = agents
         .iter()
@@ -236,6 +239,9 @@ fn one_turn(agent: &str) -> &'static str {
 fn tool_turn(env: &TestEnv, agent: &str, refused: &[&str]) -> Result<String, String> {
     let prompt =
         "Use your shell tool to run `cat notes.txt`, then tell me the launch code it prints.";
+    // The sandboxes share the workspace, and a small model may overwrite the file with a
+    // wrong tool (OpenCode's `write`): each turn starts from the file as written.
+    env.write("notes.txt", NOTES);
     let workspace = env.project().canonicalize().unwrap();
     let run = format!(
         "PROMPT='{prompt}'; cd {} && timeout 900 {} </dev/null",

@@ -804,6 +804,17 @@ models:
     let question = json!([{"role": "user", "content": "What is the capital of France?"}]);
     let first = ask(question.clone());
     assert_eq!(first["usage"]["completion_tokens"], 6, "--n-predict=6");
+    // A request that asks for more is capped, as llama-server caps it.
+    let (code, asked) = post(
+        &env,
+        "/v1/chat/completions",
+        &json!({"model": "tuned", "messages": question, "max_tokens": 40}),
+    );
+    assert_eq!(code, 200, "{asked}");
+    assert_eq!(
+        asked["usage"]["completion_tokens"], 6,
+        "capped by --n-predict=6"
+    );
     assert_eq!(first["choices"][0]["finish_reason"], "length");
     assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     let text = first["choices"][0]["message"]["content"].as_str().unwrap();

@@ -30,8 +30,8 @@ impl Grammar {
 }
 
 /// The lazy grammar of a reply that may call `tools`: free text until the model opens a
-/// call, with the tag or with a code fence (`` ```json ``, how small models often write
-/// one), then a call of an offered tool whose arguments follow its schema, closed as it was
+/// call, with the tag, with a code fence (`` ```json ``, how small models often write one)
+/// or with a bare `{"name"` as its first words, then a call of an offered tool whose arguments follow its schema, closed as it was
 /// opened. `None` when a tool's schema is one llama.cpp's converter cannot read: the calls
 /// then go unconstrained, as before.
 #[must_use]
@@ -61,14 +61,17 @@ pub fn lazy_tool_call_grammar(tools: &[Tool]) -> Option<Grammar> {
     );
     Some(Grammar {
         rules: format!(
-            "root ::= \"{open}\" [ \\t\\n]* tool-call-body [ \\t\\n]* \"{close}\" | \"```\" \"json\"? [ \\t\\n]* tool-call-body [ \\t\\n]* \"```\"\n{body}"
+            "root ::= \"{open}\" [ \\t\\n]* tool-call-body [ \\t\\n]* \"{close}\" | \"```\" \"json\"? [ \\t\\n]* tool-call-body [ \\t\\n]* \"```\" | [ \\t\\n]* tool-call-body\n{body}"
         ),
         // Searched for, not matched whole: llama.cpp runs `std::regex_search` over all the
         // output so far at every token, and a `[\s\S]*?…[\s\S]*` frame around it (as
         // llama-server writes its patterns) makes libstdc++'s backtracking quadratic in the
         // output's length per token. A 1k-token reply after a tool result then took minutes.
+        // A reply that opens with a bare `{"name"` is a call too (the gateway reads it as
+        // one): small models write calls that way when a long prompt confuses them, often
+        // with a tool name of their own, which the grammar then holds to an offered one.
         triggers: vec![format!(
-            r#"({}|```(?:json)?\s*\{{\s*"name")"#,
+            r#"({}|```(?:json)?\s*\{{\s*"name"|^\s*\{{\s*"name")"#,
             regex_escape(open)
         )],
     })

@@ -389,7 +389,12 @@ fn params(model: &Model, request: &GenerateRequest) -> GenerateParams {
         presence_penalty,
     } = request.sampling.clone();
     GenerateParams {
-        max_tokens: request.max_tokens.or(defaults.max_tokens),
+        // `--n-predict` is a cap, as llama-server's is: agents ask for 8k-token replies,
+        // which a small model sampled greedily can fill with repetition.
+        max_tokens: match (request.max_tokens, defaults.max_tokens) {
+            (Some(asked), Some(cap)) => Some(asked.min(cap)),
+            (asked, cap) => asked.or(cap),
+        },
         temperature: temperature.unwrap_or(defaults.temperature),
         top_p: top_p.unwrap_or(defaults.top_p),
         top_k: top_k.unwrap_or(defaults.top_k),

@@ -522,3 +522,47 @@ fn json_schema_grammar_constrains_the_output() {
     assert!(value["city"].is_string(), "{value}");
     assert!(value["population"].is_i64(), "{value}");
 }
+
+/// Whether the lazy tool-call grammar for `read_file` lets the model write the next token of
+/// `a` and of `b` after the text they share, once that text is accepted.
+fn next_tokens_allowed(a: &str, b: &str) -> (bool, bool) {
+    use llama_cpp_2::token::data::LlamaTokenData;
+    use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+    let tools = [aistack_engine_api::Tool {
+        name: "read_file".into(),
+        description: None,
+        parameters: serde_json::json!({
+            "type": "object",
+            "properties": {"path": {"type": "string"}},
+            "required": ["path"]
+        }),
+    }];
+    let grammar = aistack_engine::lazy_tool_call_grammar(&tools).expect("a grammar");
+    let bos = model().tokenize("");
+    let strip = |text: &str| model().tokenize(text)[bos.len()..].to_vec();
+    let (a, b) = (strip(a), strip(b));
+    let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let allowed = |next| {
+        let mut sampler = model().sampler(&greedy(8), Some(&grammar)).unwrap();
+        sampler.accept_many(&a[..shared]);
+        let mut candidates =
+            LlamaTokenDataArray::new(vec![LlamaTokenData::new(next, 1.0, 0.0)], false);
+        sampler.apply(&mut candidates);
+        candidates.data[0].logit() > f32::NEG_INFINITY
+    };
+    (allowed(a[shared]), allowed(b[shared]))
+}
+
+#[test]
+fn a_reply_that_opens_with_a_bare_call_may_only_name_an_offered_tool() {
+    let (made_up, offered) =
+        next_tokens_allowed(r#"{"name": "cat", "#, r#"{"name": "read_file", "#);
+    assert!(!made_up, "a tool of the model's own is refused");
+    assert!(offered, "an offered tool is written");
+    // The same words inside prose start no call: the text stays free.
+    let (made_up, offered) = next_tokens_allowed(
+        r#"You could call {"name": "cat", "#,
+        r#"You could call {"name": "read_file", "#,
+    );
+    assert!(made_up && offered, "prose is not held to the grammar");
+}
