@@ -111,7 +111,12 @@ out["tool"] = {"stop_reason": called.stop_reason, "name": use.name, "input": use
 with client.messages.stream(**forced, messages=ask) as stream:
     final = stream.get_final_message()
 use_streamed = next(block for block in final.content if block.type == "tool_use")
-out["tool_stream"] = {"stop_reason": final.stop_reason, "name": use_streamed.name, "input": use_streamed.input}
+out["tool_stream"] = {
+    "stop_reason": final.stop_reason,
+    "name": use_streamed.name,
+    "input": use_streamed.input,
+    "id": use_streamed.id,
+}
 
 answer = client.messages.create(
     model=chat,

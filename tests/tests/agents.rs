@@ -255,23 +255,9 @@ fn tool_turn(env: &TestEnv, agent: &str, refused: &[&str]) -> Result<String, Str
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    if !out.status.success() {
-        return Err(format!(
-            "{agent} failed ({}):\n{stdout}\n{stderr}",
-            out.status
-        ));
-    }
-    if !stdout.contains("PAPAYA-42") {
-        return Err(format!(
-            "{agent} did not answer from the file:\n{stdout}\n{stderr}"
-        ));
-    }
+    // Whatever else went wrong, it must have reached nothing but the model; the log (one
+    // line a request, with its sizes) also tells a turn that never called a tool.
     let (log, entries) = network_log(env, Some(agent));
-    if !entries.iter().any(to_model) {
-        return Err(format!(
-            "{agent}: no request to the model is logged:\n{log}"
-        ));
-    }
     let expected = |e: &&Value| {
         (to_model(e) && e["decision"] == "allow")
             || (e["decision"] == "deny"
@@ -279,6 +265,22 @@ fn tool_turn(env: &TestEnv, agent: &str, refused: &[&str]) -> Result<String, Str
     };
     if let Some(other) = entries.iter().find(|e| !expected(e)) {
         return Err(format!("{agent} tried to reach {other}:\n{log}"));
+    }
+    if !out.status.success() {
+        return Err(format!(
+            "{agent} failed ({}):\n{stdout}\n{stderr}\n{log}",
+            out.status
+        ));
+    }
+    if !stdout.contains("PAPAYA-42") {
+        return Err(format!(
+            "{agent} did not answer from the file:\n{stdout}\n{stderr}\n{log}"
+        ));
+    }
+    if !entries.iter().any(to_model) {
+        return Err(format!(
+            "{agent}: no request to the model is logged:\n{log}"
+        ));
     }
     Ok(format!(
         "{agent}: {:.0} s, {} requests to the model",

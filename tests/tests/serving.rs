@@ -282,6 +282,15 @@ fn anthropic_client_sends_what_claude_code_sends() {
         r["tool_stream"]["input"], r["tool"]["input"],
         "streamed call = whole call"
     );
+    // Claude Code drops a `tool_use` whose id an earlier turn used.
+    assert_ne!(
+        r["tool_stream"]["id"], r["tool"]["id"],
+        "each reply's calls have ids of their own"
+    );
+    assert!(
+        r["tool"]["id"].as_str().unwrap().starts_with("toolu_"),
+        "{r}"
+    );
     assert!(
         !r["tool_result"]["text"].as_str().unwrap().is_empty(),
         "the model answers from the tool's result: {r}"

@@ -143,7 +143,7 @@ pub(crate) async fn generate<E: Encoder>(
     if !stream {
         return accepted.await?.whole(&encoder, &tools).await;
     }
-    let streaming = Streaming::new(encoder, tools);
+    let streaming = Streaming::new(encoder, tools, call_ids::<E>());
     if E::keep_alive().is_none() {
         return Ok(respond(streaming, accepted.await?));
     }
@@ -196,7 +196,7 @@ impl Running {
                 Step::Done(reason, usage) => {
                     // The sequence is free for the next request before the answer is written.
                     drop(self.lease);
-                    let end = End::whole(text, tools, E::CALL_PREFIX, reason, usage);
+                    let end = End::whole(text, tools, &call_ids::<E>(), reason, usage);
                     return Ok(axum::Json(encoder.whole(&end)).into_response());
                 }
                 Step::Failed(e) => return Err(e),
@@ -333,16 +333,19 @@ struct Streaming<E> {
     generated: bool,
     /// Whether the last step came: nothing follows its frames.
     ended: bool,
+    /// What the ids of its tool calls start with, before their index.
+    call_prefix: String,
 }
 
 impl<E: Encoder> Streaming<E> {
-    fn new(encoder: E, tools: Vec<Tool>) -> Self {
+    fn new(encoder: E, tools: Vec<Tool>, call_prefix: String) -> Self {
         Streaming {
             encoder,
             splitter: (!tools.is_empty()).then(Splitter::new),
             tools,
             generated: false,
             ended: false,
+            call_prefix,
         }
     }
 
@@ -368,7 +371,7 @@ impl<E: Encoder> Streaming<E> {
                 self.ended = true;
                 let (text, calls) = match self.splitter.take() {
                     Some(splitter) => {
-                        let (parsed, held) = splitter.finish(&self.tools, E::CALL_PREFIX);
+                        let (parsed, held) = splitter.finish(&self.tools, &self.call_prefix);
                         (held, parsed.calls)
                     }
                     None => (String::new(), Vec::new()),
@@ -394,6 +397,13 @@ impl<E: Encoder> Streaming<E> {
 
 fn framed<E: Encoder>(events: &[Value]) -> Vec<Bytes> {
     events.iter().map(|event| E::FRAMING.frame(event)).collect()
+}
+
+/// The start of the ids of one reply's tool calls (each adds its index): unique per reply,
+/// because clients match a result to its call by id across the whole conversation, and
+/// Claude Code drops a `tool_use` whose id an earlier turn used ("[Tool use interrupted]").
+fn call_ids<E: Encoder>() -> String {
+    format!("{}_", new_id(E::CALL_PREFIX))
 }
 
 /// An id for a reply, unique within this process and unlikely to repeat across restarts.
@@ -428,7 +438,7 @@ pub(crate) mod replay {
 
     /// The bytes a stream of `encoder` sends for `events`, with `tools` offered.
     pub(crate) fn replay<E: Encoder>(encoder: E, tools: Vec<Tool>, events: Vec<Event>) -> String {
-        let mut streaming = Streaming::new(encoder, tools);
+        let mut streaming = Streaming::new(encoder, tools, E::CALL_PREFIX.to_owned());
         let mut frames = streaming.start();
         for event in events {
             frames.extend(streaming.step(Step::from(Some(Ok(event)))));
@@ -543,7 +553,7 @@ data: {"error":"The engine failed; help: see its log"}
 
     #[test]
     fn an_engine_gone_mid_stream_is_a_failure_too() {
-        let mut streaming = Streaming::new(Probe, Vec::new());
+        let mut streaming = Streaming::new(Probe, Vec::new(), "c".to_owned());
         let frames = streaming.step(Step::from(Some(Err(ClientError::Disconnected(None)))));
         assert!(streaming.ended);
         assert_eq!(
@@ -595,7 +605,8 @@ data: {"error":"The engine failed; help: see its log"}
     ) -> Vec<(u64, String)> {
         let (tx, mut rx) = mpsc::channel(64);
         let start = Instant::now();
-        tokio::spawn(pump(Streaming::new(encoder, tools), steps, tx));
+        let ids = E::CALL_PREFIX.to_owned();
+        tokio::spawn(pump(Streaming::new(encoder, tools, ids), steps, tx));
         let mut frames = Vec::new();
         while let Some(frame) = rx.recv().await {
             let frame = String::from_utf8(frame.to_vec()).expect("frames are UTF-8");
@@ -621,6 +632,13 @@ data: {"error":"The engine failed; help: see its log"}
             (15, "data: [DONE]"),
         ];
         assert_eq!(frames, expected.map(|(t, f)| (t, f.to_owned())));
+    }
+
+    #[test]
+    fn each_reply_numbers_its_tool_calls_under_a_prefix_of_its_own() {
+        let (first, second) = (call_ids::<Probe>(), call_ids::<Probe>());
+        assert_ne!(first, second);
+        assert!(first.starts_with(Probe::CALL_PREFIX) && first.ends_with('_'));
     }
 
     #[tokio::test(start_paused = true)]
