@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::error::{Api, ApiError, from_client, unavailable};
+use crate::error::{Api, ApiError, from_client};
 use crate::framing::Framing;
 use crate::models::Lease;
 use crate::request::{Call, answer};
@@ -126,11 +126,11 @@ pub(crate) async fn generate<E: Encoder>(
         Input::Chat { tools, .. } => tools.clone(),
         Input::Text { .. } => Vec::new(),
     };
-    let entry = call.entry(shared, Mode::Chat)?;
+    let queue = call.queue(shared, Mode::Chat)?;
     let (shared, label) = (shared.clone(), call.model.clone());
     // The turn in the model's queue (and the engine's load), then the engine's acceptance.
     let mut accepted = Box::pin(async move {
-        let lease = (shared.models.acquire(entry).await).map_err(|e| unavailable(&label, e))?;
+        let lease = queue.await?;
         let events = lease.client.generate(&request).await;
         let events = events.map_err(|e| from_client(&e))?;
         Ok(Running {

@@ -49,12 +49,19 @@ impl Call {
     /// A lease on the engine of the model the request names, once its turn in the model's
     /// queue comes (the engine loaded first if need be).
     pub(crate) async fn lease(&self, shared: &Shared, mode: Mode) -> Result<Lease, ApiError> {
+        self.queue(shared, mode)?.await
+    }
+
+    /// As [`Call::lease`], with the model checked now and the wait a future that owns what
+    /// it needs, so that a stream can go on waiting after its headers are sent.
+    pub(crate) fn queue(
+        &self,
+        shared: &Shared,
+        mode: Mode,
+    ) -> Result<impl Future<Output = Result<Lease, ApiError>> + Send + 'static, ApiError> {
         let entry = self.entry(shared, mode)?;
-        shared
-            .models
-            .acquire(entry)
-            .await
-            .map_err(|e| unavailable(&self.model, e))
+        let (shared, model) = (shared.clone(), self.model.clone());
+        Ok(async move { (shared.models.acquire(entry).await).map_err(|e| unavailable(&model, e)) })
     }
 }
 
