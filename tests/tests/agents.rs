@@ -285,7 +285,7 @@ fn tool_turn(env: &TestEnv, agent: &str, refused: &[&str]) -> Result<String, Str
     Ok(format!(
         "{agent}: {:.0} s, {} requests to the model",
         took.as_secs_f64(),
-        entries.len()
+        entries.iter().filter(|e| to_model(e)).count()
     ))
 }
 

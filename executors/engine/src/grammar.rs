@@ -31,9 +31,9 @@ impl Grammar {
 
 /// The lazy grammar of a reply that may call `tools`: free text until the model opens a
 /// call, with the tag, with a code fence (`` ```json ``, how small models often write one)
-/// or with a bare `{"name"` as its first words, then a call of an offered tool whose arguments follow its schema, closed as it was
-/// opened. `None` when a tool's schema is one llama.cpp's converter cannot read: the calls
-/// then go unconstrained, as before.
+/// or with a bare `{"name"` as its first words, then a call of an offered tool whose
+/// arguments follow its schema, closed as it was opened. `None` when a tool's schema is one
+/// llama.cpp's converter cannot read: the calls then go unconstrained, as before.
 #[must_use]
 pub fn lazy_tool_call_grammar(tools: &[Tool]) -> Option<Grammar> {
     // The schema as text, so that `name` comes before `arguments`: the converter keeps the
