@@ -290,6 +290,12 @@ pub fn on_local_model(agent: Agent, model: LocalModel<'_>) -> Option<LocalSetup>
                 ("CLAUDE_CODE_MAX_CONTEXT_TOKENS", context.to_string()),
                 ("CLAUDE_CODE_MAX_OUTPUT_TOKENS", output),
                 ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
+                // Claude Code compacts once a prompt passes the window less its output
+                // reserve and a 13k buffer: 11.6k tokens of a 32k window, which its own
+                // instructions and tools fill before the first tool result. Without it the
+                // window is used to its end, where the gateway answers "prompt is too long"
+                // as Anthropic's API does, and `/compact` still works.
+                ("DISABLE_AUTO_COMPACT", "1".to_owned()),
                 node_proxy,
             ]),
             files: vec![json_file(

@@ -6,6 +6,8 @@
 //! key, the sandbox never holds it.
 
 use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -132,17 +134,36 @@ fn network_log(env: &TestEnv, sandbox: Option<&str>) -> (String, Vec<Value>) {
     (log, entries)
 }
 
+/// The gateway's lines on the replies it finished, from the daemon's log.
+fn replies(env: &TestEnv) -> Vec<String> {
+    let log = fs::read_to_string(env.home().join("logs/daemon.log")).unwrap_or_default();
+    (log.lines())
+        .filter(|l| l.contains("Reply finished"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Whether a log entry is a request to the project's models.
 fn to_model(entry: &Value) -> bool {
     entry["host"] == "models.aistack.internal"
 }
 
-/// The agents' test model (Qwen2.5-Coder-0.5B-Instruct, 32k context, tool calling), linked
-/// into the project as `models/coder.gguf`.
-fn link_coder_model(env: &TestEnv) {
-    let model = std::env::var("AISTACK_TEST_CODER_MODEL").unwrap_or_else(|_| {
-        panic!("AISTACK_TEST_CODER_MODEL must name the Qwen2.5-Coder GGUF: run scripts/test, which fetches it with scripts/fetch-coder-model")
-    });
+/// The agent CLIs' model, linked into the project as `models/coder.gguf`:
+/// Qwen2.5-Coder-1.5B-Instruct (32k context, tool calling), from `AISTACK_TEST_AGENT_MODEL`
+/// or fetched by `scripts/fetch-coder-model 1.5b`. Under these agents' prompts 0.5B calls
+/// tools that were not offered, or the right ones with made-up arguments.
+fn link_agent_model(env: &TestEnv) {
+    let model = match std::env::var_os("AISTACK_TEST_AGENT_MODEL").filter(|m| !m.is_empty()) {
+        Some(model) => PathBuf::from(model),
+        None => {
+            let out = aistack_tests::succeed(
+                Command::new(aistack_tests::repo_root().join("scripts/fetch-coder-model"))
+                    .arg("1.5b"),
+                "scripts/fetch-coder-model 1.5b",
+            );
+            PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
+        }
+    };
     fs::create_dir_all(env.project().join("models")).unwrap();
     std::os::unix::fs::symlink(model, env.project().join("models/coder.gguf")).unwrap();
 }
@@ -157,7 +178,9 @@ fn local_agents_project(agents: &[&str]) -> TestEnv {
     let debian = debian_rootfs();
     let mut env = TestEnv::new();
     env.set_var("AISTACK_GUEST", guest_bin());
-    link_coder_model(&env);
+    // The gateway's account of each reply (its tool calls by name), for a failure to show.
+    env.set_var("AISTACK_LOG", "info,aistack_gateway=debug");
+    link_agent_model(&env);
     env.write("notes.txt", NOTES);
     let packages: Vec<&str> = agents.iter().map(|a| package(a)).collect();
     let sandboxes: String = agents
@@ -248,6 +271,7 @@ fn tool_turn(env: &TestEnv, agent: &str, refused: &[&str]) -> Result<String, Str
         workspace.display(),
         one_turn(agent)
     );
+    let replies_before = replies(env).len();
     let started = std::time::Instant::now();
     let out = env.run(&["exec", agent, "--", "sh", "-c", &run]);
     let took = started.elapsed();
@@ -255,9 +279,11 @@ fn tool_turn(env: &TestEnv, agent: &str, refused: &[&str]) -> Result<String, Str
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    // Whatever else went wrong, it must have reached nothing but the model; the log (one
-    // line a request, with its sizes) also tells a turn that never called a tool.
-    let (log, entries) = network_log(env, Some(agent));
+    // Whatever else went wrong, it must have reached nothing but the model. Its requests
+    // (one line each, with their sizes) and the gateway's account of its replies (the tools
+    // they called) tell a turn that never called a tool, or called the wrong ones.
+    let (requests, entries) = network_log(env, Some(agent));
+    let log = format!("{requests}{}", replies(env)[replies_before..].join("\n"));
     let expected = |e: &&Value| {
         (to_model(e) && e["decision"] == "allow")
             || (e["decision"] == "deny"
@@ -293,7 +319,7 @@ fn tool_turn(env: &TestEnv, agent: &str, refused: &[&str]) -> Result<String, Str
 /// project's local model with nothing set by hand: each reads a file of the workspace
 /// through a tool and answers from it, exits 0, and reaches nothing but the gateway.
 #[test]
-#[ignore = "slow and at the mercy of a 0.5B model: each agent sends 10k to 15k tokens a turn, minutes each on 2 cores; run it with `cargo test -p aistack-tests --test agents -- --ignored`"]
+#[ignore = "slow: each agent sends 10k to 15k tokens a turn to a 1.5B model, 5 to 15 minutes each on 2 cores; run it with `cargo test -p aistack-tests --test agents -- --ignored`"]
 fn agent_clis_run_a_tool_turn_on_a_local_model_and_reach_no_vendor() {
     // AISTACK_TEST_AGENTS=copilot,gemini runs some of them.
     let chosen = std::env::var("AISTACK_TEST_AGENTS").unwrap_or_default();
@@ -326,7 +352,7 @@ fn agent_clis_run_a_tool_turn_on_a_local_model_and_reach_no_vendor() {
 /// above. Codex 0.171 still tries its plugin catalog (chatgpt.com) and GitHub with
 /// analytics and plugins off: those attempts are refused and logged, and only they.
 #[test]
-#[ignore = "slow and at the mercy of a 0.5B model: 4 to 15 minutes on 2 cores; run it with `cargo test -p aistack-tests --test agents -- --ignored`"]
+#[ignore = "slow: 5 to 15 minutes on 2 cores; run it with `cargo test -p aistack-tests --test agents -- --ignored`"]
 fn codex_runs_a_tool_turn_on_a_local_model_and_reaches_no_vendor() {
     let env = local_agents_project(&["codex"]);
     let _down = Down(&env);

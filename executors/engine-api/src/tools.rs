@@ -103,7 +103,7 @@ pub fn parse(text: &str, tools: &[Tool], id_prefix: &str) -> Parsed {
     }
     content.push_str(rest);
     if parsed.calls.is_empty()
-        && let Some((name, arguments)) = call_from_json(unfenced(content.trim()), tools)
+        && let Some((name, arguments)) = bare_call(&content, tools)
     {
         parsed.calls.push(ToolCall {
             id: format!("{id_prefix}0"),
@@ -127,6 +127,17 @@ fn unfenced(text: &str) -> &str {
         Some((language, body)) if !language.contains('{') => body.trim(),
         _ => inner.trim(),
     }
+}
+
+/// A reply that is one call without tags, bare or in a code fence. Qwen2.5-Coder 1.5B may
+/// open a bare call with a doubled brace (`{{"name": …}`), as if escaping a template; the
+/// lazy grammar holds the call from the second brace on, so the first is the one stray.
+fn bare_call(text: &str, tools: &[Tool]) -> Option<(String, String)> {
+    let body = unfenced(text.trim());
+    call_from_json(body, tools).or_else(|| {
+        let inner = body.strip_prefix('{').filter(|b| b.starts_with('{'))?;
+        call_from_json(inner, tools)
+    })
 }
 
 fn call_from_json(body: &str, tools: &[Tool]) -> Option<(String, String)> {
@@ -271,6 +282,15 @@ mod tests {
         );
         assert_eq!(parsed.calls.len(), 1);
         assert_eq!(parsed.content, "");
+        // With the doubled opening brace Qwen2.5-Coder 1.5B writes under Gemini CLI's prompt.
+        let reply = r#"{{"name": "get_weather", "arguments": {"city": "Oslo"}}"#;
+        let parsed = parse(reply, &tools(), "c");
+        assert_eq!(parsed.calls.len(), 1, "{parsed:?}");
+        assert_eq!(parsed.calls[0].arguments, r#"{"city":"Oslo"}"#);
+        assert_eq!(parsed.content, "");
+        // Balanced double braces are not a call: the text stays as it was.
+        let reply = r#"{{"name": "get_weather", "arguments": {"city": "Oslo"}}}"#;
+        assert_eq!(parse(reply, &tools(), "c").content, reply);
     }
 
     #[test]

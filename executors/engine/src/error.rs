@@ -37,8 +37,9 @@ pub enum EngineError {
     /// The prompt tokenised to nothing.
     #[error("The prompt is empty")]
     EmptyPrompt,
-    /// The prompt does not fit in the context.
-    #[error("The prompt has {tokens} tokens; the context holds {context_size}")]
+    /// The prompt does not fit in the context. Worded as Anthropic's API words it, which
+    /// Claude Code reads as context overflow.
+    #[error("The prompt is too long: {tokens} tokens > {context_size}, the context size")]
     PromptTooLong {
         /// Tokens in the prompt.
         tokens: usize,

@@ -70,8 +70,10 @@ pub fn lazy_tool_call_grammar(tools: &[Tool]) -> Option<Grammar> {
         // A reply that opens with a bare `{"name"` is a call too (the gateway reads it as
         // one): small models write calls that way when a long prompt confuses them, often
         // with a tool name of their own, which the grammar then holds to an offered one.
+        // Qwen2.5-Coder 1.5B may double the opening brace: the grammar then holds the call
+        // from the second one (llama.cpp applies it from the first group that matched).
         triggers: vec![format!(
-            r#"({}|```(?:json)?\s*\{{\s*"name"|^\s*\{{\s*"name")"#,
+            r#"({}|```(?:json)?\s*\{{\s*"name"|^\s*\{{\s*"name")|^\s*\{{(\{{\s*"name")"#,
             regex_escape(open)
         )],
     })

@@ -197,6 +197,7 @@ impl Running {
                     // The sequence is free for the next request before the answer is written.
                     drop(self.lease);
                     let end = End::whole(text, tools, &call_ids::<E>(), reason, usage);
+                    end.trace();
                     return Ok(axum::Json(encoder.whole(&end)).into_response());
                 }
                 Step::Failed(e) => return Err(e),
@@ -298,6 +299,22 @@ impl From<Option<Result<Event, ClientError>>> for Step {
 }
 
 impl End {
+    /// What the reply came to, for `AISTACK_LOG=aistack_gateway=debug`: when an agent stalls
+    /// on a small model, this shows which tools it called. Names only: arguments and text
+    /// may carry the user's files.
+    fn trace(&self) {
+        let calls: Vec<&str> = self.calls.iter().map(|c| c.name.as_str()).collect();
+        tracing::debug!(
+            reason = ?self.reason,
+            prompt_tokens = self.usage.prompt_tokens,
+            cached_tokens = self.usage.cached_tokens,
+            completion_tokens = self.usage.completion_tokens,
+            text_bytes = self.text.len(),
+            ?calls,
+            "Reply finished"
+        );
+    }
+
     /// A whole reply's end: with tools offered, its calls taken out of its text.
     fn whole(
         text: String,
@@ -383,6 +400,7 @@ impl<E: Encoder> Streaming<E> {
                     usage,
                     generated: self.generated,
                 };
+                end.trace();
                 let mut frames = framed::<E>(&self.encoder.finish(&end));
                 frames.extend(E::FRAMING.trailer());
                 frames
@@ -632,6 +650,42 @@ data: {"error":"The engine failed; help: see its log"}
             (15, "data: [DONE]"),
         ];
         assert_eq!(frames, expected.map(|(t, f)| (t, f.to_owned())));
+    }
+
+    /// What a closure logs at debug level, as the daemon writes it.
+    fn logged(run: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, run);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_finished_reply_is_logged_with_its_calls_by_name_only() {
+        let log = logged(|| {
+            text_and_a_call(Probe);
+        });
+        assert!(log.contains("Reply finished"), "{log}");
+        assert!(log.contains(r#"calls=["get_weather"]"#), "{log}");
+        assert!(log.contains("completion_tokens=3"), "{log}");
+        // The arguments and the text are the user's: they stay out of the log.
+        assert!(!log.contains("Paris") && !log.contains("Done"), "{log}");
     }
 
     #[test]
