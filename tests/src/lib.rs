@@ -27,6 +27,16 @@ pub fn succeed(command: &mut Command, what: &str) -> Output {
     out
 }
 
+/// The path that `scripts/SCRIPT ARGS` (a fetch or a build) prints, once it succeeded.
+pub fn script_path(script: &str, args: &[&str]) -> PathBuf {
+    let what = format!("scripts/{script} {}", args.join(" "));
+    let out = succeed(
+        Command::new(repo_root().join("scripts").join(script)).args(args),
+        what.trim_end(),
+    );
+    PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
+}
+
 /// The repository root: the workspace above the package cargo runs the test of (read at
 /// run time: a build shared by two checkouts must not drive the other one), else this
 /// crate's parent.

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use sha2::Digest as _;
 
-use crate::{TestEnv, repo_root};
+use crate::TestEnv;
 
 /// The static `aistack-guest` (`AISTACK_GUEST` overrides), built once per process by
 /// `scripts/build-guest`, in the profile of the running test or bench.
@@ -18,12 +18,12 @@ pub fn guest_bin() -> &'static Path {
         if let Some(bin) = std::env::var_os("AISTACK_GUEST").filter(|b| !b.is_empty()) {
             return PathBuf::from(bin);
         }
-        let mut build = Command::new(repo_root().join("scripts/build-guest"));
-        if crate::is_release() {
-            build.arg("--release");
-        }
-        let out = crate::succeed(&mut build, "building the guest agent (scripts/build-guest)");
-        PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
+        let profile: &[&str] = if crate::is_release() {
+            &["--release"]
+        } else {
+            &[]
+        };
+        crate::script_path("build-guest", profile)
     })
 }
 
@@ -148,11 +148,7 @@ pub fn push_image(layers: &[&Path], dest: &str) {
 /// The Debian bookworm minbase tree that `scripts/fetch-debian` makes once with
 /// debootstrap (kept in `AISTACK_CACHE`).
 pub fn debian_rootfs() -> PathBuf {
-    let out = crate::succeed(
-        &mut Command::new(repo_root().join("scripts/fetch-debian")),
-        "scripts/fetch-debian",
-    );
-    PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
+    crate::script_path("fetch-debian", &[])
 }
 
 /// A script for inside a sandbox that prints every process's environment and command

@@ -7,7 +7,6 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -155,14 +154,7 @@ fn to_model(entry: &Value) -> bool {
 fn link_agent_model(env: &TestEnv) {
     let model = match std::env::var_os("AISTACK_TEST_AGENT_MODEL").filter(|m| !m.is_empty()) {
         Some(model) => PathBuf::from(model),
-        None => {
-            let out = aistack_tests::succeed(
-                Command::new(aistack_tests::repo_root().join("scripts/fetch-coder-model"))
-                    .arg("1.5b"),
-                "scripts/fetch-coder-model 1.5b",
-            );
-            PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
-        }
+        None => aistack_tests::script_path("fetch-coder-model", &["1.5b"]),
     };
     fs::create_dir_all(env.project().join("models")).unwrap();
     std::os::unix::fs::symlink(model, env.project().join("models/coder.gguf")).unwrap();
