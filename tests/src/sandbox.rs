@@ -179,3 +179,29 @@ impl Drop for Down<'_> {
         let _ = self.0.run(&["down"]);
     }
 }
+
+/// Gives `env` what the microVM backend needs: the guest kernel installed in its home by
+/// `scripts/build-guest-kernel` (built once, then copied from `AISTACK_CACHE`), and the
+/// vhost-user daemons `scripts/build-vhost-user` installs.
+pub fn microvm_files(env: &mut TestEnv) {
+    let kernel = crate::succeed(
+        Command::new(crate::repo_root().join("scripts/build-guest-kernel"))
+            .env("AISTACK_HOME", env.home()),
+        "scripts/build-guest-kernel",
+    );
+    assert!(
+        String::from_utf8_lossy(&kernel.stdout)
+            .trim()
+            .ends_with("kernel")
+    );
+    let bin = crate::script_path("build-vhost-user", &[]);
+    env.set_var("AISTACK_VIRTIOFSD", bin.join("virtiofsd"));
+    env.set_var("AISTACK_VHOST_VSOCK", bin.join("vhost-device-vsock"));
+}
+
+/// The guest kernel's release, as `scripts/build-guest-kernel` recorded it in `home`.
+pub fn guest_kernel_release(home: &Path) -> String {
+    let info = fs::read_to_string(home.join("kernel/build-info")).unwrap();
+    let line = info.lines().find(|l| l.starts_with("release ")).unwrap();
+    line["release ".len()..].to_owned()
+}

@@ -1,14 +1,18 @@
 //! Sandboxes through the real binary: `up` imports a busybox template and starts a
 //! namespace sandbox, `aistack exec` runs commands in it with the command's exit code,
 //! a killed guest agent is repaired by the next `up` with the sandbox's files kept, and
-//! `down` removes it.
+//! `down` removes it. The contract of the way out (policy proxy, models, credentials,
+//! published ports) runs on both backends: `<test>::namespace` and `<test>::microvm`
+//! (under TCG here; `tests/microvm.rs` has the microVM's own).
 
 use std::fs;
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use aistack_tests::sandbox::{Down, assert_no_key, busybox_rootfs, guest_bin, key_search};
+use aistack_tests::sandbox::{
+    Down, assert_no_key, busybox_rootfs, guest_bin, key_search, microvm_files,
+};
 use aistack_tests::{TestEnv, wait_for};
 
 const SPEC: &str = "version: 1
@@ -26,11 +30,59 @@ sandboxes:
     env: { WHO: sandbox }
 ";
 
+/// Which backend a test of the contract runs its sandbox on.
+#[derive(Debug, Clone, Copy)]
+enum On {
+    Namespace,
+    Microvm,
+}
+
+/// Runs each named `fn NAME(on: On)` as two tests, `NAME::namespace` and `NAME::microvm`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn namespace() {
+                super::$name(super::On::Namespace)
+            }
+            #[test]
+            fn microvm() {
+                super::$name(super::On::Microvm)
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    listed_models_are_reachable_inside_and_no_others,
+    the_network_is_the_policy_proxy,
+    the_api_key_goes_over_tls_only_and_never_reaches_the_sandbox,
+    a_published_port_reaches_a_server_inside,
+);
+
+/// [`SPEC`], its sandbox on `on`.
+fn spec(on: On) -> String {
+    match on {
+        On::Namespace => SPEC.to_owned(),
+        On::Microvm => SPEC.replace(
+            "    agent: shell\n",
+            "    agent: shell\n    isolation: microvm\n",
+        ),
+    }
+}
+
 fn env() -> TestEnv {
+    env_on(On::Namespace)
+}
+
+fn env_on(on: On) -> TestEnv {
     let mut env = TestEnv::new();
     env.set_var("AISTACK_GUEST", guest_bin());
+    if let On::Microvm = on {
+        microvm_files(&mut env);
+    }
     busybox_rootfs(&env.project().join("rootfs"));
-    env.write("aistack.yaml", &env.spec(SPEC));
+    env.write("aistack.yaml", &env.spec(&spec(on)));
     env
 }
 
@@ -223,10 +275,9 @@ fn an_agent_the_template_lacks_names_its_install_step() {
 /// A sandbox reaches the models it lists at `models.aistack.internal` through its proxy,
 /// with `CHAT_URL` and `CHAT_MODEL` set and the gateway's key added by the proxy; a model
 /// it does not list is refused and left out of listings, and nothing else is reachable.
-#[test]
-fn listed_models_are_reachable_inside_and_no_others() {
+fn listed_models_are_reachable_inside_and_no_others(on: On) {
     const KEY: &str = "gw-key-sandbox-5d1e0b";
-    let mut env = env();
+    let mut env = env_on(on);
     env.set_var("GATEWAY_KEY", KEY);
     env.link_model("smollm2.gguf");
     let spec = format!(
@@ -235,7 +286,7 @@ fn listed_models_are_reachable_inside_and_no_others() {
          other: {{ source: ./models/smollm2.gguf, context_size: 512, mode: embedding }}\n\
          {rest}    models: [chat]\n",
         port = env.gateway_port(),
-        rest = SPEC.split_once("name: sbx\n").unwrap().1,
+        rest = spec(on).split_once("name: sbx\n").unwrap().1,
     );
     env.write("aistack.yaml", &spec);
     let _down = Down(&env);
@@ -311,12 +362,12 @@ fn listed_models_are_reachable_inside_and_no_others() {
 /// The only way out is the sandbox's policy: allowed requests pass through the proxy
 /// (found through the variables every command gets), others get its 403, direct
 /// connections fail, and the network log names the sandbox.
-#[test]
-fn the_network_is_the_policy_proxy() {
+fn the_network_is_the_policy_proxy(on: On) {
     let port = aistack_tests::upstream::upstream();
-    let env = env();
+    let env = env_on(on);
     let spec = format!(
-        "{SPEC}    network_policy: local\nnetwork_policies:\n  local:\n    default: deny\n    allow: [\"127.0.0.1/32:{port}\"]\n"
+        "{}    network_policy: local\nnetwork_policies:\n  local:\n    default: deny\n    allow: [\"127.0.0.1/32:{port}\"]\n",
+        spec(on)
     );
     env.write("aistack.yaml", &env.spec(&spec));
     let _down = Down(&env);
@@ -386,14 +437,14 @@ fn the_network_is_the_policy_proxy() {
 /// request to its host is refused with the fix and never reaches the stand-in API (the
 /// key inside TLS is `agents.rs`'s, whose template has TLS clients; busybox's cannot speak
 /// to an intercepting proxy).
-#[test]
-fn the_api_key_goes_over_tls_only_and_never_reaches_the_sandbox() {
+fn the_api_key_goes_over_tls_only_and_never_reaches_the_sandbox(on: On) {
     const KEY: &str = "sk-sandbox-e2e-7c41a9-secret";
     let (port, heads) = aistack_tests::upstream::recording("127.0.0.1", "200 OK", "ok");
-    let mut env = env();
+    let mut env = env_on(on);
     env.set_var("STANDIN_API_KEY", KEY);
     let spec = format!(
-        "{SPEC}    network_policy: api\nnetwork_policies:\n  api:\n    default: deny\n    allow: [\"127.0.0.1/32:{port}\"]\n    credentials:\n      - {{ host: 127.0.0.1, header: x-api-key, from_env: STANDIN_API_KEY }}\n"
+        "{}    network_policy: api\nnetwork_policies:\n  api:\n    default: deny\n    allow: [\"127.0.0.1/32:{port}\"]\n    credentials:\n      - {{ host: 127.0.0.1, header: x-api-key, from_env: STANDIN_API_KEY }}\n",
+        spec(on)
     );
     env.write("aistack.yaml", &env.spec(&spec));
     let _down = Down(&env);
@@ -426,11 +477,10 @@ fn the_api_key_goes_over_tls_only_and_never_reaches_the_sandbox() {
 
 /// `ports:` publishes a sandbox port on the host through the agent's tunnel, and a
 /// restarted daemon publishes it again.
-#[test]
-fn a_published_port_reaches_a_server_inside() {
+fn a_published_port_reaches_a_server_inside(on: On) {
     let host_port = aistack_tests::free_port();
-    let env = env();
-    let spec = format!("{SPEC}    ports: [\"127.0.0.1:{host_port}:3000\"]\n");
+    let env = env_on(on);
+    let spec = format!("{}    ports: [\"127.0.0.1:{host_port}:3000\"]\n", spec(on));
     env.write("aistack.yaml", &env.spec(&spec));
     let _down = Down(&env);
     env.ok(&["up"]);
@@ -446,7 +496,8 @@ fn a_published_port_reaches_a_server_inside() {
     };
     assert!(
         wait_for(Duration::from_secs(5), || get().is_some()),
-        "the published port answers"
+        "the published port answers: {}",
+        fs::read_to_string(env.home().join("logs/daemon.log")).unwrap_or_default()
     );
 
     let daemon = env.daemon_pid().expect("the daemon runs");

@@ -72,6 +72,11 @@ impl Home {
         self.run().join("aistack.sock")
     }
 
+    /// `kernel/`: the microVM sandboxes' guest kernel (`scripts/build-guest-kernel`).
+    pub fn kernel(&self) -> PathBuf {
+        self.root.join("kernel")
+    }
+
     /// Logs.
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")

@@ -195,7 +195,6 @@ mod tests {
         });
         assert!(host.check(&step(proxy)).is_ok());
         assert!(host.check(&step(sandbox(Isolation::Auto))).is_ok());
-        let microvm = host.check(&step(sandbox(Isolation::Microvm))).unwrap_err();
-        assert_eq!(microvm.message, "MicroVM sandboxes are not supported yet");
+        assert!(host.check(&step(sandbox(Isolation::Microvm))).is_ok());
     }
 }

@@ -21,7 +21,7 @@ use aistack_planner::SandboxPlan;
 use aistack_planner::agents::AgentFile;
 use aistack_proxy::Entrance;
 use aistack_sandbox::backend::{Backend, Layout, Spec};
-use aistack_sandbox::cgroup::Limits;
+use aistack_sandbox::cgroup::{Cgroup, Limits};
 use aistack_sandbox::client::GuestClient;
 use aistack_sandbox::idmap::{DEFAULT_BASE, IdRange};
 use aistack_sandbox::protocol::Exec;
@@ -38,6 +38,9 @@ pub const SOCKET: &str = "socket";
 pub const ISOLATION: &str = "isolation";
 /// Output key of a sandbox: why `isolation` chose that backend.
 pub const ISOLATION_REASON: &str = "isolation_reason";
+
+/// Where the host's cgroup hierarchy is mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// How long a stopping sandbox's processes get between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -156,7 +159,7 @@ impl Sandboxes {
             range: self.range,
             limits: limits(&plan.limits),
             tmp_bytes: plan.limits.tmp,
-            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_root: PathBuf::from(CGROUP_ROOT),
             cgroup_id: self.cgroup_id(project, name),
             log: self.log(project, name),
             network,
@@ -180,7 +183,12 @@ impl Sandboxes {
         let cgroup = running.cgroup.clone();
         let life = tokio::spawn(async move {
             let status = running.child.wait().await;
-            let _ = cgroup.remove();
+            // What outlives the host process (a microVM's vsock daemon) goes with it.
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = cgroup.kill();
+                cgroup.remove()
+            })
+            .await;
             tracing::info!(log = %log.display(), ?status, "sandbox ended");
         });
         let key = (project.to_owned(), name.to_owned());
@@ -203,6 +211,14 @@ impl Sandboxes {
             }
         }
         self.ended(project, name).await;
+        // What no life of this daemon watched (a sandbox it readopted): a microVM's vsock
+        // daemon outlives the VMM, and the cgroup stays until it is gone.
+        let cgroup = Cgroup::existing(Path::new(CGROUP_ROOT), &self.cgroup_id(project, name));
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = cgroup.kill();
+            cgroup.remove()
+        })
+        .await;
         for dir in [&layout.dir, &layout.control] {
             match fs::remove_dir_all(dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -4,7 +4,9 @@
 //!
 //! `aistack-guest sandbox` builds a namespace sandbox first (`aistack_sandbox::setup`,
 //! the launch on standard input); `aistack-guest serve SOCKET` serves where it runs
-//! (tests of the protocol; the microVM's init will be the same loop on vsock).
+//! (tests of the protocol).
+//! `aistack-guest vm` is a microVM's init (`aistack_sandbox::boot`), serving on vsock;
+//! `aistack-guest share SOCKET VIRTIOFSD ARGS…` runs on the host and serves a microVM's files.
 //! `aistack-guest check DIR`, run as a command inside a sandbox, tries the system calls
 //! the sandbox must refuse and reports each (DIR: a writable directory, the workspace).
 
@@ -27,12 +29,18 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
 
+use aistack_sandbox::boot::{self, AGENT_PORT, BOOT_FILE, Boot, INIT_ARG};
 use aistack_sandbox::setup::{self, GUEST_SOCKET, Launch, Network, PROXY_SOCKET, READY};
+use aistack_sandbox::sys;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["sandbox"] => sandbox(),
+        [INIT_ARG] => machine(),
+        ["share", socket, ref program @ ..] if !program.is_empty() => {
+            share(Path::new(socket), program)
+        }
         ["serve", socket] => serve(Path::new(socket), server::Mode::Process, Vec::new()),
         ["check", dir] => check::run(Path::new(dir)),
         ["--version"] => {
@@ -41,7 +49,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "Usage: aistack-guest sandbox | aistack-guest serve SOCKET | aistack-guest check DIR"
+                "Usage: aistack-guest sandbox | vm | share SOCKET PROGRAM ARGS… | serve SOCKET | check DIR"
             );
             eprintln!("help: the daemon starts this program; it is not run by hand");
             return ExitCode::from(2);
@@ -82,9 +90,19 @@ pub fn accept_each<S>(incoming: impl Iterator<Item = io::Result<S>>, mut serve: 
     }
 }
 
+/// How a host connection passes on the end of what the inside sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostEnd {
+    /// A unix socket: half-closed, so the host may still send (namespace).
+    Half,
+    /// Vsock through `vhost-device-vsock`, which passes on only a full shutdown (it drops
+    /// a half one, and the host would wait for an end that never comes): closed both ways.
+    Full,
+}
+
 /// Copies both ways between a host connection and a TCP connection inside until each
 /// side has ended, passing each end of stream on (a port tunnel, a proxy connection).
-pub fn splice(host: UnixStream, inside: TcpStream) -> io::Result<()> {
+pub fn splice(host: UnixStream, inside: TcpStream, end: HostEnd) -> io::Result<()> {
     let (mut from_host, mut to_inside) = (host.try_clone()?, inside.try_clone()?);
     let inbound = thread(move || {
         let _ = io::copy(&mut from_host, &mut to_inside);
@@ -92,7 +110,10 @@ pub fn splice(host: UnixStream, inside: TcpStream) -> io::Result<()> {
     });
     let (mut from_inside, mut to_host) = (inside, host);
     let _ = io::copy(&mut from_inside, &mut to_host);
-    let _ = to_host.shutdown(Shutdown::Write);
+    let _ = to_host.shutdown(match end {
+        HostEnd::Half => Shutdown::Write,
+        HostEnd::Full => Shutdown::Both,
+    });
     if let Ok(inbound) = inbound {
         let _ = inbound.join();
     }
@@ -110,7 +131,8 @@ fn sandbox() -> io::Result<()> {
     users::ensure_agent()?;
     let mut env = match &launch.network {
         Some(net) => {
-            network::start(net, entered.control_path(PROXY_SOCKET))?;
+            let proxy = network::HostProxy::Socket(entered.control_path(PROXY_SOCKET));
+            network::start(net, proxy)?;
             Network::env()
         }
         None => Vec::new(),
@@ -120,6 +142,70 @@ fn sandbox() -> io::Result<()> {
         workspace: launch.workspace.is_some(),
     };
     serve(&entered.control_path(GUEST_SOCKET), mode, env)
+}
+
+/// PID 1 of a microVM sandbox: boots the guest, then serves on vsock. It powers the
+/// machine off when it cannot, so the host sees the VMM end with the reason in the log.
+fn machine() -> io::Result<()> {
+    let e = boot_and_serve()
+        .err()
+        .unwrap_or_else(|| io::Error::other("the server ended"));
+    eprintln!("aistack-guest: {e}");
+    Err(sys::power_off())
+}
+
+fn boot_and_serve() -> io::Result<()> {
+    let text = std::fs::read(BOOT_FILE)?;
+    let launch: Boot = serde_json::from_slice(&text)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("the boot file: {e}")))?;
+    boot::enter(&launch)?;
+    users::ensure_agent()?;
+    let mut env = match &launch.network {
+        Some(net) => {
+            network::start(net, network::HostProxy::Vsock(boot::PROXY_PORT))?;
+            Network::env()
+        }
+        None => Vec::new(),
+    };
+    env.extend(launch.env.iter().cloned());
+    let mode = server::Mode::Init {
+        workspace: launch.workspace.is_some(),
+    };
+    let server = server::Server::vsock(AGENT_PORT, mode, env)?;
+    eprintln!("aistack-guest: {READY}");
+    server.run()
+}
+
+/// On the host, for a microVM: listens on `socket`, assembles the tree virtiofsd serves in
+/// a mount namespace of its own (the launch on standard input), then becomes `program`
+/// (virtiofsd), which serves that tree on the listener it inherits. The listener is made
+/// first: the assembly covers `/tmp`, where the socket's directory may be.
+fn share(socket: &Path, program: &[&str]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    let launch: Launch = serde_json::from_str(&line)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("the launch: {e}")))?;
+    // A socket left by an earlier life goes; anything else at that path stays.
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(socket)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .map_err(|e| io::Error::new(e.kind(), format!("binding {}: {e}", socket.display())))?;
+    let root = setup::share(&launch)?;
+    sys::keep_on_exec(&listener)?;
+    let error = std::process::Command::new(program[0])
+        .args(&program[1..])
+        .arg(format!("--fd={}", listener.as_raw_fd()))
+        .arg("--shared-dir")
+        .arg(&root)
+        .exec();
+    Err(io::Error::new(
+        error.kind(),
+        format!("running `{}`: {error}", program[0]),
+    ))
 }
 
 fn serve(socket: &Path, mode: server::Mode, env: Vec<(String, String)>) -> io::Result<()> {

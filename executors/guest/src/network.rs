@@ -10,17 +10,35 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aistack_sandbox::setup::{CA_BUNDLE, CA_FILE, Network, PROXY_PORT, SYSTEM_BUNDLE};
+use aistack_sandbox::sys;
 
-/// Installs the CA and serves the proxy port, each connection spliced to `socket` (the
-/// host's `proxy.sock`).
-pub fn start(network: &Network, socket: PathBuf) -> io::Result<()> {
+/// The host's end of the proxy channel.
+#[derive(Debug)]
+pub enum HostProxy {
+    /// `proxy.sock` of the control directory (a namespace sandbox).
+    Socket(PathBuf),
+    /// A vsock port of the host (a microVM).
+    Vsock(u32),
+}
+
+impl HostProxy {
+    fn connect(&self) -> io::Result<UnixStream> {
+        match self {
+            HostProxy::Socket(path) => UnixStream::connect(path),
+            HostProxy::Vsock(port) => sys::vsock_connect(sys::VSOCK_HOST_CID, *port),
+        }
+    }
+}
+
+/// Installs the CA and serves the proxy port, each connection spliced to the host's proxy.
+pub fn start(network: &Network, host: HostProxy) -> io::Result<()> {
     install_ca(Path::new("/"), &network.ca_pem)?;
     let listener = TcpListener::bind(("127.0.0.1", PROXY_PORT))?;
-    let socket = Arc::new(socket);
+    let host = Arc::new(host);
     crate::thread(move || {
         crate::accept_each(listener.incoming(), |client| {
-            let socket = Arc::clone(&socket);
-            if let Err(e) = crate::thread(move || forward(client, &socket)) {
+            let host = Arc::clone(&host);
+            if let Err(e) = crate::thread(move || forward(client, &host)) {
                 eprintln!("aistack-guest: dropping a proxy connection: {e}");
             }
         });
@@ -28,15 +46,19 @@ pub fn start(network: &Network, socket: PathBuf) -> io::Result<()> {
     Ok(())
 }
 
-fn forward(client: TcpStream, socket: &Path) {
-    let host = match UnixStream::connect(socket) {
+fn forward(client: TcpStream, proxy: &HostProxy) {
+    let host = match proxy.connect() {
         Ok(host) => host,
         Err(e) => {
-            eprintln!("aistack-guest: the host proxy at {}: {e}", socket.display());
+            eprintln!("aistack-guest: the host proxy at {proxy:?}: {e}");
             return;
         }
     };
-    if let Err(e) = crate::splice(host, client) {
+    let end = match proxy {
+        HostProxy::Socket(_) => crate::HostEnd::Half,
+        HostProxy::Vsock(_) => crate::HostEnd::Full,
+    };
+    if let Err(e) = crate::splice(host, client, end) {
         eprintln!("aistack-guest: a proxy connection: {e}");
     }
 }

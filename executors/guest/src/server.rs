@@ -3,6 +3,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::net::TcpStream;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -28,8 +29,24 @@ pub enum Mode {
     Process,
 }
 
+/// Where connections come from: a unix socket on the host side of a namespace sandbox,
+/// vsock in a microVM.
+enum Listener {
+    Unix(UnixListener),
+    Vsock(OwnedFd),
+}
+
+impl Listener {
+    fn accept(&self) -> io::Result<UnixStream> {
+        match self {
+            Listener::Unix(listener) => listener.accept().map(|(stream, _)| stream),
+            Listener::Vsock(listener) => sys::vsock_accept(listener),
+        }
+    }
+}
+
 pub struct Server {
-    listener: UnixListener,
+    listener: Listener,
     shared: Shared,
 }
 
@@ -42,6 +59,8 @@ pub struct Shared {
     /// Variables every command gets unless its request sets them (the proxy's).
     pub env: Vec<(String, String)>,
     started: Instant,
+    /// PID 1 of a microVM: shutting down powers the machine off.
+    machine: bool,
 }
 
 impl Server {
@@ -52,7 +71,20 @@ impl Server {
         // Only root of the sandbox (and the host) may connect: a command running as
         // `agent` must not reach the agent and ask for root.
         fs::set_permissions(socket, fs::Permissions::from_mode(0o600))?;
-        Ok(Server {
+        Ok(Server::new(Listener::Unix(listener), mode, env, false))
+    }
+
+    /// The server of a microVM's init, on vsock `port`. Commands cannot open vsock
+    /// sockets (the seccomp filter), so only the host reaches it.
+    pub fn vsock(port: u32, mode: Mode, env: Vec<(String, String)>) -> io::Result<Server> {
+        let listener = sys::vsock_listen(port).map_err(|e| {
+            io::Error::new(e.kind(), format!("listening on vsock port {port}: {e}"))
+        })?;
+        Ok(Server::new(Listener::Vsock(listener), mode, env, true))
+    }
+
+    fn new(listener: Listener, mode: Mode, env: Vec<(String, String)>, machine: bool) -> Server {
+        Server {
             listener,
             shared: Shared {
                 mode,
@@ -63,8 +95,9 @@ impl Server {
                 }),
                 env,
                 started: Instant::now(),
+                machine,
             },
-        })
+        }
     }
 
     pub fn run(self) -> io::Result<()> {
@@ -79,7 +112,8 @@ impl Server {
                 on_signal.shutdown(Duration::from_secs(5));
             }
         });
-        crate::accept_each(self.listener.incoming(), |stream| {
+        let incoming = std::iter::repeat_with(|| self.listener.accept());
+        crate::accept_each(incoming, |stream| {
             let shared = self.shared.clone();
             let spawned = crate::thread(move || {
                 if let Err(e) = shared.handle(stream) {
@@ -118,7 +152,7 @@ impl Shared {
                 },
             ),
             Request::Exec(request) => exec::run(self, stream, request),
-            Request::Connect { port } => connect(stream, port),
+            Request::Connect { port } => connect(stream, port, self.machine),
             Request::Shutdown { grace_ms } => {
                 reply(&mut stream, &Reply::Stopping)?;
                 drop(stream);
@@ -131,6 +165,10 @@ impl Shared {
         eprintln!("aistack-guest: shutting down");
         self.children
             .terminate(matches!(self.mode, Mode::Init { .. }), grace);
+        if self.machine {
+            let e = sys::power_off();
+            eprintln!("aistack-guest: cannot power off: {e}");
+        }
         std::process::exit(0);
     }
 }
@@ -144,7 +182,7 @@ pub fn error(message: String) -> Reply {
 }
 
 /// A port tunnel: this connection spliced to `127.0.0.1:port` inside.
-fn connect(mut stream: UnixStream, port: u16) -> io::Result<()> {
+fn connect(mut stream: UnixStream, port: u16, machine: bool) -> io::Result<()> {
     let upstream = match TcpStream::connect(("127.0.0.1", port)) {
         Ok(upstream) => upstream,
         Err(e) => {
@@ -153,5 +191,10 @@ fn connect(mut stream: UnixStream, port: u16) -> io::Result<()> {
         }
     };
     reply(&mut stream, &Reply::Connected)?;
-    crate::splice(stream, upstream)
+    let end = if machine {
+        crate::HostEnd::Full
+    } else {
+        crate::HostEnd::Half
+    };
+    crate::splice(stream, upstream, end)
 }

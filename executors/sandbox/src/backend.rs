@@ -1,7 +1,6 @@
 //! What every backend shares: the sandbox to start (`Spec`), its directories (`Layout`),
 //! the started sandbox (`Running`), and the small trait the daemon starts sandboxes
-//! through. The namespace backend is the one built (`namespace`); the microVM backend
-//! will be another implementation of [`Backend`] behind the same guest agent and protocol.
+//! through: `namespace` and `microvm`, behind the same guest agent and protocol.
 
 use std::fs;
 use std::future::Future;
@@ -26,14 +25,6 @@ pub trait Backend: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Starts the sandbox and resolves once its guest agent serves on the layout's socket.
     fn start<'a>(&'a self, spec: &'a Spec) -> Start<'a>;
-}
-
-/// The backend of that name, if this build has it.
-pub fn named(kind: &str) -> Option<&'static dyn Backend> {
-    match kind {
-        "namespace" => Some(&crate::namespace::Namespace),
-        _ => None,
-    }
 }
 
 /// How long the agent may take from spawn to serving.
@@ -155,4 +146,24 @@ impl StartError {
             StartError::Agent(_) | StartError::Prepare { .. } => None,
         }
     }
+}
+
+/// Gives the agent what the sandbox's own layer holds of ids outside its range, once
+/// (`own-ids` marks it done). Until this version the agent mapped to the workspace's owner,
+/// so the agent's files in an existing sandbox's layer belong to that host id; now the agent
+/// is the range's own, and nothing else in the layer can have such an owner.
+pub(crate) fn claim_own_layer(spec: &Spec) -> io::Result<()> {
+    let marker = spec.layout.dir.join("own-ids");
+    if marker.exists() {
+        return Ok(());
+    }
+    crate::rootfs::claim(&spec.layout.dir.join("upper"), spec.range)?;
+    fs::write(marker, "")
+}
+
+/// The last line the agent wrote to its log, where it says why it stopped.
+pub(crate) fn last_line(log: &std::path::Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    Some(line.trim().to_owned())
 }

@@ -52,6 +52,19 @@ impl Cgroup {
         }
     }
 
+    /// The cgroup `aistack/<id>`, whether or not it exists; creates nothing (to end what a
+    /// sandbox left when no handle of its start is at hand).
+    pub fn existing(root: &Path, id: &str) -> Cgroup {
+        let dirs = if root.join("cgroup.controllers").exists() {
+            vec![root.join("aistack").join(id)]
+        } else {
+            ["memory", "cpu", "pids"]
+                .map(|controller| root.join(controller).join("aistack").join(id))
+                .to_vec()
+        };
+        Cgroup { dirs }
+    }
+
     fn create_v2(root: &Path, id: &str, limits: Limits) -> io::Result<Cgroup> {
         let parent = root.join("aistack");
         fs::create_dir_all(&parent)?;
@@ -104,6 +117,38 @@ impl Cgroup {
     /// The `cgroup.procs` files a process writes its pid to, to join.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Kills every process in the cgroup and waits (a bounded while) until none is left,
+    /// so that [`Cgroup::remove`] can follow. Idempotent.
+    pub fn kill(&self) -> io::Result<()> {
+        let pids = |dir: &Path| -> Vec<i32> {
+            let text = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+        };
+        for _ in 0..200 {
+            let mut left = false;
+            for dir in &self.dirs {
+                if !dir.exists() {
+                    continue;
+                }
+                if fs::write(dir.join("cgroup.kill"), "1").is_err() {
+                    // cgroup v1 has no `cgroup.kill`.
+                    for pid in pids(dir) {
+                        let _ = crate::sys::kill(pid as u32, libc::SIGKILL);
+                    }
+                }
+                left |= !pids(dir).is_empty();
+            }
+            if !left {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "processes of the cgroup outlived SIGKILL for 2 s",
+        ))
     }
 
     /// Removes the cgroup once its processes are gone. Idempotent.

@@ -1,4 +1,5 @@
-//! The host's client of the guest agent: one unix connection per request.
+//! The host's client of the guest agent: one unix connection per request (through the
+//! VMM's vsock socket for a microVM).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,6 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::boot::{AGENT_PORT, VSOCK_SOCKET};
 use crate::protocol::{self, Exec, ExitStatus, Frame, Hello, Reply, Request, io_async};
 
 /// A failed request to the guest agent.
@@ -53,6 +55,42 @@ pub struct GuestClient {
     socket: PathBuf,
 }
 
+/// A connection to the agent: its socket itself (namespace), or, where the control
+/// directory holds the VMM's hybrid vsock socket instead, that socket after Firecracker's
+/// handshake: `CONNECT <port>` answered `OK <host port>` (microvm).
+async fn dial(socket: &Path) -> std::io::Result<UnixStream> {
+    use std::io::{Error, ErrorKind};
+    use tokio::io::AsyncReadExt;
+    let error = match UnixStream::connect(socket).await {
+        Err(e) if e.kind() == ErrorKind::NotFound => e,
+        connected => return connected,
+    };
+    let vsock = socket.with_file_name(VSOCK_SOCKET);
+    if !vsock.exists() {
+        return Err(error);
+    }
+    let mut stream = UnixStream::connect(&vsock).await?;
+    stream
+        .write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
+        .await?;
+    // Byte by byte: what follows the line is the agent's.
+    let mut line = Vec::new();
+    while line.len() < 32 {
+        match stream.read_u8().await? {
+            b'\n' => break,
+            byte => line.push(byte),
+        }
+    }
+    if !line.starts_with(b"OK ") {
+        let said = String::from_utf8_lossy(&line).into_owned();
+        return Err(Error::new(
+            ErrorKind::ConnectionRefused,
+            format!("the VMM's vsock answered `{said}`"),
+        ));
+    }
+    Ok(stream)
+}
+
 /// The guest's answer to a health request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
@@ -71,13 +109,12 @@ impl GuestClient {
     }
 
     async fn request(&self, request: Request) -> Result<(UnixStream, Reply), GuestError> {
-        let mut stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| GuestError::Unreachable {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
+        let mut stream = dial(&self.socket)
+            .await
+            .map_err(|source| GuestError::Unreachable {
+                socket: self.socket.clone(),
+                source,
+            })?;
         let gone = |source: std::io::Error| match source.kind() {
             std::io::ErrorKind::UnexpectedEof
             | std::io::ErrorKind::ConnectionReset

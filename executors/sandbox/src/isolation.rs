@@ -27,6 +27,20 @@ pub enum Kvm {
     },
 }
 
+impl Host {
+    /// Whether the CPU advertises vmx/svm and KVM runs the probe's guest near native speed.
+    pub fn kvm_at_speed(&self) -> bool {
+        self.cpu_virtualisation
+            && matches!(
+                self.kvm,
+                Kvm::Measured {
+                    near_native: true,
+                    ..
+                }
+            )
+    }
+}
+
 #[cfg(feature = "host")]
 impl Host {
     /// The facts of this machine, gathered once per process: the probe runs a guest for
@@ -63,17 +77,20 @@ impl Host {
 pub struct Choice {
     /// The backend's name, as `isolation:` spells it.
     pub backend: &'static str,
+    /// For `microvm`: whether it runs under QEMU's software emulation (TCG) rather than KVM.
+    pub emulated: bool,
     /// Why, as a phrase for `status`, e.g. `auto: there is no /dev/kvm (…)`.
     pub reason: String,
 }
 
-/// The choice for `isolation: auto | namespace` (`microvm` is refused before this: its
-/// backend does not exist yet). `auto` picks the microVM only where the CPU advertises
-/// vmx/svm and the guest timing probe runs near native speed (DESIGN §7); until that
-/// backend exists, it says what it found and picks the namespace.
-pub fn choose(requested: &str, host: &Host) -> Choice {
+/// The choice for `isolation:`. `auto` picks the microVM only where the CPU advertises
+/// vmx/svm, the guest timing probe runs near native speed (DESIGN §7) and the microVM's
+/// files are there (`microvm_missing` says which is not), else the namespace, and says what
+/// it found. `microvm` runs under KVM where `auto` would pick it, else under TCG.
+pub fn choose(requested: &str, host: &Host, microvm_missing: Option<&str>) -> Choice {
     let namespace = |reason: String| Choice {
         backend: "namespace",
+        emulated: false,
         reason,
     };
     let flags = if host.cpu_virtualisation {
@@ -84,18 +101,50 @@ pub fn choose(requested: &str, host: &Host) -> Choice {
     if requested == "namespace" {
         return namespace("asked for with `isolation: namespace`".to_owned());
     }
-    namespace(match &host.kvm {
-        Kvm::Absent => format!("auto: there is no /dev/kvm ({flags})"),
-        Kvm::Failed(why) => format!("auto: KVM cannot run a guest here: {why}"),
+    let no_kvm = match &host.kvm {
+        Kvm::Absent => Some(format!("there is no /dev/kvm ({flags})")),
+        Kvm::Failed(why) => Some(format!("KVM cannot run a guest here: {why}")),
         Kvm::Measured {
             ratio,
             near_native: false,
-        } => format!("auto: a KVM guest runs {ratio:.0}x slower than the host ({flags})"),
-        Kvm::Measured { .. } if !host.cpu_virtualisation => format!("auto: {flags}"),
-        Kvm::Measured { ratio, .. } => format!(
-            "auto: KVM runs guests near native speed ({ratio:.1}x), but this build has no microVM backend"
-        ),
-    })
+        } => Some(format!(
+            "a KVM guest runs {ratio:.0}x slower than the host ({flags})"
+        )),
+        Kvm::Measured { .. } if !host.cpu_virtualisation => Some(flags.to_owned()),
+        Kvm::Measured { .. } => None,
+    };
+    let kvm = |ratio: &Kvm| match ratio {
+        Kvm::Measured { ratio, .. } => format!("KVM runs guests near native speed ({ratio:.1}x)"),
+        _ => String::new(),
+    };
+    if requested == "microvm" {
+        return match no_kvm {
+            Some(why) => Choice {
+                backend: "microvm",
+                emulated: true,
+                reason: format!(
+                    "asked for with `isolation: microvm`; under TCG, QEMU's software emulation, because {why}"
+                ),
+            },
+            None => Choice {
+                backend: "microvm",
+                emulated: false,
+                reason: format!("asked for with `isolation: microvm`; {}", kvm(&host.kvm)),
+            },
+        };
+    }
+    match (no_kvm, microvm_missing) {
+        (Some(why), _) => namespace(format!("auto: {why}")),
+        (None, Some(missing)) => namespace(format!(
+            "auto: {}, but the microVM backend lacks {missing}",
+            kvm(&host.kvm)
+        )),
+        (None, None) => Choice {
+            backend: "microvm",
+            emulated: false,
+            reason: format!("auto: {}", kvm(&host.kvm)),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -107,7 +156,7 @@ mod tests {
             cpu_virtualisation,
             kvm,
         };
-        let choice = choose("auto", &host);
+        let choice = choose("auto", &host, Some("a guest kernel"));
         assert_eq!(choice.backend, "namespace");
         choice.reason
     }
@@ -132,14 +181,52 @@ mod tests {
             reason(false, measured(1.1, true)),
             "auto: the CPU advertises neither vmx nor svm"
         );
-        assert!(reason(true, measured(1.1, true)).contains("near native speed (1.1x)"));
+        assert_eq!(
+            reason(true, measured(1.1, true)),
+            "auto: KVM runs guests near native speed (1.1x), but the microVM backend lacks a guest kernel"
+        );
         let asked = choose(
             "namespace",
             &Host {
                 cpu_virtualisation: true,
                 kvm: Kvm::Absent,
             },
+            None,
         );
         assert_eq!(asked.reason, "asked for with `isolation: namespace`");
+    }
+
+    #[test]
+    fn auto_picks_the_microvm_only_where_kvm_runs_it_at_speed() {
+        let fast = Host {
+            cpu_virtualisation: true,
+            kvm: Kvm::Measured {
+                ratio: 1.1,
+                near_native: true,
+            },
+        };
+        let auto = choose("auto", &fast, None);
+        assert_eq!((auto.backend, auto.emulated), ("microvm", false));
+        assert_eq!(
+            auto.reason,
+            "auto: KVM runs guests near native speed (1.1x)"
+        );
+        // Nested PVM: `auto` keeps the namespace, an explicit `microvm` runs under TCG.
+        let pvm = Host {
+            cpu_virtualisation: false,
+            kvm: Kvm::Measured {
+                ratio: 4190.2,
+                near_native: false,
+            },
+        };
+        assert_eq!(choose("auto", &pvm, None).backend, "namespace");
+        let asked = choose("microvm", &pvm, None);
+        assert_eq!((asked.backend, asked.emulated), ("microvm", true));
+        assert_eq!(
+            asked.reason,
+            "asked for with `isolation: microvm`; under TCG, QEMU's software emulation, because a KVM guest runs 4190x slower than the host (the CPU advertises neither vmx nor svm)"
+        );
+        let asked = choose("microvm", &fast, None);
+        assert_eq!((asked.backend, asked.emulated), ("microvm", false));
     }
 }

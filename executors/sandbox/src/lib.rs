@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod boot;
 pub mod cgroup;
 pub mod guest;
 pub mod idmap;
@@ -22,5 +23,7 @@ pub mod backend;
 pub mod client;
 #[cfg(feature = "host")]
 pub mod layers;
+#[cfg(feature = "host")]
+pub mod microvm;
 #[cfg(feature = "host")]
 pub mod namespace;

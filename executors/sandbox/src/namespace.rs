@@ -3,7 +3,6 @@
 //! directories and cgroup.
 
 use std::fs;
-use std::io;
 use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -35,7 +34,7 @@ async fn start(spec: &Spec) -> Result<Running, StartError> {
     spec.layout
         .prepare(spec.range)
         .map_err(prepare("directories"))?;
-    claim_own_layer(spec).map_err(prepare("own layer"))?;
+    crate::backend::claim_own_layer(spec).map_err(prepare("own layer"))?;
     let map = IdMap::of(spec.range);
     let cgroup = Cgroup::create(&spec.cgroup_root, &spec.cgroup_id, spec.limits)
         .map_err(prepare("cgroup"))?;
@@ -88,32 +87,14 @@ async fn start(spec: &Spec) -> Result<Running, StartError> {
                 Ok(Err(e)) => e,
                 _ => format!("it was not serving after {START_TIMEOUT:?}"),
             };
-            Err(StartError::Agent(match last_line(&spec.log) {
-                Some(said) => format!("{what}: {said}"),
-                None => what,
-            }))
+            Err(StartError::Agent(
+                match crate::backend::last_line(&spec.log) {
+                    Some(said) => format!("{what}: {said}"),
+                    None => what,
+                },
+            ))
         }
     }
-}
-
-/// Gives the agent what the sandbox's own layer holds of ids outside its range, once
-/// (`own-ids` marks it done). Until this version the agent mapped to the workspace's owner,
-/// so the agent's files in an existing sandbox's layer belong to that host id; now the agent
-/// is the range's own, and nothing else in the layer can have such an owner.
-fn claim_own_layer(spec: &Spec) -> io::Result<()> {
-    let marker = spec.layout.dir.join("own-ids");
-    if marker.exists() {
-        return Ok(());
-    }
-    crate::rootfs::claim(&spec.layout.dir.join("upper"), spec.range)?;
-    fs::write(marker, "")
-}
-
-/// The last line the agent wrote to its log, where it says why it stopped.
-fn last_line(log: &std::path::Path) -> Option<String> {
-    let text = fs::read_to_string(log).ok()?;
-    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-    Some(line.trim().to_owned())
 }
 
 async fn handshake(child: &mut Child, launch: &Launch, map: &IdMap) -> Result<u32, String> {

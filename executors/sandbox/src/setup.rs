@@ -178,6 +178,28 @@ pub fn enter(
     }
 }
 
+/// Assembles, in a mount namespace of this process's own, the tree a microVM's virtiofsd
+/// serves: the overlay root with the workspace idmapped at its path, the spec files
+/// read-only and `.env` hidden, as [`enter`] assembles a namespace sandbox's root. Joins
+/// the launch's cgroup first. Returns the tree's path, which only this process (and what it
+/// executes) sees; the mounts end with it.
+pub fn share(launch: &Launch) -> io::Result<PathBuf> {
+    for procs in &launch.cgroup_procs {
+        fs::write(procs, sys::pid().to_string())
+            .map_err(|e| context(e, &format!("joining the cgroup {}", procs.display())))?;
+    }
+    let trees = Trees::open(launch)?;
+    let root = Path::new(STAGE).join(ROOT);
+    sys::attach(&trees.root, &root).map_err(|e| context(e, "attaching the root filesystem"))?;
+    if let (Some(workspace), Some(tree)) = (&launch.workspace, &trees.workspace) {
+        let target = root.join(workspace.path.strip_prefix("/").unwrap_or(&workspace.path));
+        fs::create_dir_all(&target)?;
+        sys::attach(tree, &target).map_err(|e| context(e, "attaching the workspace"))?;
+        protect_files(&root, workspace, &Path::new(STAGE).join(EMPTY))?;
+    }
+    Ok(root)
+}
+
 /// What PID 1 keeps of the host once inside: the control directory.
 #[derive(Debug)]
 pub struct Entered {

@@ -565,6 +565,14 @@ pub fn idmapped_bind(dir: &OwnedFd, userns: &OwnedFd) -> io::Result<OwnedFd> {
     Ok(tree)
 }
 
+/// A detached copy of the mounts at and below `path`, for [`attach`] elsewhere.
+pub fn detached_bind(path: &Path) -> io::Result<OwnedFd> {
+    let path = cstring(path)?;
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32;
+    // SAFETY: a NUL-terminated path that outlives the call; the descriptor is owned at once.
+    owned(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) })
+}
+
 /// Attaches a detached mount ([`overlay`], [`idmapped_bind`]) at `target` in this process's
 /// mount namespace.
 pub fn attach(tree: &OwnedFd, target: &Path) -> io::Result<()> {
@@ -666,4 +674,97 @@ pub fn probe(probe: Probe) -> io::Result<()> {
             }
         }
     }
+}
+
+// ---- the microVM guest ----
+
+/// The vsock address of the host, as a guest dials it.
+pub const VSOCK_HOST_CID: u32 = libc::VMADDR_CID_HOST;
+
+fn vsock_address(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: `sockaddr_vm` is plain integers, for which all zeroes is a valid value.
+    let mut address: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    address.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    address.svm_cid = cid;
+    address.svm_port = port;
+    address
+}
+
+fn vsock_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with integer arguments; a returned descriptor is ours alone.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A vsock listener on `port` of this guest, for any peer.
+pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+    let socket = vsock_socket()?;
+    let address = vsock_address(libc::VMADDR_CID_ANY, port);
+    let size = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: the pointer and size describe `address`, which outlives the call.
+    check(unsafe { libc::bind(socket.as_raw_fd(), (&raw const address).cast(), size) })?;
+    // SAFETY: listen(2) on a descriptor this function owns.
+    check(unsafe { libc::listen(socket.as_raw_fd(), 128) })?;
+    Ok(socket)
+}
+
+/// The next connection to a [`vsock_listen`] listener, as a [`UnixStream`]: a connected
+/// vsock socket answers every call the agent makes of a stream (read, write, shutdown,
+/// duplication, timeouts); only its address is of another family, and nothing asks it.
+///
+/// [`UnixStream`]: std::os::unix::net::UnixStream
+pub fn vsock_accept(listener: &OwnedFd) -> io::Result<std::os::unix::net::UnixStream> {
+    // SAFETY: null address pointers ask for no peer address; the descriptor is valid.
+    let fd = check(unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) }.into())
+}
+
+/// A vsock connection to `port` of `cid` (the host is [`VSOCK_HOST_CID`]), as a
+/// [`UnixStream`] ([`vsock_accept`] says why that type).
+///
+/// [`UnixStream`]: std::os::unix::net::UnixStream
+pub fn vsock_connect(cid: u32, port: u32) -> io::Result<std::os::unix::net::UnixStream> {
+    let socket = vsock_socket()?;
+    let address = vsock_address(cid, port);
+    let size = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: the pointer and size describe `address`, which outlives the call.
+    check(unsafe { libc::connect(socket.as_raw_fd(), (&raw const address).cast(), size) })?;
+    Ok(socket.into())
+}
+
+/// Clears close-on-exec of `fd`, so that a program this process executes inherits it.
+pub fn keep_on_exec(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller holds, with integer arguments.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) }).map(drop)
+}
+
+/// Makes the working directory the root where `pivot_root` cannot (the initramfs is the
+/// kernel's rootfs): moves its mount onto `/` and changes root into it, as `switch_root`
+/// does.
+pub fn move_root_to_cwd() -> io::Result<()> {
+    mount(".", Path::new("/"), None, libc::MS_MOVE, None)?;
+    let dot = CString::new(".")?;
+    // SAFETY: a valid NUL-terminated path.
+    check(unsafe { libc::chroot(dot.as_ptr()) })?;
+    std::env::set_current_dir("/")
+}
+
+/// Ends the guest: the kernel resets the machine, which the VMM (started with
+/// `-no-reboot`) takes as its end. Returns only on failure.
+pub fn power_off() -> io::Error {
+    // SAFETY: sync(2) takes no arguments.
+    unsafe { libc::sync() };
+    // SAFETY: reboot(2) with a command constant; PID 1 of the guest may call it.
+    let _ = unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_RESTART) };
+    io::Error::last_os_error()
 }

@@ -6,8 +6,11 @@
 
 use aistack_apply::{HostError, Outputs, Progress};
 use aistack_planner::{Applied, SandboxPlan, SandboxSettings};
+use aistack_sandbox::backend::Backend;
 use aistack_sandbox::client::GuestClient;
-use aistack_sandbox::{backend, isolation};
+use aistack_sandbox::isolation;
+use aistack_sandbox::microvm::{Accel, Kernel, Microvm, Missing, Programs};
+use aistack_sandbox::namespace::Namespace;
 use aistack_spec::values::Isolation;
 use aistack_store::Store;
 
@@ -16,18 +19,6 @@ use crate::proxies::{Access, ModelAccess};
 use crate::sandboxes::{ISOLATION, ISOLATION_REASON, SOCKET, Sandboxes};
 
 impl Executor for SandboxPlan {
-    fn check(&self, cx: &Cx<'_>) -> Result<(), HostError> {
-        if self.settings.isolation == Isolation::Microvm {
-            return Err(
-                HostError::new("MicroVM sandboxes are not supported yet").with_help(format!(
-                    "Set `sandboxes.{}.isolation` to `namespace` or `auto`",
-                    cx.name
-                )),
-            );
-        }
-        Ok(())
-    }
-
     /// Starts the sandbox on its template's layers (recorded by the template's step,
     /// which this step depends on).
     async fn create(&self, cx: &Cx<'_>, progress: &Progress) -> Result<Outputs, HostError> {
@@ -47,17 +38,47 @@ impl Executor for SandboxPlan {
         let host = tokio::task::spawn_blocking(isolation::Host::this_machine)
             .await
             .map_err(|e| HostError::new(format!("The host probe stopped: {e}")))?;
-        let choice = isolation::choose(self.settings.isolation.as_str(), host);
-        let backend = backend::named(choice.backend).ok_or_else(|| {
-            HostError::new(format!(
-                "Sandbox `{name}` needs the `{}` backend, which this build lacks",
-                choice.backend
-            ))
-            .with_help("Set `isolation: namespace`")
-        })?;
-        progress.message("starting");
+        let requested = self.settings.isolation;
+        let files = (requested == Isolation::Microvm || host.kvm_at_speed())
+            .then(|| microvm_files(&runtime.home));
+        let missing = match &files {
+            Some(Err(missing)) => Some(missing.message.as_str()),
+            _ => None,
+        };
+        let choice = isolation::choose(requested.as_str(), host, missing);
+        let backend: Box<dyn Backend> = match (choice.backend, files) {
+            ("microvm", Some(Ok((kernel, programs)))) => {
+                let accel = if choice.emulated {
+                    Accel::Tcg
+                } else {
+                    Accel::Kvm
+                };
+                if choice.emulated {
+                    tracing::warn!(project, sandbox = name, "{}", choice.reason);
+                }
+                Box::new(Microvm {
+                    kernel,
+                    programs,
+                    accel,
+                })
+            }
+            ("microvm", Some(Err(missing))) => {
+                return Err(HostError::new(format!(
+                    "Sandbox `{name}` cannot run as a microVM: {}",
+                    missing.message
+                ))
+                .with_help(missing.help));
+            }
+            _ => Box::new(Namespace),
+        };
+        if choice.emulated {
+            progress.message("starting a microVM under TCG (software emulation: slow)");
+        }
+        if !choice.emulated {
+            progress.message("starting");
+        }
         let socket = (runtime.sandboxes)
-            .start(project, name, self, &layers, proxy, backend)
+            .start(project, name, self, &layers, proxy, backend.as_ref())
             .await?;
         crate::sandboxes::write_agent_files(&socket, name, &self.files).await?;
         Ok(Outputs::from([
@@ -114,6 +135,11 @@ impl Executor for SandboxPlan {
         });
         ("applied".to_owned(), detail)
     }
+}
+
+/// The microVM's kernel (verified against its pin) and programs, or what is missing.
+fn microvm_files(home: &crate::home::Home) -> Result<(Kernel, Programs), Missing> {
+    Ok((Kernel::find(&home.kernel())?, Programs::find()?))
 }
 
 /// How a sandbox goes out: its policy, and its models on the project's gateway; `None`

@@ -1,0 +1,195 @@
+//! MicroVM sandboxes through the real binary: `isolation: microvm` boots the project's
+//! own kernel in QEMU's `microvm` machine (under TCG here: this host's KVM cannot run a
+//! guest kernel at speed), with the root filesystem and the workspace over virtio-fs and
+//! the agent over vsock.
+
+use std::fs;
+use std::time::Duration;
+
+use aistack_tests::sandbox::{
+    Down, busybox_rootfs, guest_bin, guest_kernel_release, microvm_files,
+};
+use aistack_tests::{TestEnv, wait_for};
+
+const SPEC: &str = "version: 1
+name: vm
+templates:
+  base:
+    from: ./rootfs
+sandboxes:
+  box:
+    template: base
+    agent: shell
+    isolation: microvm
+    memory: 256MiB
+    cpus: 1
+    env: { WHO: guest }
+";
+
+fn env() -> TestEnv {
+    let mut env = TestEnv::new();
+    env.set_var("AISTACK_GUEST", guest_bin());
+    microvm_files(&mut env);
+    busybox_rootfs(&env.project().join("rootfs"));
+    env.write("aistack.yaml", &env.spec(SPEC));
+    env
+}
+
+fn sh(env: &TestEnv, script: &str) -> std::process::Output {
+    env.run(&["exec", "box", "--", "sh", "-c", script])
+}
+
+fn sh_ok(env: &TestEnv, script: &str) -> String {
+    env.ok(&["exec", "box", "--", "sh", "-c", script])
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_owned()
+}
+
+/// The host pids of this home's sandbox processes: the VMM and its daemons, by cgroup.
+fn vm_pids(env: &TestEnv) -> Vec<(i32, String)> {
+    use sha2::Digest;
+    let home = sha2::Sha256::digest(env.home().as_os_str().as_encoded_bytes());
+    let cgroup = format!("-{}", &hex::encode(home)[..12]);
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cgroups = fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if cgroups.lines().any(|l| l.ends_with(&cgroup)) {
+            let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            pids.push((pid, comm.trim().to_owned()));
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_microvm_sandbox_runs_its_own_kernel_with_the_workspace_live_both_ways() {
+    let env = env();
+    let _down = Down(&env);
+    let out = env.run(&["up"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let release = guest_kernel_release(&env.home());
+    let host = text(
+        &std::process::Command::new("uname")
+            .arg("-r")
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert_ne!(release, host);
+    assert_eq!(sh_ok(&env, "uname -r").trim(), release);
+    let cpuinfo = sh_ok(&env, "grep -m1 '^flags' /proc/cpuinfo");
+    assert!(cpuinfo.contains(" hypervisor"), "{cpuinfo}");
+
+    let out = sh(&env, "echo $WHO from $(pwd) as $(id -un); exit 7");
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let project = env.project().canonicalize().unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        format!("guest from {} as agent", project.display())
+    );
+
+    // The workspace, both ways: the agent's file is the project owner's on the host.
+    sh_ok(&env, "echo from-guest > note");
+    assert_eq!(
+        fs::read_to_string(env.project().join("note")).unwrap(),
+        "from-guest\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let owner = fs::metadata(env.project()).unwrap().uid();
+    assert_eq!(
+        fs::metadata(env.project().join("note")).unwrap().uid(),
+        owner
+    );
+    fs::write(env.project().join("from-host"), "hello\n").unwrap();
+    assert!(wait_for(Duration::from_secs(5), || {
+        text(&sh(&env, "cat from-host").stdout) == "hello"
+    }));
+    // The host's files outside the workspace are not there.
+    let out = sh(
+        &env,
+        "ls /home/ /root 2>&1; cat /etc/hostname 2>&1; ls /proc/1/root/ 2>&1",
+    );
+    assert!(!text(&out.stdout).contains(&env.home().display().to_string()));
+
+    // The status says it runs under TCG and why.
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["sandbox", "ls", "--json"])).unwrap();
+    assert_eq!(listed[0]["isolation"], "microvm", "{listed}");
+    let reason = listed[0]["isolation_reason"].as_str().unwrap();
+    assert!(reason.contains("TCG"), "{reason}");
+
+    let names: Vec<String> = vm_pids(&env).into_iter().map(|(_, comm)| comm).collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("qemu-system")),
+        "{names:?}"
+    );
+    env.ok(&["down"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || vm_pids(&env).is_empty()),
+        "left behind: {:?}",
+        vm_pids(&env)
+    );
+}
+
+/// Each of the sandbox's host processes killed in turn (the VMM, virtiofsd, the vsock
+/// daemon) takes the others with it, the sandbox reads as stopped, and the next `up`
+/// boots it again with its own layer kept; the aistack daemon killed mid-boot leaves
+/// nothing the next `up` does not repair.
+#[test]
+fn a_killed_vmm_or_vhost_user_daemon_is_seen_and_up_repairs_it() {
+    let env = env();
+    let _down = Down(&env);
+    env.ok(&["up"]);
+    sh_ok(&env, "echo layer > /home/agent/layer");
+    let state = || -> String {
+        let listed: serde_json::Value =
+            serde_json::from_str(&env.ok(&["sandbox", "ls", "--json"])).unwrap();
+        listed[0]["state"].as_str().unwrap_or_default().to_owned()
+    };
+    for victim in ["qemu-system-x86", "virtiofsd", "vhost-device-vs"] {
+        let pids = vm_pids(&env);
+        let (pid, _) = (pids.iter().find(|(_, comm)| comm == victim))
+            .unwrap_or_else(|| panic!("no `{victim}` among {pids:?}"));
+        aistack_tests::terminate(*pid, rustix::process::Signal::KILL);
+        assert!(
+            wait_for(Duration::from_secs(10), || vm_pids(&env).is_empty()),
+            "after `{victim}` was killed, left: {:?}",
+            vm_pids(&env)
+        );
+        assert_eq!(state(), "stopped", "after `{victim}` was killed");
+        env.ok(&["up"]);
+        assert_eq!(sh_ok(&env, "cat /home/agent/layer"), "layer\n");
+    }
+
+    env.ok(&["sandbox", "stop", "box"]);
+    assert!(wait_for(Duration::from_secs(10), || vm_pids(&env).is_empty()));
+    let mut up = env.cmd(&["up"]).spawn().unwrap();
+    let booting = wait_for(Duration::from_secs(30), || {
+        vm_pids(&env)
+            .iter()
+            .any(|(_, comm)| comm == "qemu-system-x86")
+    });
+    assert!(booting, "the VMM did not start");
+    let daemon = env.daemon_pid().expect("the daemon runs");
+    aistack_tests::terminate(daemon, rustix::process::Signal::KILL);
+    let _ = up.wait();
+    env.ok(&["up"]);
+    assert_eq!(sh_ok(&env, "cat /home/agent/layer"), "layer\n");
+    let qemus = vm_pids(&env)
+        .into_iter()
+        .filter(|(_, c)| c == "qemu-system-x86");
+    assert_eq!(qemus.count(), 1, "one VMM: {:?}", vm_pids(&env));
+
+    env.ok(&["down"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || vm_pids(&env).is_empty()),
+        "left behind: {:?}",
+        vm_pids(&env)
+    );
+}
