@@ -205,3 +205,58 @@ pub fn guest_kernel_release(home: &Path) -> String {
     let line = info.lines().find(|l| l.starts_with("release ")).unwrap();
     line["release ".len()..].to_owned()
 }
+
+/// Which backend a test of the sandbox contract runs its sandbox on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    /// Linux namespaces.
+    Namespace,
+    /// A QEMU microVM with the project's kernel (under TCG where KVM cannot run it).
+    Microvm,
+}
+
+impl On {
+    /// `spec` with its sandboxes on this backend: an `isolation: microvm` line after each
+    /// `agent:` line for [`On::Microvm`].
+    pub fn spec(self, spec: &str) -> String {
+        match self {
+            On::Namespace => spec.to_owned(),
+            On::Microvm => {
+                let mut out = String::new();
+                for line in spec.split_inclusive('\n') {
+                    out.push_str(line);
+                    if line.trim_start().starts_with("agent: ") {
+                        let indent = &line[..line.len() - line.trim_start().len()];
+                        out.push_str(&format!("{indent}isolation: microvm\n"));
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Gives `env` what this backend needs beyond the guest agent.
+    pub fn prepare(self, env: &mut TestEnv) {
+        if self == On::Microvm {
+            microvm_files(env);
+        }
+    }
+}
+
+/// Runs each named `fn NAME(on: On)` of the calling file as two tests, `NAME::namespace`
+/// and `NAME::microvm`: the sandbox contract holds on both backends.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn namespace() {
+                super::$name($crate::sandbox::On::Namespace)
+            }
+            #[test]
+            fn microvm() {
+                super::$name($crate::sandbox::On::Microvm)
+            }
+        }
+    )*};
+}

@@ -13,7 +13,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use aistack_tests::sandbox::{Down, busybox_rootfs, guest_bin};
+use aistack_tests::on_both_backends;
+use aistack_tests::sandbox::{Down, On, busybox_rootfs, guest_bin};
 use aistack_tests::{TestEnv, aistack_bin, wait_for};
 
 const SPEC: &str = "version: 1
@@ -28,9 +29,21 @@ sandboxes:
     memory: 256MiB
 ";
 
+on_both_backends!(
+    system_calls_past_the_sandbox_and_set_id_bits_are_refused,
+    the_spec_files_are_read_only_and_dotenv_is_hidden_inside,
+    nothing_of_the_environment_of_up_reaches_a_sandbox_or_a_build,
+);
+
 fn env_with(spec: &str) -> TestEnv {
+    env_on(On::Namespace, spec)
+}
+
+fn env_on(on: On, spec: &str) -> TestEnv {
     let mut env = TestEnv::new();
     env.set_var("AISTACK_GUEST", guest_bin());
+    on.prepare(&mut env);
+    let spec = &on.spec(spec);
     busybox_rootfs(&env.project().join("rootfs"));
     env.write("aistack.yaml", &env.spec(spec));
     env
@@ -156,9 +169,8 @@ fn a_workspace_that_cannot_be_idmapped_is_refused_with_the_fix() {
     assert!(stderr.contains("`aistack sandbox logs box`"), "{stderr}");
 }
 
-#[test]
-fn system_calls_past_the_sandbox_and_set_id_bits_are_refused() {
-    let env = env_with(SPEC);
+fn system_calls_past_the_sandbox_and_set_id_bits_are_refused(on: On) {
+    let env = env_on(on, SPEC);
     let _down = Down(&env);
     fs::copy(guest_bin(), env.project().join("aistack-guest")).unwrap();
     env.ok(&["up"]);
@@ -239,9 +251,8 @@ fn kernel_interfaces_are_read_only_or_masked_and_mountinfo_names_no_host_path() 
     }
 }
 
-#[test]
-fn the_spec_files_are_read_only_and_dotenv_is_hidden_inside() {
-    let env = env_with(SPEC);
+fn the_spec_files_are_read_only_and_dotenv_is_hidden_inside(on: On) {
+    let env = env_on(on, SPEC);
     let _down = Down(&env);
     env.write(".env", "SECRET=dotenv-secret-7f3a\n");
     let spec = fs::read_to_string(env.project().join("aistack.yaml")).unwrap();
@@ -279,8 +290,7 @@ fn the_spec_files_are_read_only_and_dotenv_is_hidden_inside() {
 
 /// Whoever runs `up` hands the daemon its environment; none of it reaches the sandbox's
 /// PID 1, its commands, or a template's build steps.
-#[test]
-fn nothing_of_the_environment_of_up_reaches_a_sandbox_or_a_build() {
+fn nothing_of_the_environment_of_up_reaches_a_sandbox_or_a_build(on: On) {
     let spec = "version: 1
 name: hard
 network_policies:
@@ -297,18 +307,21 @@ sandboxes:
     template: built
     agent: shell
 ";
-    let mut env = env_with(spec);
+    let mut env = env_on(on, spec);
     env.set_var("LEAK_MARKER", "leaked-9c1d");
     let _down = Down(&env);
     env.ok(&["up"]);
     let inside = sh(&env, Some("root"), "env");
     assert!(!inside.contains("leaked-9c1d"), "{inside}");
-    // PID 1, the guest agent, as the host sees it.
+    // The sandbox's host processes: the guest agent (namespace), or the VMM and its
+    // daemons, whose command lines name the sandbox's control directory (microvm).
     let guest = guest_bin().to_string_lossy().into_owned();
+    let home = env.home().to_string_lossy().into_owned();
     let mut agents = 0;
     for entry in fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
         let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if !cmdline.starts_with(guest.as_bytes()) {
+        let names_home = String::from_utf8_lossy(&cmdline).contains(&home);
+        if !cmdline.starts_with(guest.as_bytes()) && !names_home {
             continue;
         }
         let environ = fs::read(entry.path().join("environ")).unwrap_or_default();

@@ -10,9 +10,8 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use aistack_tests::sandbox::{
-    Down, assert_no_key, busybox_rootfs, guest_bin, key_search, microvm_files,
-};
+use aistack_tests::on_both_backends;
+use aistack_tests::sandbox::{Down, On, assert_no_key, busybox_rootfs, guest_bin, key_search};
 use aistack_tests::{TestEnv, wait_for};
 
 const SPEC: &str = "version: 1
@@ -29,29 +28,6 @@ sandboxes:
     cpus: 1
     env: { WHO: sandbox }
 ";
-
-/// Which backend a test of the contract runs its sandbox on.
-#[derive(Debug, Clone, Copy)]
-enum On {
-    Namespace,
-    Microvm,
-}
-
-/// Runs each named `fn NAME(on: On)` as two tests, `NAME::namespace` and `NAME::microvm`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn namespace() {
-                super::$name(super::On::Namespace)
-            }
-            #[test]
-            fn microvm() {
-                super::$name(super::On::Microvm)
-            }
-        }
-    )*};
-}
 
 on_both_backends!(
     listed_models_are_reachable_inside_and_no_others,
@@ -78,9 +54,7 @@ fn env() -> TestEnv {
 fn env_on(on: On) -> TestEnv {
     let mut env = TestEnv::new();
     env.set_var("AISTACK_GUEST", guest_bin());
-    if let On::Microvm = on {
-        microvm_files(&mut env);
-    }
+    on.prepare(&mut env);
     busybox_rootfs(&env.project().join("rootfs"));
     env.write("aistack.yaml", &env.spec(&spec(on)));
     env

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use aistack_daemon::Home;
-use aistack_daemon::sandboxes::{ISOLATION, ISOLATION_REASON, Sandboxes};
+use aistack_daemon::sandboxes::{ACCELERATOR, ISOLATION, ISOLATION_REASON, KERNEL, Sandboxes};
 use aistack_daemon::state::ProjectState;
 use aistack_daemon::templates::Templates;
 use aistack_planner::{Kind, SandboxSettings};
@@ -88,9 +88,11 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
                 let settings = sandbox.settings::<SandboxSettings>()?;
                 let output = |key: &str| sandbox.outputs.get(key).cloned().unwrap_or_default();
                 rows.push(SandboxRow {
+                    accelerator: sandbox.outputs.get(ACCELERATOR).cloned(),
                     agent: settings.agent,
                     isolation: output(ISOLATION),
                     isolation_reason: output(ISOLATION_REASON),
+                    kernel: sandbox.outputs.get(KERNEL).cloned(),
                     name: sandbox.id.name.clone(),
                     network_policy: settings.network_policy,
                     state: if up { "running" } else { "stopped" },
@@ -108,12 +110,16 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
                 );
             } else {
                 for row in rows {
+                    let isolation = match &row.accelerator {
+                        Some(accel) => format!("{}/{accel}", row.isolation),
+                        None => row.isolation.clone(),
+                    };
                     let _ = writeln!(
                         out,
-                        "{:<16} {:<8} {:<10} {:<8} {}",
+                        "{:<16} {:<8} {:<11} {:<8} {}",
                         row.name,
                         row.state,
-                        row.isolation,
+                        isolation,
                         row.agent.as_str(),
                         row.workspace
                     );
@@ -237,9 +243,15 @@ fn counted(n: usize) -> String {
 /// A line of `sandbox ls`; fields in name order, as `--json` has always printed them.
 #[derive(serde::Serialize)]
 struct SandboxRow {
+    /// A microVM's: `kvm`, or `tcg` (QEMU's software emulation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accelerator: Option<String>,
     agent: aistack_spec::values::Agent,
     isolation: String,
     isolation_reason: String,
+    /// A microVM's guest kernel: how it was built, where it is, its sha256.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel: Option<String>,
     name: String,
     network_policy: Option<String>,
     state: &'static str,

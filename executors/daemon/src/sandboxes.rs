@@ -39,6 +39,12 @@ pub const ISOLATION: &str = "isolation";
 /// Output key of a sandbox: why `isolation` chose that backend.
 pub const ISOLATION_REASON: &str = "isolation_reason";
 
+/// Output key of a microVM sandbox: how its VMM runs the guest, `kvm` or `tcg`.
+pub const ACCELERATOR: &str = "accelerator";
+/// Output key of a microVM sandbox: its guest kernel, how it was built, where it is, and
+/// its sha256.
+pub const KERNEL: &str = "kernel";
+
 /// Where the host's cgroup hierarchy is mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 

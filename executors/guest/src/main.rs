@@ -95,9 +95,14 @@ pub fn accept_each<S>(incoming: impl Iterator<Item = io::Result<S>>, mut serve: 
 pub enum HostEnd {
     /// A unix socket: half-closed, so the host may still send (namespace).
     Half,
-    /// Vsock through `vhost-device-vsock`, which passes on only a full shutdown (it drops
-    /// a half one, and the host would wait for an end that never comes): closed both ways.
+    /// Vsock through `vhost-device-vsock`, which passes on only a full shutdown and drops a
+    /// half one. A server inside that ended (a port tunnel): closed both ways, or the host
+    /// would wait for an end that never comes.
     Full,
+    /// The same transport, for a client inside (the proxy channel): left open, since a
+    /// client that ended its request still waits for the answer; the host's end of the
+    /// answer ends the connection.
+    Open,
 }
 
 /// Copies both ways between a host connection and a TCP connection inside until each
@@ -110,10 +115,11 @@ pub fn splice(host: UnixStream, inside: TcpStream, end: HostEnd) -> io::Result<(
     });
     let (mut from_inside, mut to_host) = (inside, host);
     let _ = io::copy(&mut from_inside, &mut to_host);
-    let _ = to_host.shutdown(match end {
-        HostEnd::Half => Shutdown::Write,
-        HostEnd::Full => Shutdown::Both,
-    });
+    match end {
+        HostEnd::Half => drop(to_host.shutdown(Shutdown::Write)),
+        HostEnd::Full => drop(to_host.shutdown(Shutdown::Both)),
+        HostEnd::Open => {}
+    }
     if let Ok(inbound) = inbound {
         let _ = inbound.join();
     }

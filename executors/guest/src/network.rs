@@ -56,7 +56,7 @@ fn forward(client: TcpStream, proxy: &HostProxy) {
     };
     let end = match proxy {
         HostProxy::Socket(_) => crate::HostEnd::Half,
-        HostProxy::Vsock(_) => crate::HostEnd::Full,
+        HostProxy::Vsock(_) => crate::HostEnd::Open,
     };
     if let Err(e) = crate::splice(host, client, end) {
         eprintln!("aistack-guest: a proxy connection: {e}");

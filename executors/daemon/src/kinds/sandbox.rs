@@ -16,7 +16,7 @@ use aistack_store::Store;
 
 use super::{Cx, Executor};
 use crate::proxies::{Access, ModelAccess};
-use crate::sandboxes::{ISOLATION, ISOLATION_REASON, SOCKET, Sandboxes};
+use crate::sandboxes::{ACCELERATOR, ISOLATION, ISOLATION_REASON, KERNEL, SOCKET, Sandboxes};
 
 impl Executor for SandboxPlan {
     /// Starts the sandbox on its template's layers (recorded by the template's step,
@@ -46,22 +46,16 @@ impl Executor for SandboxPlan {
             _ => None,
         };
         let choice = isolation::choose(requested.as_str(), host, missing);
-        let backend: Box<dyn Backend> = match (choice.backend, files) {
-            ("microvm", Some(Ok((kernel, programs)))) => {
-                let accel = if choice.emulated {
+        let microvm = match (choice.backend, files) {
+            ("microvm", Some(Ok((kernel, programs)))) => Some(Microvm {
+                kernel,
+                programs,
+                accel: if choice.emulated {
                     Accel::Tcg
                 } else {
                     Accel::Kvm
-                };
-                if choice.emulated {
-                    tracing::warn!(project, sandbox = name, "{}", choice.reason);
-                }
-                Box::new(Microvm {
-                    kernel,
-                    programs,
-                    accel,
-                })
-            }
+                },
+            }),
             ("microvm", Some(Err(missing))) => {
                 return Err(HostError::new(format!(
                     "Sandbox `{name}` cannot run as a microVM: {}",
@@ -69,7 +63,29 @@ impl Executor for SandboxPlan {
                 ))
                 .with_help(missing.help));
             }
-            _ => Box::new(Namespace),
+            _ => None,
+        };
+        if choice.emulated {
+            tracing::warn!(project, sandbox = name, "{}", choice.reason);
+        }
+        let vm_outputs: Vec<(String, String)> = match &microvm {
+            Some(vm) => vec![
+                (ACCELERATOR.to_owned(), vm.accel.as_str().to_owned()),
+                (
+                    KERNEL.to_owned(),
+                    format!(
+                        "{} at `{}` (sha256 {})",
+                        vm.kernel.origin,
+                        vm.kernel.path.display(),
+                        vm.kernel.sha256
+                    ),
+                ),
+            ],
+            None => Vec::new(),
+        };
+        let backend: Box<dyn Backend> = match microvm {
+            Some(vm) => Box::new(vm),
+            None => Box::new(Namespace),
         };
         if choice.emulated {
             progress.message("starting a microVM under TCG (software emulation: slow)");
@@ -85,7 +101,10 @@ impl Executor for SandboxPlan {
             (SOCKET.to_owned(), socket.to_string_lossy().into_owned()),
             (ISOLATION.to_owned(), choice.backend.to_owned()),
             (ISOLATION_REASON.to_owned(), choice.reason),
-        ]))
+        ])
+        .into_iter()
+        .chain(vm_outputs)
+        .collect())
     }
 
     async fn remove(
@@ -128,8 +147,9 @@ impl Executor for SandboxPlan {
     /// Which backend runs it, and why (`isolation: auto` says what it found).
     fn recorded(record: &Applied, _store: &Store) -> (String, Option<String>) {
         let detail = (record.outputs.get(ISOLATION)).map(|backend| {
+            let kernel = (record.outputs.get(KERNEL)).map(|k| format!("; kernel {k}"));
             match record.outputs.get(ISOLATION_REASON) {
-                Some(reason) => format!("{backend} ({reason})"),
+                Some(reason) => format!("{backend} ({reason}{})", kernel.unwrap_or_default()),
                 None => backend.clone(),
             }
         });
