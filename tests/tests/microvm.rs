@@ -123,6 +123,15 @@ fn a_microvm_sandbox_runs_its_own_kernel_with_the_workspace_live_both_ways() {
     assert_eq!(listed[0]["isolation"], "microvm", "{listed}");
     let reason = listed[0]["isolation_reason"].as_str().unwrap();
     assert!(reason.contains("TCG"), "{reason}");
+    assert_eq!(listed[0]["accelerator"], "tcg");
+    let kernel = listed[0]["kernel"].as_str().unwrap();
+    let vmlinux = env.home().join("kernel/vmlinux");
+    assert!(
+        kernel.starts_with(&format!("{release}, built from linux-source-6.12 "))
+            && kernel.contains(&format!("at `{}`", vmlinux.display())),
+        "{kernel}"
+    );
+    assert!(env.ok(&["sandbox", "ls"]).contains(" microvm/tcg "));
 
     let names: Vec<String> = vm_pids(&env).into_iter().map(|(_, comm)| comm).collect();
     assert!(

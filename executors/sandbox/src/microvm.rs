@@ -663,3 +663,74 @@ impl Cpio {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_is_booted_only_when_its_sha256_matches_its_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Kernel::find(dir.path()).unwrap_err();
+        assert!(missing.message.starts_with("There is no guest kernel in"));
+        assert!(missing.help.contains("scripts/build-guest-kernel"));
+
+        fs::write(dir.path().join("vmlinux"), b"kernel").unwrap();
+        let pin = hex::encode(Sha256::digest(b"kernel"));
+        let info = format!(
+            "release 6.12.118-aistack\nsha256 {pin}\nsource linux-source-6.12 6.12.118-1\nconfig scripts/guest-kernel.config abc\n"
+        );
+        fs::write(dir.path().join("build-info"), &info).unwrap();
+        let kernel = Kernel::find(dir.path()).unwrap();
+        assert_eq!(kernel.sha256, pin);
+        assert_eq!(
+            kernel.origin,
+            "6.12.118-aistack, built from linux-source-6.12 6.12.118-1 with scripts/guest-kernel.config abc"
+        );
+
+        fs::write(dir.path().join("vmlinux"), b"another kernel").unwrap();
+        let changed = Kernel::find(dir.path()).unwrap_err();
+        assert!(
+            changed
+                .message
+                .contains(&format!("not the {pin} it is pinned by")),
+            "{}",
+            changed.message
+        );
+    }
+
+    #[test]
+    fn the_initramfs_is_a_newc_archive_the_kernel_unpacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"\x7fELF agent").unwrap();
+        let boot = Boot {
+            hostname: "box".into(),
+            tmp_bytes: 1 << 20,
+            workspace: None,
+            network: None,
+            env: Vec::new(),
+        };
+        let path = dir.path().join("initramfs");
+        write_initramfs(&path, &agent, &boot).unwrap();
+        let out = std::process::Command::new("cpio")
+            .args(["-t", "-v", "--quiet", "-F"])
+            .arg(&path)
+            .output()
+            .expect("cpio is installed");
+        let listing = String::from_utf8(out.stdout).unwrap();
+        let names: Vec<&str> = listing
+            .lines()
+            .map(|l| l.rsplit(' ').next().unwrap())
+            .collect();
+        assert_eq!(names, ["dev", "dev/console", "root", "init", "boot.json"]);
+        assert!(
+            listing.lines().nth(1).unwrap().starts_with("crw-------"),
+            "{listing}"
+        );
+        assert!(
+            listing.lines().nth(3).unwrap().starts_with("-rwxr-xr-x"),
+            "{listing}"
+        );
+    }
+}
