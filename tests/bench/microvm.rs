@@ -133,7 +133,13 @@ async fn main() {
         running.cgroup.kill().unwrap();
         running.cgroup.remove().unwrap();
 
-        let args = vm.machine_args(MEMORY, 1, &floor_initramfs, &["/bin/reboot", "-f"]);
+        let args = vm.machine_args(
+            MEMORY,
+            1,
+            &vm.kernel.path,
+            &floor_initramfs,
+            &["/bin/reboot", "-f"],
+        );
         let started = Instant::now();
         let status = Command::new(&vm.programs.qemu)
             .args(&args)

@@ -179,8 +179,9 @@ fn up_refuses_kinds_without_executors_before_touching_anything() {
         "aistack.yaml",
         &env.spec(
             "version: 1\nname: demo\nmodels:\n  chat:\n    source: ./models/smollm2.gguf\n    preload: true\n\
+             \x20 big:\n    source: ai/qwen3\n    engine: vllm\n\
              templates:\n  dev:\n    from: 127.0.0.1:5000/sandbox/debian:bookworm\n\
-             sandboxes:\n  coder:\n    template: dev\n    agent: shell\n    isolation: microvm\n",
+             sandboxes:\n  coder:\n    template: dev\n    agent: shell\n",
         ),
     );
     env.link_model("smollm2.gguf");
@@ -193,7 +194,7 @@ fn up_refuses_kinds_without_executors_before_touching_anything() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("MicroVM sandboxes are not supported yet"),
+        stderr.contains("Engine `vllm` is not supported yet"),
         "{stderr}"
     );
     assert!(stderr.contains("Nothing was applied"), "{stderr}");

@@ -133,10 +133,27 @@ fn a_microvm_sandbox_runs_its_own_kernel_with_the_workspace_live_both_ways() {
     );
     assert!(env.ok(&["sandbox", "ls"]).contains(" microvm/tcg "));
 
-    let names: Vec<String> = vm_pids(&env).into_iter().map(|(_, comm)| comm).collect();
-    assert!(
-        names.iter().any(|n| n.starts_with("qemu-system")),
-        "{names:?}"
+    // The VMM in its jail: not root, no network of the host's, only its own files.
+    let pids = vm_pids(&env);
+    let (vmm, _) = (pids.iter().find(|(_, comm)| comm == "qemu-system-x86"))
+        .unwrap_or_else(|| panic!("no VMM among {pids:?}"));
+    let status = fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(!uid.split_whitespace().skip(1).any(|id| id == "0"), "{uid}");
+    let caps = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert!(caps.ends_with("0000000000000000"), "{caps}");
+    let net = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_ne!(net(&vmm.to_string()), net("self"));
+    let mut seen: Vec<String> = fs::read_dir(format!("/proc/{vmm}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "bin", "dev", "lib", "lib64", "run", "sbin", "usr", "vmlinux"
+        ]
     );
     env.ok(&["down"]);
     assert!(
@@ -178,7 +195,11 @@ fn a_killed_vmm_or_vhost_user_daemon_is_seen_and_up_repairs_it() {
 
     env.ok(&["sandbox", "stop", "box"]);
     assert!(wait_for(Duration::from_secs(10), || vm_pids(&env).is_empty()));
-    let mut up = env.cmd(&["up"]).spawn().unwrap();
+    let mut up = (env.cmd(&["up"]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let booting = wait_for(Duration::from_secs(30), || {
         vm_pids(&env)
             .iter()
@@ -201,4 +222,105 @@ fn a_killed_vmm_or_vhost_user_daemon_is_seen_and_up_repairs_it() {
         "left behind: {:?}",
         vm_pids(&env)
     );
+}
+
+/// Docker inside: a template whose `run:` installs Debian's `docker.io` gives a microVM in
+/// which root runs `dockerd` as the sandbox's private daemon, and `docker build` of an image
+/// `FROM scratch` holding a static binary and `docker run` of it work, with no registry;
+/// nothing of it reaches the host's Docker. The same template on the namespace backend is
+/// refused at `up`, with the reason.
+#[test]
+fn docker_builds_and_runs_an_image_inside_a_microvm() {
+    let debian = aistack_tests::sandbox::debian_rootfs();
+    let mut env = TestEnv::new();
+    env.set_var("AISTACK_GUEST", guest_bin());
+    microvm_files(&mut env);
+    let spec = format!(
+        "version: 1
+name: dind
+templates:
+  docker:
+    from: {}
+    network_policy: build
+    run:
+      - apt-get update
+      - apt-get install -y --no-install-recommends docker.io
+network_policies:
+  build:
+    default: deny
+    allow: [deb.debian.org]
+sandboxes:
+  box:
+    template: docker
+    agent: shell
+    isolation: microvm
+    memory: 1GiB
+    cpus: 2
+",
+        debian.display()
+    );
+    env.write("aistack.yaml", &env.spec(&spec));
+    let _down = Down(&env);
+    env.ok(&["up"]);
+
+    let root = |script: &str| env.run(&["exec", "-u", "root", "box", "--", "sh", "-c", script]);
+    let daemon = ["exec", "-d", "-u", "root", "box", "--", "sh", "-c"];
+    env.ok(&[&daemon[..], &["dockerd >/var/log/dockerd.log 2>&1"]].concat());
+    let ready = wait_for(Duration::from_secs(240), || {
+        root("docker info --format '{{.ServerVersion}}'")
+            .status
+            .success()
+    });
+    assert!(
+        ready,
+        "dockerd: {}",
+        text(&root("cat /var/log/dockerd.log").stdout)
+    );
+
+    let context = env.project().join("hello");
+    fs::create_dir_all(&context).unwrap();
+    fs::copy(aistack_tests::sandbox::BUSYBOX, context.join("busybox")).unwrap();
+    fs::write(
+        context.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /busybox\nCMD [\"/busybox\", \"echo\", \"hello from a container\"]\n",
+    )
+    .unwrap();
+    let build = root("docker build -q -t aistack-hello hello");
+    assert!(
+        build.status.success(),
+        "{}\n{}",
+        text(&build.stderr),
+        text(&root("tail -20 /var/log/dockerd.log").stdout)
+    );
+    let run = root("docker run --rm aistack-hello");
+    assert_eq!(
+        text(&run.stdout),
+        "hello from a container",
+        "{}",
+        text(&run.stderr)
+    );
+    let listed = root("docker image ls --format '{{.Repository}}'");
+    assert!(text(&listed.stdout).lines().any(|l| l == "aistack-hello"));
+
+    // The host's Docker, where this machine runs one, has no such image.
+    let host = std::process::Command::new("docker")
+        .args(["image", "ls", "--format", "{{.Repository}}"])
+        .output();
+    match host {
+        Ok(out) if out.status.success() => {
+            assert!(!text(&out.stdout).lines().any(|l| l == "aistack-hello"));
+        }
+        _ => eprintln!("skipped: the host's Docker check: no Docker daemon answers here"),
+    }
+
+    // The same template on the namespace backend: refused at `up`, saying why.
+    env.write(
+        "aistack.yaml",
+        &env.spec(&spec.replace("    isolation: microvm\n", "    isolation: namespace\n")),
+    );
+    let refused = env.run(&["up"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let said = aistack_tests::rendered(&refused);
+    assert!(said.contains("`dockerd`"), "{said}");
+    assert!(said.contains("isolation: microvm"), "{said}");
 }

@@ -143,6 +143,19 @@ impl Sandboxes {
                 plan.install
             )));
         }
+        if backend.kind() == "namespace"
+            && layers
+                .iter()
+                .any(|layer| rootfs::has_program(layer, "dockerd"))
+        {
+            let template = &sandbox.template;
+            return Err(HostError::new(format!(
+                "Sandbox `{name}` runs on the namespace backend, which cannot host Docker: template `{template}` has `dockerd`, and a sandbox that shares the host's kernel may not mount or make namespaces"
+            ))
+            .with_help(format!(
+                "Set `sandboxes.{name}.isolation: microvm`: a microVM has its own kernel, and `dockerd` inside is the sandbox's private daemon"
+            )));
+        }
         let workspace = PathBuf::from(&sandbox.workspace);
         let meta = fs::metadata(&workspace).map_err(|e| HostError {
             message: format!("Cannot use the workspace `{}`: {e}", workspace.display()),

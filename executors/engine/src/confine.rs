@@ -226,7 +226,10 @@ fn seccomp_programs() -> Result<Vec<BpfProgram>, seccompiler::Error> {
     )
     .map_err(seccompiler::Error::Backend)?;
     // An engine writes no file by path (Landlock), so set-id bits are refused too.
-    let mut programs = aistack_sandbox::seccomp::programs(aistack_sandbox::seccomp::SetId::Refused);
+    let mut programs = aistack_sandbox::seccomp::programs(
+        aistack_sandbox::seccomp::SetId::Refused,
+        aistack_sandbox::seccomp::Kernel::Host,
+    );
     programs.push(engine.try_into().map_err(seccompiler::Error::Backend)?);
     Ok(programs)
 }
@@ -250,7 +253,10 @@ mod tests {
     #[test]
     fn the_programs_compile() {
         // The sandboxes' programs, and the engine's own.
-        let sandbox = aistack_sandbox::seccomp::programs(aistack_sandbox::seccomp::SetId::Refused);
+        let sandbox = aistack_sandbox::seccomp::programs(
+            aistack_sandbox::seccomp::SetId::Refused,
+            aistack_sandbox::seccomp::Kernel::Host,
+        );
         assert_eq!(seccomp_programs().unwrap().len(), sandbox.len() + 1);
     }
 }

@@ -6,7 +6,8 @@
 //! the launch on standard input); `aistack-guest serve SOCKET` serves where it runs
 //! (tests of the protocol).
 //! `aistack-guest vm` is a microVM's init (`aistack_sandbox::boot`), serving on vsock;
-//! `aistack-guest share SOCKET VIRTIOFSD ARGS…` runs on the host and serves a microVM's files.
+//! `aistack-guest share SOCKET VIRTIOFSD ARGS…` runs on the host and serves a microVM's files;
+//! `aistack-guest jail VMM ARGS…` runs the VMM in its jail (`aistack_sandbox::jail`).
 //! `aistack-guest check DIR`, run as a command inside a sandbox, tries the system calls
 //! the sandbox must refuse and reports each (DIR: a writable directory, the workspace).
 
@@ -30,6 +31,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use aistack_sandbox::boot::{self, AGENT_PORT, BOOT_FILE, Boot, INIT_ARG};
+use aistack_sandbox::jail::Jail;
 use aistack_sandbox::setup::{self, GUEST_SOCKET, Launch, Network, PROXY_SOCKET, READY};
 use aistack_sandbox::sys;
 
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["sandbox"] => sandbox(),
         [INIT_ARG] => machine(),
+        ["jail", ref program @ ..] if !program.is_empty() => jail(program),
         ["share", socket, ref program @ ..] if !program.is_empty() => {
             share(Path::new(socket), program)
         }
@@ -49,7 +52,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "Usage: aistack-guest sandbox | vm | share SOCKET PROGRAM ARGS… | serve SOCKET | check DIR"
+                "Usage: aistack-guest sandbox | vm | share SOCKET PROGRAM ARGS… | jail PROGRAM ARGS… | serve SOCKET | check DIR"
             );
             eprintln!("help: the daemon starts this program; it is not run by hand");
             return ExitCode::from(2);
@@ -180,6 +183,25 @@ fn boot_and_serve() -> io::Result<()> {
     let server = server::Server::vsock(AGENT_PORT, mode, env)?;
     eprintln!("aistack-guest: {READY}");
     server.run()
+}
+
+/// On the host, for a microVM: enters the VMM's jail (the [`Jail`] on standard input),
+/// then becomes `program`, the VMM.
+fn jail(program: &[&str]) -> io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    let jail: Jail = serde_json::from_str(&line)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("the jail: {e}")))?;
+    aistack_sandbox::jail::enter(&jail)?;
+    let error = std::process::Command::new(program[0])
+        .args(&program[1..])
+        .env_clear()
+        .exec();
+    Err(io::Error::new(
+        error.kind(),
+        format!("running `{}`: {error}", program[0]),
+    ))
 }
 
 /// On the host, for a microVM: listens on `socket`, assembles the tree virtiofsd serves in

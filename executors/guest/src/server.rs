@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aistack_sandbox::protocol::{self, Hello, PROTOCOL, Reply, Request};
-use aistack_sandbox::seccomp::{self, SetId};
+use aistack_sandbox::seccomp::{self, Kernel, SetId};
 use aistack_sandbox::sys;
 
 use crate::children::Children;
@@ -89,10 +89,13 @@ impl Server {
             shared: Shared {
                 mode,
                 children: Children::default(),
-                seccomp: seccomp::programs(match mode {
-                    Mode::Init { workspace: true } => SetId::Refused,
-                    _ => SetId::Allowed,
-                }),
+                seccomp: seccomp::programs(
+                    match mode {
+                        Mode::Init { workspace: true } => SetId::Refused,
+                        _ => SetId::Allowed,
+                    },
+                    if machine { Kernel::Guest } else { Kernel::Host },
+                ),
                 env,
                 started: Instant::now(),
                 machine,

@@ -107,6 +107,16 @@ pub fn enter(boot: &Boot) -> io::Result<()> {
         libc::MS_NOSUID | libc::MS_NODEV,
         Some(&format!("mode=1777,size={}", boot.tmp_bytes)),
     )?;
+    // Runtime state, as distributions keep it: a tmpfs (virtio-fs cannot hold the unix
+    // sockets a daemon inside binds there, Docker's among them).
+    mount(
+        "tmpfs",
+        &dir("/run")?,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=755,size=64m"),
+    )?;
+    fs::create_dir_all("/run/lock")?;
     for (link, target) in [
         ("/dev/fd", "/proc/self/fd"),
         ("/dev/stdin", "/proc/self/fd/0"),

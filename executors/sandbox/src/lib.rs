@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod guest;
 pub mod idmap;
 pub mod isolation;
+pub mod jail;
 pub mod protocol;
 pub mod rootfs;
 pub mod seccomp;

@@ -28,6 +28,7 @@ use crate::backend::{Backend, Running, Spec, Start, StartError};
 use crate::boot::{self, Boot, INIT_ARG, PROXY_PORT, ROOT_TAG, VSOCK_SOCKET};
 use crate::cgroup::{Cgroup, Limits};
 use crate::client::GuestClient;
+use crate::jail::{self, Jail};
 use crate::protocol;
 use crate::setup::{Launch, PROXY_SOCKET};
 
@@ -35,8 +36,13 @@ use crate::setup::{Launch, PROXY_SOCKET};
 /// in about 2 s under TCG here.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What the VMM process and its daemons need beyond the guest's memory.
+/// What the VMM process and its daemons need beyond the guest's memory (and, under TCG,
+/// the translation cache).
 pub const VMM_OVERHEAD_BYTES: u64 = 256 << 20;
+
+/// The size of TCG's translation cache, in MiB. QEMU's default (1 GiB) grows with the code
+/// the guest runs until the sandbox's memory limit kills the VMM (Docker inside did).
+pub const TCG_CACHE_MIB: u64 = 256;
 
 /// The guest's vsock context id; each VMM has its own vsock device, so all may use it.
 const GUEST_CID: u32 = 3;
@@ -190,12 +196,22 @@ impl Programs {
         };
         let vhost = "Install it with `scripts/build-vhost-user` (crates.io) and add the \
                      directory it prints to the PATH";
+        let qemu = find(
+            "AISTACK_QEMU",
+            "qemu-system-x86_64",
+            "Install Debian's `qemu-system-x86`",
+        )?;
+        if !qemu.starts_with("/usr/") {
+            return Err(Missing {
+                message: format!(
+                    "The VMM `{}` is not under `/usr`, the only host directory its jail holds",
+                    qemu.display()
+                ),
+                help: "Use Debian's `qemu-system-x86` (`/usr/bin/qemu-system-x86_64`)".to_owned(),
+            });
+        }
         Ok(Programs {
-            qemu: find(
-                "AISTACK_QEMU",
-                "qemu-system-x86_64",
-                "Install Debian's `qemu-system-x86`",
-            )?,
+            qemu,
             virtiofsd: find("AISTACK_VIRTIOFSD", "virtiofsd", vhost)?,
             vsock: find("AISTACK_VHOST_VSOCK", "vhost-device-vsock", vhost)?,
         })
@@ -256,8 +272,12 @@ impl Microvm {
             .limits
             .cpus
             .map_or(1, |cpus| cpus.ceil().max(1.0) as u32);
+        let cache = match self.accel {
+            Accel::Tcg => TCG_CACHE_MIB << 20,
+            Accel::Kvm => 0,
+        };
         let limits = Limits {
-            memory: Some(guest_memory + VMM_OVERHEAD_BYTES),
+            memory: Some(guest_memory + VMM_OVERHEAD_BYTES + cache),
             cpus: spec.limits.cpus,
             pids: spec.limits.pids,
         };
@@ -359,6 +379,10 @@ impl Microvm {
             .arg(&self.programs.virtiofsd)
             .args(["--translate-uid", &format!("map:0:{base}:65536")])
             .args(["--translate-gid", &format!("map:0:{base}:65536")])
+            // The guest's extended attributes live under `user.virtiofs.` on the host: a
+            // container runtime inside copies them, and none of them (file capabilities,
+            // security labels) means anything to the host.
+            .args(["--xattr", "--xattrmap=:map::user.virtiofs.:"])
             .args(["--log-level", "warn"])
             .env_clear()
             .stdin(Stdio::piped())
@@ -395,15 +419,36 @@ impl Microvm {
         )
         .await?;
 
-        let mut qemu = Command::new(&self.programs.qemu);
-        qemu.args(self.qemu_args(control, memory, vcpus))
+        // The VMM runs as the sandbox's root id, which must reach what it connects to.
+        let owner = Some(base);
+        for file in [control.fs(), control.vsock_device(), control.initramfs()] {
+            std::os::unix::fs::chown(&file, owner, owner)
+                .map_err(|e| format!("giving `{}` to the VMM: {e}", file.display()))?;
+        }
+        let jail = Jail {
+            cgroup_procs: cgroup.procs_files(),
+            uid: base,
+            gid: base,
+            kernel: self.kernel.path.clone(),
+            control: spec.layout.control.clone(),
+            kvm: self.accel == Accel::Kvm,
+        };
+        let mut qemu = Command::new(&spec.guest);
+        qemu.arg("jail")
+            .arg(&self.programs.qemu)
+            .args(self.qemu_args(memory, vcpus))
             .env_clear()
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(stderr()?)
             .stderr(stderr()?);
-        let vmm = spawn(&mut qemu, "qemu-system-x86_64")?;
-        join(cgroup, &vmm)?;
-        let mut vmm = vmm;
+        let mut vmm = spawn(&mut qemu, "qemu-system-x86_64")?;
+        let mut stdin = vmm.stdin.take().ok_or("the VMM's jail has no stdin")?;
+        let sent = stdin.write_all(&protocol::json_line(&jail)).await;
+        drop(stdin);
+        if let Err(e) = sent {
+            let _ = vmm.start_kill();
+            return Err(format!("sending the VMM's jail: {e}"));
+        }
         let agent = GuestClient::new(&spec.layout.socket());
         let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
         loop {
@@ -428,10 +473,18 @@ impl Microvm {
         }
     }
 
-    /// The VMM's command line: [`Microvm::machine_args`] booting the agent, plus virtio-fs,
-    /// vsock and an entropy source, and a QMP socket; nothing else: no NIC.
-    fn qemu_args(&self, control: &Control<'_>, memory: u64, vcpus: u32) -> Vec<String> {
-        let mut args = self.machine_args(memory, vcpus, &control.initramfs(), &["/init", INIT_ARG]);
+    /// The VMM's command line, with the paths of its jail: [`Microvm::machine_args`]
+    /// booting the agent, plus virtio-fs, vsock and an entropy source, and a QMP socket;
+    /// nothing else: no NIC.
+    fn qemu_args(&self, memory: u64, vcpus: u32) -> Vec<String> {
+        let control = Control(Path::new(jail::CONTROL));
+        let mut args = self.machine_args(
+            memory,
+            vcpus,
+            Path::new(jail::KERNEL),
+            &control.initramfs(),
+            &["/init", INIT_ARG],
+        );
         let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
         push(&[
             "-chardev",
@@ -454,7 +507,7 @@ impl Microvm {
     }
 
     /// A `microvm` machine with `memory` bytes that QEMU shares with the vhost-user daemons
-    /// and `vcpus`, no firmware and no default devices, booting the kernel straight (PVH)
+    /// and `vcpus`, no firmware and no default devices, booting `kernel` straight (PVH)
     /// with `initramfs`, whose `init` (its path, then its arguments: words the kernel does
     /// not know, which it passes on; not after `--`, since QEMU appends the virtio-mmio
     /// devices to the command line) runs first; the serial console on standard output. The guest's reset
@@ -463,6 +516,7 @@ impl Microvm {
         &self,
         memory: u64,
         vcpus: u32,
+        kernel: &Path,
         initramfs: &Path,
         init: &[&str],
     ) -> Vec<String> {
@@ -471,6 +525,10 @@ impl Microvm {
         let rdinit = format!("rdinit={}", init[0]);
         cmdline.push(&rdinit);
         cmdline.extend_from_slice(&init[1..]);
+        let accel = match self.accel {
+            Accel::Kvm => "kvm".to_owned(),
+            Accel::Tcg => format!("tcg,tb-size={TCG_CACHE_MIB}"),
+        };
         let mut args: Vec<String> = [
             "-nodefaults",
             "-no-user-config",
@@ -479,8 +537,12 @@ impl Microvm {
             "-M",
             // TCG needs the PIT and the RTC to calibrate the guest's clock.
             "microvm,x-option-roms=off,acpi=off,isa-serial=on,auto-kernel-cmdline=on",
+            // QEMU's own seccomp filter: no obsolete calls, no change of identity, no new
+            // processes, no scheduler or resource changes.
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-accel",
-            self.accel.as_str(),
+            &accel,
             "-cpu",
             if self.accel == Accel::Kvm {
                 "host"
@@ -500,7 +562,7 @@ impl Microvm {
         ]);
         push(&[
             "-kernel",
-            &self.kernel.path.display().to_string(),
+            &kernel.display().to_string(),
             "-initrd",
             &initramfs.display().to_string(),
             "-append",

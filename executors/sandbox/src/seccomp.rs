@@ -1,6 +1,7 @@
 //! The seccomp filter every command in a sandbox runs under: a deny list of the system
 //! calls that reach past the sandbox (mounts, modules, kexec, bpf, ptrace, keys, new
-//! namespaces, raw kernel interfaces, io_uring, vsock, the x32 ABI). Everything else is
+//! namespaces, raw kernel interfaces, io_uring, vsock, the x32 ABI; in a microVM, whose
+//! kernel is its own, mounts, namespaces, bpf and keys are allowed). Everything else is
 //! allowed; as in Docker's default profile, the calls that matter here are refused with
 //! `EPERM`. Where ours differs from Docker's is in ARCHITECTURE.md ("Threat model").
 
@@ -63,6 +64,40 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_io_uring_enter,
     libc::SYS_io_uring_register,
 ];
+
+/// Refused on a shared host kernel, allowed in a microVM, whose kernel is the sandbox's own:
+/// what a container runtime inside needs (mounts, namespaces, cgroup device filters, the
+/// session keyring).
+const GUEST_ONLY: &[libc::c_long] = &[
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_mount_setattr,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_bpf,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+];
+
+/// Whose kernel the sandbox's commands call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// The host's (the namespace backend): everything in the deny list is refused.
+    Host,
+    /// The microVM's own: [`GUEST_ONLY`] and new namespaces are allowed, so Docker runs
+    /// inside; the host's side of the guest's files refuses set-id bits itself
+    /// ([`set_id_filter`]), since guest root can undo anything inside.
+    Guest,
+}
 
 /// Answered `ENOSYS`, so that the C library falls back to a call this filter can inspect:
 /// `clone3` passes its flags in memory (`clone` in a register), `openat2` its mode (`openat`
@@ -145,14 +180,18 @@ fn set_id_rules(mode_arg: u8, flags_arg: Option<u8>) -> Vec<SeccompRule> {
 /// `EPERM` and [`NOT_THERE`] `ENOSYS`; the last program refuses the x32 ABI, whose
 /// calls carry the x86-64 architecture and a number with bit 30 set, which no rule of the
 /// others names.
-pub fn programs(set_id: SetId) -> Vec<BpfProgram> {
-    let mut denied: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|&call| (call, Vec::new())).collect();
-    let clone_rules = NAMESPACE_FLAGS
-        .iter()
-        .map(|&flag| rule(vec![masked(0, flag as u64, flag as u64)]))
+pub fn programs(set_id: SetId, kernel: Kernel) -> Vec<BpfProgram> {
+    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = (DENIED.iter())
+        .filter(|call| kernel == Kernel::Host || !GUEST_ONLY.contains(call))
+        .map(|&call| (call, Vec::new()))
         .collect();
-    denied.insert(libc::SYS_clone, clone_rules);
+    if kernel == Kernel::Host {
+        let clone_rules = NAMESPACE_FLAGS
+            .iter()
+            .map(|&flag| rule(vec![masked(0, flag as u64, flag as u64)]))
+            .collect();
+        denied.insert(libc::SYS_clone, clone_rules);
+    }
     // vsock ignores network namespaces: it would reach the host and other guests.
     let vsock = SeccompCondition::new(
         0,
@@ -171,19 +210,7 @@ pub fn programs(set_id: SetId) -> Vec<BpfProgram> {
         .collect();
     denied.insert(libc::SYS_personality, vec![rule(other_personality)]);
     if set_id == SetId::Refused {
-        for (call, mode, flags) in [
-            (libc::SYS_chmod, 1, None),
-            (libc::SYS_fchmod, 1, None),
-            (libc::SYS_fchmodat, 2, None),
-            (libc::SYS_fchmodat2, 2, None),
-            (libc::SYS_mknod, 1, None),
-            (libc::SYS_mknodat, 2, None),
-            (libc::SYS_creat, 1, None),
-            (libc::SYS_open, 2, Some(1)),
-            (libc::SYS_openat, 3, Some(2)),
-        ] {
-            denied.insert(call, set_id_rules(mode, flags));
-        }
+        denied.extend(set_id_calls());
     }
     let not_there: BTreeMap<i64, Vec<SeccompRule>> =
         NOT_THERE.iter().map(|&call| (call, Vec::new())).collect();
@@ -204,6 +231,37 @@ pub fn programs(set_id: SetId) -> Vec<BpfProgram> {
         programs.push(no_x32());
     }
     programs
+}
+
+/// The calls that set a mode, each with its rules matching a set-uid or set-gid bit.
+fn set_id_calls() -> impl Iterator<Item = (i64, Vec<SeccompRule>)> {
+    [
+        (libc::SYS_chmod, 1, None),
+        (libc::SYS_fchmod, 1, None),
+        (libc::SYS_fchmodat, 2, None),
+        (libc::SYS_fchmodat2, 2, None),
+        (libc::SYS_mknod, 1, None),
+        (libc::SYS_mknodat, 2, None),
+        (libc::SYS_creat, 1, None),
+        (libc::SYS_open, 2, Some(1)),
+        (libc::SYS_openat, 3, Some(2)),
+    ]
+    .into_iter()
+    .map(|(call, mode, flags)| (call, set_id_rules(mode, flags)))
+}
+
+/// A filter that refuses set-uid and set-gid bits with `EPERM` and allows everything
+/// else: for the host's server of a microVM's files (virtiofsd), which applies the guest's
+/// modes as host root.
+pub fn set_id_filter() -> BpfProgram {
+    let filter = SeccompFilter::new(
+        set_id_calls().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch(),
+    )
+    .expect("the filter's rules are valid");
+    filter.try_into().expect("the filter compiles")
 }
 
 /// `AUDIT_ARCH_X86_64`: `EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`.
@@ -238,11 +296,16 @@ mod tests {
 
     #[test]
     fn the_filters_compile() {
-        for set_id in [SetId::Allowed, SetId::Refused] {
-            let programs = programs(set_id);
-            assert_eq!(programs.len(), 3);
-            assert!(programs.iter().all(|p| !p.is_empty()));
+        for kernel in [Kernel::Host, Kernel::Guest] {
+            for set_id in [SetId::Allowed, SetId::Refused] {
+                let programs = programs(set_id, kernel);
+                assert_eq!(programs.len(), 3);
+                assert!(programs.iter().all(|p| !p.is_empty()));
+            }
         }
-        assert!(programs(SetId::Refused)[0].len() > programs(SetId::Allowed)[0].len());
+        let host = |set_id| programs(set_id, Kernel::Host)[0].len();
+        assert!(host(SetId::Refused) > host(SetId::Allowed));
+        assert!(programs(SetId::Refused, Kernel::Guest)[0].len() < host(SetId::Refused));
+        assert!(!set_id_filter().is_empty());
     }
 }

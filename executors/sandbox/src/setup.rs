@@ -181,7 +181,8 @@ pub fn enter(
 /// Assembles, in a mount namespace of this process's own, the tree a microVM's virtiofsd
 /// serves: the overlay root with the workspace idmapped at its path, the spec files
 /// read-only and `.env` hidden, as [`enter`] assembles a namespace sandbox's root. Joins
-/// the launch's cgroup first. Returns the tree's path, which only this process (and what it
+/// the launch's cgroup first, and leaves this process (and what it executes) under a
+/// filter that refuses set-uid and set-gid bits. Returns the tree's path, which only this process (and what it
 /// executes) sees; the mounts end with it.
 pub fn share(launch: &Launch) -> io::Result<PathBuf> {
     for procs in &launch.cgroup_procs {
@@ -197,6 +198,10 @@ pub fn share(launch: &Launch) -> io::Result<PathBuf> {
         sys::attach(tree, &target).map_err(|e| context(e, "attaching the workspace"))?;
         protect_files(&root, workspace, &Path::new(STAGE).join(EMPTY))?;
     }
+    // virtiofsd applies the guest's modes as host root, and guest root can undo any rule
+    // inside: set-id bits are refused here, on the host, for the root and the workspace.
+    seccompiler::apply_filter(&crate::seccomp::set_id_filter())
+        .map_err(|e| io::Error::other(format!("refusing set-id bits: {e}")))?;
     Ok(root)
 }
 

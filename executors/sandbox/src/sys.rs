@@ -303,6 +303,20 @@ pub fn become_root() -> io::Result<()> {
     Ok(())
 }
 
+/// Becomes `uid`:`gid` with `groups`, which leaves no capabilities, and sets
+/// `no_new_privs`, so nothing it executes gains privilege.
+pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    // SAFETY: identity system calls on integers; the groups' pointer and length describe
+    // `groups`.
+    unsafe {
+        check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+        check(libc::setresgid(gid, gid, gid))?;
+        check(libc::setresuid(uid, uid, uid))?;
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+    }
+    Ok(())
+}
+
 /// The process gets SIGKILL when its parent exits.
 pub fn die_with_parent() -> io::Result<()> {
     // SAFETY: prctl with integer arguments.
