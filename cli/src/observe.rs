@@ -177,7 +177,7 @@ async fn forget_stopped_sandboxes(
         }
         let socket = aistack_daemon::sandboxes::Sandboxes::socket(home, project, &id.name);
         let client = aistack_sandbox::client::GuestClient::new(&socket);
-        if !client.is_up(std::time::Duration::from_millis(500)).await {
+        if !client.is_up(aistack_sandbox::client::ANSWER_TIMEOUT).await {
             stopped.push(id.clone());
         }
     }

@@ -83,7 +83,7 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
             for sandbox in recorded {
                 let socket = Sandboxes::socket(&home, &project, &sandbox.id.name);
                 let up = GuestClient::new(&socket)
-                    .is_up(Duration::from_millis(500))
+                    .is_up(aistack_sandbox::client::ANSWER_TIMEOUT)
                     .await;
                 let settings = sandbox.settings::<SandboxSettings>()?;
                 let output = |key: &str| sandbox.outputs.get(key).cloned().unwrap_or_default();
@@ -129,8 +129,25 @@ pub async fn sandbox(spec: &SpecArgs, command: SandboxCommand) -> Result<ExitCod
         }
         SandboxCommand::Stop { name } => {
             find(&recorded, &name, &project)?;
-            let client = GuestClient::new(&Sandboxes::socket(&home, &project, &name));
+            let layout = Sandboxes::layout_in(&home, &project, &name);
+            let cgroup = Sandboxes::cgroup(&home, &project, &name);
+            let running = !cgroup.is_empty();
+            let client = GuestClient::new(&layout.socket());
+            // The agent ends the sandbox; a microVM whose agent does not answer is ended by
+            // its VMM, over QMP.
             if client.shutdown(Duration::from_secs(3)).await.is_err() {
+                let _ = aistack_sandbox::microvm::quit(&layout.control).await;
+            }
+            // What still runs after the grace (a guest whose VMM hangs on a stalled daemon)
+            // is killed.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !cgroup.is_empty() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if !cgroup.is_empty() {
+                let _ = tokio::task::spawn_blocking(move || cgroup.kill()).await;
+            }
+            if !running {
                 eprintln!("Sandbox `{name}` is not running");
             }
             Ok(ExitCode::SUCCESS)

@@ -110,7 +110,7 @@ impl Sandboxes {
         let layout = self.layout(project, name);
         let socket = layout.socket();
         let up = GuestClient::new(&socket)
-            .is_up(Duration::from_millis(500))
+            .is_up(aistack_sandbox::client::ANSWER_TIMEOUT)
             .await;
         if up && channels.are_open(project, name) {
             return Ok(socket);
@@ -229,10 +229,13 @@ impl Sandboxes {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        // A microVM whose agent did not end it: its VMM quits (the cgroup's kill below
+        // ends whatever still runs).
+        let _ = aistack_sandbox::microvm::quit(&layout.control).await;
         self.ended(project, name).await;
         // What no life of this daemon watched (a sandbox it readopted): a microVM's vsock
         // daemon outlives the VMM, and the cgroup stays until it is gone.
-        let cgroup = Cgroup::existing(Path::new(CGROUP_ROOT), &self.cgroup_id(project, name));
+        let cgroup = Sandboxes::cgroup(&self.home, project, name);
         let _ = tokio::task::spawn_blocking(move || {
             let _ = cgroup.kill();
             cgroup.remove()
@@ -280,8 +283,18 @@ impl Sandboxes {
 
     /// Unique on the host: several homes (tests, users) may have the same project names.
     fn cgroup_id(&self, project: &str, name: &str) -> String {
-        let home = Sha256::digest(self.home.root().as_os_str().as_encoded_bytes());
+        Sandboxes::cgroup_id_in(&self.home, project, name)
+    }
+
+    fn cgroup_id_in(home: &Home, project: &str, name: &str) -> String {
+        let home = Sha256::digest(home.root().as_os_str().as_encoded_bytes());
         format!("{project}-{name}-{}", &hex::encode(home)[..12])
+    }
+
+    /// A sandbox's cgroup under `home`, whether or not it exists.
+    pub fn cgroup(home: &Home, project: &str, name: &str) -> Cgroup {
+        let id = Sandboxes::cgroup_id_in(home, project, name);
+        Cgroup::existing(Path::new(CGROUP_ROOT), &id)
     }
 }
 

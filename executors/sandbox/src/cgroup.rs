@@ -119,6 +119,13 @@ impl Cgroup {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
+    /// Whether no process is in the cgroup (or it does not exist).
+    pub fn is_empty(&self) -> bool {
+        self.dirs.iter().all(|dir| {
+            fs::read_to_string(dir.join("cgroup.procs")).map_or(true, |t| t.trim().is_empty())
+        })
+    }
+
     /// Kills every process in the cgroup and waits (a bounded while) until none is left,
     /// so that [`Cgroup::remove`] can follow. Idempotent.
     pub fn kill(&self) -> io::Result<()> {

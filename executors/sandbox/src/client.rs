@@ -70,17 +70,29 @@ async fn dial(socket: &Path) -> std::io::Result<UnixStream> {
         return Err(error);
     }
     let mut stream = UnixStream::connect(&vsock).await?;
-    stream
-        .write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
-        .await?;
-    // Byte by byte: what follows the line is the agent's.
-    let mut line = Vec::new();
-    while line.len() < 32 {
-        match stream.read_u8().await? {
-            b'\n' => break,
-            byte => line.push(byte),
+    // A stalled vsock daemon accepts and never answers: bounded like a health request.
+    let handshake = async {
+        stream
+            .write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
+            .await?;
+        // Byte by byte: what follows the line is the agent's.
+        let mut line = Vec::new();
+        while line.len() < 32 {
+            match stream.read_u8().await? {
+                b'\n' => break,
+                byte => line.push(byte),
+            }
         }
-    }
+        Ok::<_, Error>(line)
+    };
+    let line = tokio::time::timeout(ANSWER_TIMEOUT, handshake)
+        .await
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::TimedOut,
+                format!("the VMM's vsock did not answer in {ANSWER_TIMEOUT:?}"),
+            )
+        })??;
     if !line.starts_with(b"OK ") {
         let said = String::from_utf8_lossy(&line).into_owned();
         return Err(Error::new(
@@ -90,6 +102,12 @@ async fn dial(socket: &Path) -> std::io::Result<UnixStream> {
     }
     Ok(stream)
 }
+
+/// How long an agent may take to answer a health request before its sandbox counts as
+/// not running. A dead sandbox's socket refuses at once; a live microVM under TCG on a
+/// loaded machine may take hundreds of milliseconds, and counting it as dead would restart
+/// it.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The guest's answer to a health request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -452,7 +452,7 @@ impl Microvm {
         let agent = GuestClient::new(&spec.layout.socket());
         let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
         loop {
-            if agent.is_up(Duration::from_millis(500)).await {
+            if agent.is_up(crate::client::ANSWER_TIMEOUT).await {
                 return Ok(vmm);
             }
             if let Ok(Some(status)) = vmm.try_wait() {
@@ -571,6 +571,36 @@ impl Microvm {
         push(&["-serial", "stdio"]);
         args
     }
+}
+
+/// Asks the VMM of the sandbox whose control directory is `control` to quit, over QMP:
+/// the way to end a guest whose agent no longer answers. `Ok` when QEMU took the command;
+/// an error when no VMM serves there.
+pub async fn quit(control: &Path) -> io::Result<()> {
+    // A VMM blocked on a stalled vhost-user daemon does not answer: bounded.
+    tokio::time::timeout(crate::client::ANSWER_TIMEOUT, ask_quit(control))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the VMM did not answer QMP"))?
+}
+
+async fn ask_quit(control: &Path) -> io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let stream = tokio::net::UnixStream::connect(Control(control).qmp()).await?;
+    let (reader, mut writer) = stream.into_split();
+    let mut lines = BufReader::new(reader).lines();
+    let mut expect = async |what: &str| match lines.next_line().await? {
+        Some(line) if line.contains(what) => Ok(()),
+        other => Err(io::Error::other(format!(
+            "QMP answered {other:?}, not `{what}`"
+        ))),
+    };
+    expect("\"QMP\"").await?;
+    writer
+        .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+        .await?;
+    expect("\"return\"").await?;
+    writer.write_all(b"{\"execute\":\"quit\"}\n").await?;
+    expect("\"return\"").await
 }
 
 /// A process named by its pid and start time, which no later process with that pid shares.

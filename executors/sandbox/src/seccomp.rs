@@ -67,7 +67,7 @@ const DENIED: &[libc::c_long] = &[
 
 /// Refused on a shared host kernel, allowed in a microVM, whose kernel is the sandbox's own:
 /// what a container runtime inside needs (mounts, namespaces, cgroup device filters, the
-/// session keyring).
+/// session keyring), and the kernel's log, which is the guest's own.
 const GUEST_ONLY: &[libc::c_long] = &[
     libc::SYS_mount,
     libc::SYS_umount2,
@@ -86,6 +86,7 @@ const GUEST_ONLY: &[libc::c_long] = &[
     libc::SYS_keyctl,
     libc::SYS_add_key,
     libc::SYS_request_key,
+    libc::SYS_syslog,
 ];
 
 /// Whose kernel the sandbox's commands call.

@@ -130,7 +130,7 @@ impl Executor for SandboxPlan {
         let layout = Sandboxes::layout_in(&runtime.home, project, name);
         let client = GuestClient::new(&layout.socket());
         if runtime.channels.are_open(project, name)
-            || !client.is_up(std::time::Duration::from_millis(500)).await
+            || !client.is_up(aistack_sandbox::client::ANSWER_TIMEOUT).await
         {
             return Ok(());
         }
