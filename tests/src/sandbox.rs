@@ -260,3 +260,24 @@ macro_rules! on_both_backends {
         }
     )*};
 }
+
+/// The processes in a cgroup of `env`'s sandboxes (the agent, or the VMM and its daemons):
+/// each pid with its `comm` and command line.
+pub fn sandbox_processes(env: &TestEnv) -> Vec<(i32, String, String)> {
+    let home = sha2::Sha256::digest(env.home().as_os_str().as_encoded_bytes());
+    let cgroup = format!("-{}", &hex::encode(home)[..12]);
+    let mut processes = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cgroups = fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if cgroups.lines().any(|l| l.ends_with(&cgroup)) {
+            let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+            processes.push((pid, comm.trim().to_owned(), cmdline));
+        }
+    }
+    processes
+}

@@ -59,21 +59,11 @@ fn text(bytes: &[u8]) -> String {
 
 /// The host pids of this home's sandbox processes: the VMM and its daemons, by cgroup.
 fn vm_pids(env: &TestEnv) -> Vec<(i32, String)> {
-    use sha2::Digest;
-    let home = sha2::Sha256::digest(env.home().as_os_str().as_encoded_bytes());
-    let cgroup = format!("-{}", &hex::encode(home)[..12]);
-    let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cgroups = fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
-        if cgroups.lines().any(|l| l.ends_with(&cgroup)) {
-            let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            pids.push((pid, comm.trim().to_owned()));
-        }
-    }
-    pids
+    let processes = aistack_tests::sandbox::sandbox_processes(env);
+    processes
+        .into_iter()
+        .map(|(pid, comm, _)| (pid, comm))
+        .collect()
 }
 
 #[test]

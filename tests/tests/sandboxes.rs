@@ -82,23 +82,12 @@ fn text(bytes: &[u8]) -> String {
 /// The host pids of processes running the guest agent for this test's home: those in a
 /// cgroup of its sandboxes (the agent gets no environment to tell them by).
 fn guest_pids(env: &TestEnv) -> Vec<i32> {
-    use sha2::Digest;
     let guest = guest_bin().to_string_lossy().into_owned();
-    let home = sha2::Sha256::digest(env.home().as_os_str().as_encoded_bytes());
-    let cgroup = format!("-{}", &hex::encode(home)[..12]);
-    let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cgroups = fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
-        let mine = cgroups.lines().any(|l| l.ends_with(&cgroup));
-        if String::from_utf8_lossy(&cmdline).starts_with(&guest) && mine {
-            pids.push(pid);
-        }
-    }
-    pids
+    let processes = aistack_tests::sandbox::sandbox_processes(env);
+    (processes.into_iter())
+        .filter(|(_, _, cmdline)| cmdline.starts_with(&guest))
+        .map(|(pid, _, _)| pid)
+        .collect()
 }
 
 #[test]

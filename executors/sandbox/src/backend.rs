@@ -104,6 +104,24 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
 }
 
+impl Spec {
+    /// What the guest agent's host-side modes (`sandbox`, `share`) are given: the files,
+    /// the identity and the cgroup's `cgroup.procs` files to join.
+    pub fn launch(&self, cgroup: &Cgroup) -> crate::setup::Launch {
+        crate::setup::Launch {
+            lower: self.lower.clone(),
+            dir: self.layout.dir.clone(),
+            workspace: self.workspace.clone(),
+            control: self.layout.control.clone(),
+            hostname: self.hostname.clone(),
+            cgroup_procs: cgroup.procs_files(),
+            tmp_bytes: self.tmp_bytes,
+            network: self.network.clone(),
+            env: self.env.clone(),
+        }
+    }
+}
+
 /// A started sandbox: the host process that lives as long as it does, whatever the
 /// backend (the agent's for `namespace`).
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::setup::{Network, SHM_BYTES};
+use crate::setup::{Network, SHM_BYTES, context};
 use crate::sys;
 
 /// Where the initramfs holds the [`Boot`].
@@ -143,8 +143,4 @@ fn mount(
 ) -> io::Result<()> {
     sys::mount(source, target, fstype, flags, data)
         .map_err(|e| context(e, &format!("mounting {}", target.display())))
-}
-
-fn context(error: io::Error, doing: &str) -> io::Error {
-    io::Error::new(error.kind(), format!("{doing}: {error}"))
 }

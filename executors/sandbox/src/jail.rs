@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::setup::context;
 use crate::sys;
 
 /// Where the guest kernel is inside the jail.
@@ -124,8 +125,4 @@ fn remount_read_only(path: &Path) -> io::Result<()> {
         libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
     sys::mount("none", path, None, flags, None)
         .map_err(|e| context(e, &format!("making {} read-only", path.display())))
-}
-
-fn context(error: io::Error, doing: &str) -> io::Error {
-    io::Error::new(error.kind(), format!("{doing}: {error}"))
 }

@@ -30,7 +30,7 @@ use crate::cgroup::{Cgroup, Limits};
 use crate::client::GuestClient;
 use crate::jail::{self, Jail};
 use crate::protocol;
-use crate::setup::{Launch, PROXY_SOCKET};
+use crate::setup::PROXY_SOCKET;
 
 /// How long a microVM may take from the VMM's start to its agent serving: a kernel boots
 /// in about 2 s under TCG here.
@@ -361,17 +361,7 @@ impl Microvm {
                 .map_err(|e| format!("its log: {e}"))
         };
         let base = spec.range.base;
-        let launch = Launch {
-            lower: spec.lower.clone(),
-            dir: spec.layout.dir.clone(),
-            workspace: spec.workspace.clone(),
-            control: spec.layout.control.clone(),
-            hostname: spec.hostname.clone(),
-            cgroup_procs: cgroup.procs_files(),
-            tmp_bytes: spec.tmp_bytes,
-            network: spec.network.clone(),
-            env: Vec::new(),
-        };
+        let launch = spec.launch(cgroup);
         let mut share = Command::new(&spec.guest);
         share
             .arg("share")

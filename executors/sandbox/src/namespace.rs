@@ -38,17 +38,7 @@ async fn start(spec: &Spec) -> Result<Running, StartError> {
     let map = IdMap::of(spec.range);
     let cgroup = Cgroup::create(&spec.cgroup_root, &spec.cgroup_id, spec.limits)
         .map_err(prepare("cgroup"))?;
-    let launch = Launch {
-        lower: spec.lower.clone(),
-        dir: spec.layout.dir.clone(),
-        workspace: spec.workspace.clone(),
-        control: spec.layout.control.clone(),
-        hostname: spec.hostname.clone(),
-        cgroup_procs: cgroup.procs_files(),
-        tmp_bytes: spec.tmp_bytes,
-        network: spec.network.clone(),
-        env: spec.env.clone(),
-    };
+    let launch = spec.launch(&cgroup);
     let _ = fs::remove_file(spec.layout.socket());
     let log = fs::OpenOptions::new()
         .create(true)

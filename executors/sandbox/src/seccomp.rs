@@ -12,19 +12,9 @@ use seccompiler::{
     SeccompRule, TargetArch, sock_filter,
 };
 
-/// Refused with `EPERM` whatever their arguments.
+/// Refused with `EPERM` whatever their arguments, on every kernel (and [`GUEST_ONLY`] on
+/// the host's).
 const DENIED: &[libc::c_long] = &[
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
-    libc::SYS_chroot,
-    libc::SYS_fsopen,
-    libc::SYS_fsconfig,
-    libc::SYS_fsmount,
-    libc::SYS_fspick,
-    libc::SYS_move_mount,
-    libc::SYS_open_tree,
-    libc::SYS_mount_setattr,
     libc::SYS_swapon,
     libc::SYS_swapoff,
     libc::SYS_reboot,
@@ -33,18 +23,12 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_init_module,
     libc::SYS_finit_module,
     libc::SYS_delete_module,
-    libc::SYS_bpf,
     libc::SYS_ptrace,
     libc::SYS_process_vm_readv,
     libc::SYS_process_vm_writev,
     libc::SYS_process_madvise,
     libc::SYS_pidfd_getfd,
     libc::SYS_kcmp,
-    libc::SYS_keyctl,
-    libc::SYS_add_key,
-    libc::SYS_request_key,
-    libc::SYS_unshare,
-    libc::SYS_setns,
     libc::SYS_perf_event_open,
     libc::SYS_open_by_handle_at,
     libc::SYS_name_to_handle_at,
@@ -53,7 +37,6 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_quotactl,
     libc::SYS_iopl,
     libc::SYS_ioperm,
-    libc::SYS_syslog,
     libc::SYS_settimeofday,
     libc::SYS_clock_settime,
     libc::SYS_adjtimex,
@@ -182,8 +165,11 @@ fn set_id_rules(mode_arg: u8, flags_arg: Option<u8>) -> Vec<SeccompRule> {
 /// calls carry the x86-64 architecture and a number with bit 30 set, which no rule of the
 /// others names.
 pub fn programs(set_id: SetId, kernel: Kernel) -> Vec<BpfProgram> {
-    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = (DENIED.iter())
-        .filter(|call| kernel == Kernel::Host || !GUEST_ONLY.contains(call))
+    let host_only = match kernel {
+        Kernel::Host => GUEST_ONLY,
+        Kernel::Guest => &[],
+    };
+    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = (DENIED.iter().chain(host_only))
         .map(|&call| (call, Vec::new()))
         .collect();
     if kernel == Kernel::Host {

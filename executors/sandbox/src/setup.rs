@@ -323,7 +323,8 @@ fn idmapped(workspace: &Workspace, dir: &OwnedFd) -> io::Result<OwnedFd> {
     })
 }
 
-fn context(error: io::Error, doing: &str) -> io::Error {
+/// `error`, saying what was being done.
+pub(crate) fn context(error: io::Error, doing: &str) -> io::Error {
     io::Error::new(error.kind(), format!("{doing}: {error}"))
 }
 
