@@ -181,7 +181,7 @@ fn boot_and_serve() -> io::Result<()> {
         workspace: launch.workspace.is_some(),
     };
     let server = server::Server::vsock(AGENT_PORT, mode, env)?;
-    eprintln!("aistack-guest: {READY}");
+    eprintln!("{}", boot::READY_LINE);
     server.run()
 }
 

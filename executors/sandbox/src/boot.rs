@@ -28,6 +28,8 @@ pub const PROXY_PORT: u32 = 3128;
 /// The VMM's hybrid vsock socket in the control directory: host-initiated connections
 /// name a guest port on it; guest-initiated ones to port P reach `vsock.sock_P`.
 pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// What the agent writes on the console once it serves.
+pub const READY_LINE: &str = "aistack-guest: ready";
 /// The kernel command line's argument that tells the agent it is a microVM's init.
 pub const INIT_ARG: &str = "vm";
 

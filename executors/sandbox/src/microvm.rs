@@ -355,6 +355,8 @@ impl Microvm {
         vcpus: u32,
         started: &mut Vec<Child>,
     ) -> Result<Child, String> {
+        // Where this boot's console lines start in the sandbox's log.
+        let log_start = fs::metadata(&spec.log).map_or(0, |m| m.len());
         let stderr = || {
             open_log(&spec.log)
                 .map(Stdio::from)
@@ -441,8 +443,16 @@ impl Microvm {
         }
         let agent = GuestClient::new(&spec.layout.socket());
         let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
+        // The agent's channel is dialled once the agent says on the console that it serves:
+        // connections to a guest whose vsock device is not yet up go to the vsock daemon
+        // before the guest can take them.
+        let said_ready = || {
+            let log = fs::read(&spec.log).unwrap_or_default();
+            let said = log.get(log_start as usize..).unwrap_or_default();
+            String::from_utf8_lossy(said).contains(boot::READY_LINE)
+        };
         loop {
-            if agent.is_up(crate::client::ANSWER_TIMEOUT).await {
+            if said_ready() && agent.is_up(crate::client::ANSWER_TIMEOUT).await {
                 return Ok(vmm);
             }
             if let Ok(Some(status)) = vmm.try_wait() {
